@@ -1,0 +1,43 @@
+"""wavecompress: compress fine-tuning deltas into wavelet-domain adapters, with honest baselines.
+
+>>> import wavecompress
+>>> result = wavecompress.compress("fixtures/minilm-bbc-lora", budget=3000, method="wara")
+>>> result.report.relative_error, result.report.overall()["lora"].relative_error
+>>> result.save("out/wara")
+>>> deltas = wavecompress.reconstruct("out/wara")   # {module name: dense ΔŴ}
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from pathlib import Path
+
+import torch
+
+from .compress import CompressedAdapter, compress
+from .deltas import AdapterDeltas, LayerDelta, load_deltas
+from .errors import InputError, WavecompressError
+from .report import Report
+
+
+def reconstruct(path: str | Path) -> dict[str, torch.Tensor]:
+    """{module name: dense ΔW} of any adapter wavecompress reads (its outputs included)."""
+    return {layer.name: layer.to_dense() for layer in load_deltas(path).layers}
+
+
+to_delta = reconstruct
+
+__all__ = [
+    "AdapterDeltas",
+    "CompressedAdapter",
+    "InputError",
+    "LayerDelta",
+    "Report",
+    "WavecompressError",
+    "__version__",
+    "compress",
+    "load_deltas",
+    "reconstruct",
+    "to_delta",
+]
