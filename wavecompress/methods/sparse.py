@@ -1,0 +1,36 @@
+"""Weight-domain top-k baseline (SHiRA-style sparse ΔW, WaveFT with use_idwt=False)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..deltas.layer_delta import LayerDelta
+from .compressed_layer import CompressedLayer
+from .options import MethodOptions
+from .topk import scatter_dense, select_topk
+
+NAME = "sparse"
+
+
+def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> CompressedLayer:
+    """Keep the ``budget`` largest entries of ΔW itself."""
+    dense = delta.to_dense()
+    capacity = dense.numel()
+    indices, values, dropped = select_topk(dense, min(budget, capacity))
+    return CompressedLayer(
+        name=delta.name,
+        shape=delta.shape,
+        method=NAME,
+        tensors={"sparse_values": values.float(), "sparse_indices": indices},
+        meta={},
+        stored_values=values.numel(),
+        index_values=indices.numel(),
+        error_sq=dropped,
+        energy=delta.energy(),
+        budget=budget,
+        budget_clamped=budget > capacity,
+    )
+
+
+def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int]) -> torch.Tensor:
+    return scatter_dense(tensors["sparse_indices"], tensors["sparse_values"].float(), shape)

@@ -1,0 +1,137 @@
+"""WaRA: a low-rank factorization of each wavelet subband, ranks chosen greedily under the budget.
+
+The separable L-level transform splits rows into L+1 bands and columns into L+1 bands; band
+(i, j) is a block of the coefficient matrix. A rank-1 term in band (i, j) costs rows_i + cols_j
+values and removes σ² of error, so the greedy takes, across all bands, the next singular value
+with the largest σ²/cost that still fits. From a LoRA's factors each block is
+(W_r B)[rows_i] · (W_c Aᵀ)[cols_j]ᵀ and its SVD is a factored SVD: no dense SVD anywhere.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import torch
+
+from ..deltas.layer_delta import LayerDelta
+from ..transforms import analysis2d, band_slices, synthesis2d
+from .compressed_layer import CompressedLayer
+from .lowrank import dense_svd, factored_svd, split_factors, tail_energy
+from .options import MethodOptions
+from .wavelet_domain import layer_levels, transformed_factors
+
+NAME = "wara"
+_RELATIVE_ZERO = 1e-7
+
+
+def _band_svds(delta: LayerDelta, wavelet: str, levels: tuple[int, int]) -> dict[tuple[int, int], tuple]:
+    row_bands = band_slices(delta.shape[0], levels[0])
+    col_bands = band_slices(delta.shape[1], levels[1])
+    svds = {}
+    if delta.is_factored:
+        left_t, right_t = transformed_factors(delta, wavelet, levels)
+        for i, rows in enumerate(row_bands):
+            for j, cols in enumerate(col_bands):
+                svds[(i, j)] = factored_svd(left_t[rows], right_t[cols].T)
+    else:
+        coeffs = analysis2d(delta.dense, wavelet, levels)
+        for i, rows in enumerate(row_bands):
+            for j, cols in enumerate(col_bands):
+                svds[(i, j)] = dense_svd(coeffs[rows, cols])
+    return svds
+
+
+def allocate_ranks(
+    singular_values: dict[tuple[int, int], torch.Tensor], costs: dict[tuple[int, int], int], budget: int
+) -> tuple[dict[tuple[int, int], int], bool]:
+    """Greedy ranks by σ²/cost under ``budget``; also whether every useful σ fit (budget clamped)."""
+    top = max((float(s[0]) for s in singular_values.values() if s.numel()), default=0.0)
+    floor = top * _RELATIVE_ZERO
+    ranks = {band: 0 for band in singular_values}
+    heap = []
+    for band, s in singular_values.items():
+        if s.numel() and float(s[0]) > floor:
+            heap.append((-float(s[0]) ** 2 / costs[band], band))
+    heapq.heapify(heap)
+    remaining = budget
+    exhausted = True
+    while heap:
+        _, band = heapq.heappop(heap)
+        if costs[band] > remaining:
+            exhausted = False
+            continue
+        remaining -= costs[band]
+        ranks[band] += 1
+        s = singular_values[band]
+        nxt = ranks[band]
+        if nxt < s.numel() and float(s[nxt]) > floor:
+            heapq.heappush(heap, (-float(s[nxt]) ** 2 / costs[band], band))
+    return ranks, exhausted
+
+
+def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> CompressedLayer:
+    """Per-subband truncated SVDs whose total stored values stay within ``budget``."""
+    levels = layer_levels(delta.shape, options.levels_for(NAME))
+    svds = _band_svds(delta, options.wavelet, levels)
+    row_bands = band_slices(delta.shape[0], levels[0])
+    col_bands = band_slices(delta.shape[1], levels[1])
+    costs = {
+        (i, j): (rows.stop - rows.start) + (cols.stop - cols.start)
+        for i, rows in enumerate(row_bands)
+        for j, cols in enumerate(col_bands)
+    }
+    ranks, exhausted = allocate_ranks({band: svd[1] for band, svd in svds.items()}, costs, budget)
+    pieces, bands, error_sq, stored = [], [], 0.0, 0
+    for band in sorted(svds):
+        u, s, vh = svds[band]
+        rank = ranks[band]
+        error_sq += tail_energy(s, rank)
+        if rank:
+            p, q = split_factors(u, s, vh, rank)
+            pieces += [p.reshape(-1), q.reshape(-1)]
+            bands.append([band[0], band[1], rank])
+            stored += rank * costs[band]
+    factors = torch.cat(pieces) if pieces else torch.zeros(0)
+    return CompressedLayer(
+        name=delta.name,
+        shape=delta.shape,
+        method=NAME,
+        tensors={"wara_factors": factors},
+        meta={"wavelet": options.wavelet, "levels": list(levels), "bands": bands},
+        stored_values=stored,
+        index_values=0,
+        error_sq=error_sq,
+        energy=delta.energy(),
+        budget=budget,
+        budget_clamped=exhausted and stored < budget,
+    )
+
+
+def unpack_bands(
+    factors: torch.Tensor, meta: dict, shape: tuple[int, int]
+) -> list[tuple[slice, slice, torch.Tensor, torch.Tensor]]:
+    """(row slice, col slice, P, Q) per stored band, from the packed ``wara_factors`` vector."""
+    levels = tuple(meta["levels"])
+    row_bands = band_slices(shape[0], levels[0])
+    col_bands = band_slices(shape[1], levels[1])
+    out, offset = [], 0
+    for i, j, rank in meta["bands"]:
+        rows, cols = row_bands[i], col_bands[j]
+        n_rows, n_cols = rows.stop - rows.start, cols.stop - cols.start
+        p = factors[offset : offset + n_rows * rank].reshape(n_rows, rank)
+        offset += n_rows * rank
+        q = factors[offset : offset + rank * n_cols].reshape(rank, n_cols)
+        offset += rank * n_cols
+        out.append((rows, cols, p, q))
+    if offset != factors.numel():
+        raise ValueError(f"wara_factors holds {factors.numel()} values but the band ranks need {offset}")
+    return out
+
+
+def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int]) -> torch.Tensor:
+    """Dense ΔŴ: fill each band with P @ Q, then the inverse transform."""
+    factors = tensors["wara_factors"].float()
+    coeffs = torch.zeros(shape, dtype=factors.dtype)
+    for rows, cols, p, q in unpack_bands(factors, meta, shape):
+        coeffs[rows, cols] = p @ q
+    return synthesis2d(coeffs, meta["wavelet"], tuple(meta["levels"]))

@@ -1,0 +1,45 @@
+"""WaveFT top-k: the k largest coefficients of the orthonormal 2-D DWT of ΔW, values and indices.
+
+Optimal for its budget in that basis (see methods/topk.py); its error is the energy of the
+dropped coefficients.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..deltas.layer_delta import LayerDelta
+from ..transforms import synthesis2d
+from .compressed_layer import CompressedLayer
+from .options import MethodOptions
+from .topk import scatter_dense, select_topk
+from .wavelet_domain import coefficients, layer_levels
+
+NAME = "waveft"
+
+
+def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> CompressedLayer:
+    """Keep ``budget`` wavelet coefficients of ``delta`` (clamped to the layer's size)."""
+    levels = layer_levels(delta.shape, options.levels_for(NAME))
+    coeffs = coefficients(delta, options.wavelet, levels)
+    capacity = coeffs.numel()
+    indices, values, dropped = select_topk(coeffs, min(budget, capacity))
+    return CompressedLayer(
+        name=delta.name,
+        shape=delta.shape,
+        method=NAME,
+        tensors={"waveft_spectrum": values.float(), "waveft_indices": indices},
+        meta={"wavelet": options.wavelet, "levels": list(levels)},
+        stored_values=values.numel(),
+        index_values=indices.numel(),
+        error_sq=dropped,
+        energy=delta.energy(),
+        budget=budget,
+        budget_clamped=budget > capacity,
+    )
+
+
+def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int]) -> torch.Tensor:
+    """Dense ΔŴ from stored spectrum values and flat indices."""
+    coeffs = scatter_dense(tensors["waveft_indices"], tensors["waveft_spectrum"].float(), shape)
+    return synthesis2d(coeffs, meta["wavelet"], tuple(meta["levels"]))
