@@ -1,0 +1,131 @@
+"""Reader for PEFT LoRA adapters: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+ΔW = s · B @ A with s = alpha / r (alpha / √r with ``use_rslora``); ``rank_pattern`` and
+``alpha_pattern`` override per module with PEFT's key matching. Non-LoRA tensors (for example a
+classifier head from ``modules_to_save``) are kept as passthrough.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+from .adapter_deltas import AdapterDeltas, SkippedLayer
+from .layer_delta import LayerDelta
+from .safetensors_reader import check_finite, read_safetensors
+
+PREFIX = "base_model.model."
+_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<kind>A|B|embedding_A|embedding_B|magnitude_vector)(?:\.(?P<adapter>[^.]+))?(?:\.weight)?$")
+
+
+def match_pattern_key(patterns: dict[str, Any], module_name: str) -> str | None:
+    """The first key of a PEFT ``*_pattern`` dict that matches ``module_name`` (PEFT's rule)."""
+    for key in patterns:
+        if re.match(rf"(.*\.)?({key})$", module_name):
+            return key
+    return None
+
+
+def lora_scaling(config: dict[str, Any], module_name: str, rank: int) -> float:
+    """PEFT's per-module LoRA scaling for a module whose stored rank is ``rank``."""
+    alpha_pattern = config.get("alpha_pattern") or {}
+    key = match_pattern_key(alpha_pattern, module_name)
+    alpha = float(alpha_pattern[key]) if key is not None else float(config.get("lora_alpha", 8))
+    if config.get("use_rslora"):
+        return alpha / math.sqrt(rank)
+    return alpha / rank
+
+
+def _expected_rank(config: dict[str, Any], module_name: str) -> int | None:
+    rank_pattern = config.get("rank_pattern") or {}
+    key = match_pattern_key(rank_pattern, module_name)
+    if key is not None:
+        return int(rank_pattern[key])
+    return int(config["r"]) if "r" in config else None
+
+
+def strip_prefix(key: str) -> str:
+    return key[len(PREFIX) :] if key.startswith(PREFIX) else key
+
+
+def read_peft_lora(config: dict[str, Any], weights_path: Path) -> AdapterDeltas:
+    """Build layer deltas from a PEFT LoRA state dict and its (already parsed) config."""
+    if config.get("use_dora"):
+        raise InputError(
+            f"{weights_path}: DoRA adapter (use_dora=true); its exact delta needs the base model's weights, "
+            "which this reader does not take yet"
+        )
+    tensors, metadata = read_safetensors(weights_path)
+    groups: dict[str, dict[str, str]] = defaultdict(dict)
+    passthrough: dict[str, torch.Tensor] = {}
+    for key in tensors:
+        match = _LORA_KEY.match(key)
+        if match is None:
+            passthrough[key] = tensors[key]
+        else:
+            groups[strip_prefix(match["module"])][match["kind"]] = key
+    if not groups:
+        raise InputError(f"{weights_path}: no LoRA tensors (*.lora_A.weight / *.lora_B.weight) found")
+
+    layers: list[LayerDelta] = []
+    skipped: list[SkippedLayer] = []
+    for module in sorted(groups):
+        kinds = groups[module]
+        if "embedding_A" in kinds or "embedding_B" in kinds:
+            skipped.append(SkippedLayer(module, "embedding LoRA is not converted"))
+            continue
+        if "A" not in kinds or "B" not in kinds:
+            present = next(iter(kinds.values()))
+            missing = "lora_B" if "A" in kinds else "lora_A"
+            raise InputError(f"{weights_path}: tensor {present} has no matching {missing} tensor")
+        a_key, b_key = kinds["A"], kinds["B"]
+        lora_a, lora_b = tensors[a_key], tensors[b_key]
+        if lora_a.dim() != 2 or lora_b.dim() != 2:
+            skipped.append(SkippedLayer(module, f"{lora_a.dim()}-D LoRA factors (convolution) are not converted"))
+            continue
+        rank = lora_a.shape[0]
+        if rank == 0 or lora_b.shape[1] == 0:
+            raise InputError(f"{weights_path}: tensor {a_key} has rank 0")
+        if lora_b.shape[1] != rank:
+            raise InputError(
+                f"{weights_path}: shape mismatch: {a_key} is {tuple(lora_a.shape)} but {b_key} is "
+                f"{tuple(lora_b.shape)} (lora_B must be d_out × {rank})"
+            )
+        expected = _expected_rank(config, module)
+        if expected is not None and expected != rank:
+            raise InputError(
+                f"{weights_path}: tensor {a_key} has rank {rank} but adapter_config.json says r={expected} for {module}"
+            )
+        if not lora_a.is_floating_point() or not lora_b.is_floating_point():
+            raise InputError(f"{weights_path}: tensor {a_key} has non-float dtype {lora_a.dtype}")
+        check_finite(weights_path, a_key, lora_a)
+        check_finite(weights_path, b_key, lora_b)
+        scale = lora_scaling(config, module, rank)
+        layers.append(
+            LayerDelta.from_factors(
+                module,
+                lora_b.to(torch.float32) * scale,
+                lora_a.to(torch.float32),
+                rank=rank,
+                scaling=scale,
+                dtype=str(lora_a.dtype).replace("torch.", ""),
+                stored_values=lora_a.numel() + lora_b.numel(),
+            )
+        )
+    if not layers:
+        raise InputError(f"{weights_path}: no convertible LoRA layers (skipped: {', '.join(s.name for s in skipped)})")
+    return AdapterDeltas(
+        source=str(weights_path),
+        kind="peft-lora",
+        layers=layers,
+        config=config,
+        passthrough=passthrough,
+        skipped=skipped,
+        metadata=metadata,
+    )
