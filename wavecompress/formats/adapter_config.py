@@ -1,0 +1,70 @@
+"""adapter_config.json for each output type, carrying what the source config said about the model."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .. import __version__
+from ..methods.compressed_layer import CompressedLayer
+from .peft_types import LORA, PEFT_TYPE_OF_METHOD
+
+# Source config fields that describe the model rather than the adapter type; copied verbatim.
+CARRIED_FIELDS = ("base_model_name_or_path", "revision", "task_type", "modules_to_save", "fan_in_fan_out", "bias")
+
+
+def carried_fields(source_config: dict[str, Any]) -> dict[str, Any]:
+    return {key: source_config.get(key) for key in CARRIED_FIELDS if key in source_config}
+
+
+def provenance(method: str, budget: int, source_name: str, source_kind: str) -> dict[str, Any]:
+    return {"version": __version__, "method": method, "budget": budget, "source": source_name, "source_kind": source_kind}
+
+
+def wavelet_adapter_config(
+    layers: list[CompressedLayer], source_config: dict[str, Any], prov: dict[str, Any]
+) -> dict[str, Any]:
+    """Config of a top-k WaveFT or WaRA output: per-layer shape and method metadata under ``layers``."""
+    method = layers[0].method
+    config: dict[str, Any] = {"peft_type": PEFT_TYPE_OF_METHOD[method], "inference_mode": True}
+    config.update(carried_fields(source_config))
+    config["target_modules"] = sorted(layer.name for layer in layers)
+    config["layers"] = {layer.name: {"shape": list(layer.shape), **layer.meta} for layer in layers}
+    config["wavecompress"] = prov
+    return config
+
+
+def lora_adapter_config(
+    layers: list[CompressedLayer], source_config: dict[str, Any], prov: dict[str, Any]
+) -> dict[str, Any]:
+    """A plain PEFT LoRA config: per-layer ranks via rank_pattern, scaling 1 via alpha = rank."""
+    from peft import LoraConfig
+
+    kept = [layer for layer in layers if layer.meta["rank"] > 0]
+    top = max(layer.meta["rank"] for layer in kept)
+    rank_pattern = {re.escape(layer.name): layer.meta["rank"] for layer in kept if layer.meta["rank"] != top}
+    carried = carried_fields(source_config)
+    lora = LoraConfig(
+        r=top,
+        lora_alpha=top,
+        target_modules=sorted(layer.name for layer in kept),
+        rank_pattern=rank_pattern,
+        alpha_pattern=dict(rank_pattern),
+        modules_to_save=carried.get("modules_to_save"),
+        fan_in_fan_out=bool(carried.get("fan_in_fan_out", False)),
+        bias=carried.get("bias", "none"),
+        task_type=carried.get("task_type"),
+        base_model_name_or_path=carried.get("base_model_name_or_path"),
+        revision=carried.get("revision"),
+        inference_mode=True,
+    )
+    config = {}
+    for key, value in lora.to_dict().items():
+        if isinstance(value, set):
+            value = sorted(value)
+        elif hasattr(value, "value"):
+            value = value.value
+        config[key] = value
+    config["peft_type"] = LORA
+    config["wavecompress"] = prov
+    return config

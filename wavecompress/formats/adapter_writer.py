@@ -1,0 +1,68 @@
+"""Write a compressed adapter as a PEFT-style folder, atomically.
+
+Folder: ``adapter_config.json``, ``adapter_model.safetensors`` (keys
+``base_model.model.<module>.<tensor>``, passthrough tensors verbatim), ``README.md`` (model card)
+and ``wavecompress_report.json``. Output bytes depend only on the input and options.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from ..deltas.adapter_deltas import AdapterDeltas
+from ..deltas.peft_lora import PREFIX
+from ..errors import InputError
+from ..methods.compressed_layer import CompressedLayer
+from ..report import Report
+from .adapter_config import lora_adapter_config, provenance, wavelet_adapter_config
+from .atomic import atomic_directory
+from .model_card import render_model_card
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+REPORT_NAME = "wavecompress_report.json"
+CARD_NAME = "README.md"
+
+
+def state_dict(layers: list[CompressedLayer], passthrough: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Flat tensor dict in PEFT's key layout, sorted for deterministic files."""
+    tensors = {f"{PREFIX}{layer.name}.{key}": value.contiguous() for layer in layers for key, value in layer.tensors.items()}
+    for key, value in passthrough.items():
+        if key in tensors:
+            raise InputError(f"passthrough tensor {key} collides with a converted tensor")
+        tensors[key] = value.contiguous()
+    return dict(sorted(tensors.items()))
+
+
+def build_config(layers: list[CompressedLayer], source: AdapterDeltas, budget: int) -> dict[str, Any]:
+    method = layers[0].method
+    prov = provenance(method, budget, source.source_name, source.kind)
+    if method == "lora":
+        kept = [layer for layer in layers if layer.meta["rank"] > 0]
+        if not kept:
+            smallest = min(sum(layer.shape) for layer in layers)
+            raise InputError(f"budget {budget} is below one LoRA rank in every layer (rank 1 costs at least {smallest} values)")
+        return lora_adapter_config(kept, source.config, prov)
+    return wavelet_adapter_config(layers, source.config, prov)
+
+
+def write_adapter(
+    out_dir: Path, layers: list[CompressedLayer], source: AdapterDeltas, report: Report, force: bool = False
+) -> Path:
+    """Write the folder at ``out_dir`` (all files appear together, or none)."""
+    config = build_config(layers, source, report.budget)
+    kept_layers = [layer for layer in layers if layer.tensors]
+    tensors = state_dict(kept_layers, source.passthrough)
+    metadata = {"format": "pt", "wavecompress.method": report.method, "wavecompress.budget": str(report.budget)}
+    card = render_model_card(report, config, source.config.get("license"), repo=str(out_dir))
+    with atomic_directory(Path(out_dir), force=force) as staging:
+        save_file(tensors, str(staging / WEIGHTS_NAME), metadata=metadata)
+        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (staging / REPORT_NAME).write_text(report.dumps(), encoding="utf-8")
+        (staging / CARD_NAME).write_text(card, encoding="utf-8")
+    return Path(out_dir)

@@ -1,0 +1,61 @@
+"""Write an output folder all-or-nothing: build it in a temporary sibling, then rename."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import InputError, OutputExistsError
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary folder next to ``target``; on success it becomes ``target``.
+
+    On any exception (Ctrl-C included) the temporary folder is removed and ``target`` is left as
+    it was. An existing ``target`` is refused unless ``force``; with ``force`` the old folder is
+    moved aside and deleted only after the new one is in place.
+    """
+    target = Path(target)
+    if target.exists() and not force:
+        raise OutputExistsError(f"{target}: output already exists (use --force to replace it)")
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{target}: exists and is not a folder")
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+    except OSError as exc:
+        raise InputError(f"{target}: cannot create output folder ({exc.strerror})") from None
+    try:
+        yield staging
+        os.chmod(staging, 0o755)
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=parent))
+            os.replace(target, retired / "old")
+            os.replace(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> None:
+    """Write a single file via a temporary sibling and rename."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,158 @@
+"""Per-layer and overall reconstruction metrics for a method and its baselines; table and JSON.
+
+Overall relative error is the Frobenius error over all layers together,
+sqrt(Σ‖ΔW−ΔŴ‖² / Σ‖ΔW‖²), so large layers weigh as much as they matter.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .methods.compressed_layer import CompressedLayer
+
+REPORT_VERSION = 1
+
+
+@dataclass
+class MethodSummary:
+    """One method's figures for one layer or for the whole adapter."""
+
+    method: str
+    stored_values: int
+    bytes: int
+    error_sq: float
+    energy: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def relative_error(self) -> float:
+        return (self.error_sq / self.energy) ** 0.5 if self.energy > 0 else 0.0
+
+    @property
+    def energy_kept(self) -> float:
+        return 1.0 - self.error_sq / self.energy if self.energy > 0 else 1.0
+
+    @classmethod
+    def of(cls, layer: CompressedLayer) -> "MethodSummary":
+        detail = {"rank": layer.meta["rank"]} if "rank" in layer.meta else {}
+        if "bands" in layer.meta:
+            detail = {"bands": layer.meta["bands"], "levels": layer.meta["levels"]}
+        elif "levels" in layer.meta:
+            detail = {"levels": layer.meta["levels"]}
+        return cls(layer.method, layer.stored_values, layer.stored_bytes, layer.error_sq, layer.energy, detail)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {
+            "method": self.method,
+            "stored_values": self.stored_values,
+            "bytes": self.bytes,
+            "relative_error": self.relative_error,
+            "energy_kept": self.energy_kept,
+        }
+        out.update(self.detail)
+        return out
+
+
+@dataclass
+class LayerReport:
+    """Figures for one layer: the chosen method and each baseline at the same budget."""
+
+    name: str
+    shape: tuple[int, int]
+    budget: int
+    budget_clamped: bool
+    result: MethodSummary
+    baselines: dict[str, MethodSummary]
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"name": self.name, "shape": list(self.shape), "budget": self.budget, "budget_clamped": self.budget_clamped}
+        out.update(self.result.to_json())
+        out["baselines"] = {name: summary.to_json() for name, summary in self.baselines.items()}
+        return out
+
+
+@dataclass
+class Report:
+    """The whole conversion: layers, skipped modules, and totals per method."""
+
+    method: str
+    budget: int
+    source: str
+    layers: list[LayerReport]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    input_stored_values: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def overall(self) -> dict[str, MethodSummary]:
+        """Totals for the method and each baseline over all layers."""
+        names = [self.method] + [b for b in (self.layers[0].baselines if self.layers else {})]
+        totals = {}
+        for name in names:
+            rows = [layer.result if name == self.method else layer.baselines[name] for layer in self.layers]
+            totals[name] = MethodSummary(
+                name,
+                sum(r.stored_values for r in rows),
+                sum(r.bytes for r in rows),
+                sum(r.error_sq for r in rows),
+                sum(r.energy for r in rows),
+            )
+        return totals
+
+    @property
+    def relative_error(self) -> float:
+        return self.overall()[self.method].relative_error
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": REPORT_VERSION,
+            "source": self.source,
+            "method": self.method,
+            "budget": self.budget,
+            "input_stored_values": self.input_stored_values,
+            "layers": [layer.to_json() for layer in self.layers],
+            "overall": {name: summary.to_json() for name, summary in self.overall().items()},
+            "skipped": self.skipped,
+            "notes": self.notes,
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n"
+
+    def format_table(self, max_name: int = 48) -> str:
+        """A fixed-width text table: one row per layer and an overall row."""
+        base_names = list(self.layers[0].baselines) if self.layers else []
+        header = ["layer", "shape", "values", "rel.err", "kept"]
+        for name in base_names:
+            header += [f"{name} values", f"{name} err"]
+        rows = []
+        for layer in self.layers:
+            name = layer.name if len(layer.name) <= max_name else "…" + layer.name[-(max_name - 1) :]
+            row = [name, "×".join(map(str, layer.shape)), f"{layer.result.stored_values}", f"{layer.result.relative_error:.4f}"]
+            row.append(f"{layer.result.energy_kept:.4f}")
+            for base in base_names:
+                summary = layer.baselines[base]
+                row += [f"{summary.stored_values}", f"{summary.relative_error:.4f}"]
+            if layer.budget_clamped:
+                row[2] += "*"
+            rows.append(row)
+        totals = self.overall()
+        overall = ["OVERALL", f"{len(self.layers)} layers", f"{totals[self.method].stored_values}"]
+        overall += [f"{totals[self.method].relative_error:.4f}", f"{totals[self.method].energy_kept:.4f}"]
+        for base in base_names:
+            overall += [f"{totals[base].stored_values}", f"{totals[base].relative_error:.4f}"]
+        widths = [max(len(r[c]) for r in [header] + rows + [overall]) for c in range(len(header))]
+
+        def line(cells: list[str]) -> str:
+            return "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(cells, widths)))
+
+        rule = "-" * len(line(header))
+        out = [f"method {self.method}, budget {self.budget} values per layer", line(header), rule]
+        out += [line(r) for r in rows] + [rule, line(overall)]
+        if any(layer.budget_clamped for layer in self.layers):
+            out.append("* budget larger than this layer can use; clamped to what it holds")
+        for skipped in self.skipped:
+            out.append(f"skipped {skipped['name']}: {skipped['reason']}")
+        out += self.notes
+        return "\n".join(out)
