@@ -90,7 +90,7 @@ def test_non_positive_budget(tmp_path: Path, lora_dir: Path, budget: str) -> Non
 
 
 def test_internal_errors_exit_1_without_traceback(tmp_path: Path, lora_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import wavecompress.cli as cli
+    import wavecompress.cli.convert as cli
 
     def boom(*args, **kwargs):
         raise RuntimeError("kaboom")

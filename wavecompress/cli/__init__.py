@@ -1,0 +1,30 @@
+"""The ``wavecompress`` command line. One module per command; this file only assembles the group.
+
+Commands are imported under an alias (``convert_command``) so ``wavecompress.cli.convert`` stays
+the module. Commands parse options, call the library and print; they never choose coefficients or write
+files themselves beyond what the library's writers do.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from .convert import convert as convert_command
+from .reconstruct import reconstruct as reconstruct_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="wavecompress")
+def main() -> None:
+    """Compress fine-tuning deltas (LoRA, ...) into wavelet-domain adapters.
+
+    Every conversion reports the truncated-SVD LoRA and weight-domain top-k baselines at the
+    same budget, so you can see which representation really wins on your delta.
+    """
+
+
+main.add_command(convert_command)
+main.add_command(reconstruct_command)
+
+__all__ = ["main"]

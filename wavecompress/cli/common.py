@@ -1,0 +1,49 @@
+"""Shared CLI plumbing: one-line errors with exit codes, the --debug option, default paths."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import WavecompressError
+
+
+def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One-line errors: exit 2 for bad input, 1 for internal errors, a traceback only with --debug."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = kwargs.get("debug", False)
+        try:
+            return command(*args, **kwargs)
+        except WavecompressError as exc:
+            if debug:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; no output was written", err=True)
+            sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence for users
+            if debug:
+                raise
+            click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def default_output(input_path: Path, method: str, budget: int) -> Path:
+    """./<input name>-<method>-b<budget>, named after the adapter folder (not its weights file)."""
+    stem = input_path.parent.name if input_path.suffix == ".safetensors" else input_path.name
+    return Path(f"{stem or 'adapter'}-{method}-b{budget}")
+
+
+debug_option = click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+
+

@@ -1,0 +1,35 @@
+"""``wavecompress reconstruct``: dense ΔW of every layer of any adapter wavecompress reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import InputError
+from ..formats.atomic import atomic_write_bytes
+from .common import debug_option, friendly_errors
+
+
+@click.command()
+@click.argument("adapter", type=click.Path(path_type=Path))
+@click.option("--out", "out_file", type=click.Path(path_type=Path), required=True, help="safetensors file for the dense deltas.")
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+@debug_option
+@friendly_errors
+def reconstruct(adapter: Path, out_file: Path, force: bool, debug: bool) -> None:
+    """Write the dense ΔW of every layer of ADAPTER (one tensor per module name).
+
+    \b
+    Example:
+      wavecompress reconstruct out/wara --out wara_deltas.safetensors
+    """
+    from safetensors.torch import save as save_bytes
+
+    from .. import reconstruct as rebuild
+
+    if out_file.exists() and not force:
+        raise InputError(f"{out_file}: output already exists (use --force to replace it)")
+    deltas = rebuild(adapter)
+    atomic_write_bytes(out_file, save_bytes({k: v.contiguous() for k, v in sorted(deltas.items())}))
+    click.echo(f"wrote {len(deltas)} dense deltas to {out_file}")
