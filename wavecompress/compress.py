@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from .deltas import AdapterDeltas, LayerDelta, load_deltas
 from .errors import InputError
 from .formats import write_adapter
 from .methods import BASELINES, CompressedLayer, MethodOptions, get_method
+from .methods.options import DEFAULT_REORDER, REORDER_CHOICES, REORDERABLE
 from .report import LayerReport, MethodSummary, Report
 from .transforms import validate_wavelet
 
@@ -68,6 +69,27 @@ def as_adapter_deltas(source: DeltaSource) -> AdapterDeltas:
     raise InputError(f"cannot read deltas from {type(source).__name__}")
 
 
+def reorder_choice(reorder: bool | str | None) -> str | None:
+    """The row/column ordering to use: True → the default ordering, False/None → none."""
+    if reorder is True:
+        return DEFAULT_REORDER
+    if reorder is False or reorder is None or reorder == "none":
+        return None
+    if reorder not in REORDER_CHOICES:
+        raise InputError(f"unknown reorder {reorder!r}; choose one of {', '.join(REORDER_CHOICES)} or none")
+    return reorder
+
+
+def order_variant(method: str, delta: LayerDelta, budget: int, options: MethodOptions) -> tuple[str, MethodSummary]:
+    """The other ordering of ``method`` for the report: ``<method>-plain`` when reordered, else
+    ``<method>-reordered`` (default ordering), so plain and reordered always show side by side."""
+    if options.reorder:
+        name, other = f"{method}-plain", replace(options, reorder=None)
+    else:
+        name, other = f"{method}-reordered", replace(options, reorder=DEFAULT_REORDER)
+    return name, replace(MethodSummary.of(get_method(method).compress(delta, budget, other)), method=name)
+
+
 def validate_budget(budget: int) -> int:
     if not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0:
         raise InputError(f"budget must be a positive integer number of stored values per layer, got {budget!r}")
@@ -82,15 +104,18 @@ def compress(
     levels: int | None = None,
     baselines: tuple[str, ...] = BASELINES,
     progress: bool | None = False,
+    reorder: bool | str | None = True,
 ) -> CompressedAdapter:
     """Compress every layer of ``source`` to ``budget`` stored values with ``method``.
 
     Each baseline is computed at the same budget for the report. ``progress=None`` shows a bar
-    only on a terminal.
+    only on a terminal. ``reorder`` permutes rows and columns before the wavelet transform
+    (waveft and wara; True = the measured default ordering, or one of svd/fiedler/greedy/best,
+    False = the model's order); the other ordering is reported beside it as a baseline.
     """
     validate_budget(budget)
     chosen = get_method(method)
-    options = MethodOptions(wavelet=validate_wavelet(wavelet), levels=levels)
+    options = MethodOptions(wavelet=validate_wavelet(wavelet), levels=levels, reorder=reorder_choice(reorder))
     if levels is not None and levels < 0:
         raise InputError(f"levels must be >= 0, got {levels}")
     deltas = as_adapter_deltas(source)
@@ -103,6 +128,9 @@ def compress(
             if name == method:
                 continue
             others[name] = MethodSummary.of(get_method(name).compress(delta, budget, options))
+        if method in REORDERABLE:
+            variant, summary = order_variant(method, delta, budget, options)
+            others[variant] = summary
         layers.append(kept)
         rows.append(LayerReport(delta.name, delta.shape, budget, kept.budget_clamped, MethodSummary.of(kept), others))
     report = Report(

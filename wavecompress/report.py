@@ -41,6 +41,8 @@ class MethodSummary:
             detail = {"bands": layer.meta["bands"], "levels": layer.meta["levels"]}
         elif "levels" in layer.meta:
             detail = {"levels": layer.meta["levels"]}
+        if layer.meta.get("reorder"):
+            detail["reorder"] = layer.meta["reorder"]
         return cls(layer.method, layer.stored_values, layer.stored_bytes, layer.error_sq, layer.energy, detail)
 
     def to_json(self) -> dict[str, Any]:
@@ -123,13 +125,14 @@ class Report:
     def format_table(self, max_name: int = 48) -> str:
         """A fixed-width text table: one row per layer and an overall row."""
         base_names = list(self.layers[0].baselines) if self.layers else []
-        header = ["layer", "shape", "values", "rel.err", "kept"]
+        header = ["layer", "shape", "values", "bytes", "rel.err", "kept"]
         for name in base_names:
             header += [f"{name} values", f"{name} err"]
         rows = []
         for layer in self.layers:
             name = layer.name if len(layer.name) <= max_name else "…" + layer.name[-(max_name - 1) :]
-            row = [name, "×".join(map(str, layer.shape)), f"{layer.result.stored_values}", f"{layer.result.relative_error:.4f}"]
+            row = [name, "×".join(map(str, layer.shape)), f"{layer.result.stored_values}", f"{layer.result.bytes}"]
+            row.append(f"{layer.result.relative_error:.4f}")
             row.append(f"{layer.result.energy_kept:.4f}")
             for base in base_names:
                 summary = layer.baselines[base]
@@ -138,7 +141,7 @@ class Report:
                 row[2] += "*"
             rows.append(row)
         totals = self.overall()
-        overall = ["OVERALL", f"{len(self.layers)} layers", f"{totals[self.method].stored_values}"]
+        overall = ["OVERALL", f"{len(self.layers)} layers", f"{totals[self.method].stored_values}", f"{totals[self.method].bytes}"]
         overall += [f"{totals[self.method].relative_error:.4f}", f"{totals[self.method].energy_kept:.4f}"]
         for base in base_names:
             overall += [f"{totals[base].stored_values}", f"{totals[base].relative_error:.4f}"]
@@ -152,6 +155,8 @@ class Report:
         out += [line(r) for r in rows] + [rule, line(overall)]
         if any(layer.budget_clamped for layer in self.layers):
             out.append("* budget larger than this layer can use; clamped to what it holds")
+        out.append("values: trainable stored values; bytes: on disk, indices and row/column permutations included")
+        out.append("bytes per method: " + ", ".join(f"{name} {summary.bytes}" for name, summary in totals.items()))
         for skipped in self.skipped:
             out.append(f"skipped {skipped['name']}: {skipped['reason']}")
         out += self.notes

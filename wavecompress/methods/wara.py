@@ -18,7 +18,7 @@ from ..transforms import analysis2d, band_slices, synthesis2d
 from .compressed_layer import CompressedLayer
 from .lowrank import dense_svd, factored_svd, split_factors, tail_energy
 from .options import MethodOptions
-from .wavelet_domain import layer_levels, transformed_factors
+from .wavelet_domain import compress_reordered, layer_levels, restore_order, transformed_factors
 
 NAME = "wara"
 _RELATIVE_ZERO = 1e-7
@@ -70,7 +70,13 @@ def allocate_ranks(
 
 
 def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> CompressedLayer:
-    """Per-subband truncated SVDs whose total stored values stay within ``budget``."""
+    """Per-subband truncated SVDs whose total stored values stay within ``budget`` (rows/columns
+    reordered first when ``options.reorder`` is set)."""
+    return compress_reordered(delta, budget, options, _compress_in_order)
+
+
+def _compress_in_order(delta: LayerDelta, budget: int, options: MethodOptions) -> CompressedLayer:
+    """WaRA of ``delta`` as given (no reordering)."""
     levels = layer_levels(delta.shape, options.levels_for(NAME))
     svds = _band_svds(delta, options.wavelet, levels)
     row_bands = band_slices(delta.shape[0], levels[0])
@@ -129,9 +135,9 @@ def unpack_bands(
 
 
 def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int]) -> torch.Tensor:
-    """Dense ΔŴ: fill each band with P @ Q, then the inverse transform."""
+    """Dense ΔŴ: fill each band with P @ Q, inverse transform, then undo stored permutations."""
     factors = tensors["wara_factors"].float()
     coeffs = torch.zeros(shape, dtype=factors.dtype)
     for rows, cols, p, q in unpack_bands(factors, meta, shape):
         coeffs[rows, cols] = p @ q
-    return synthesis2d(coeffs, meta["wavelet"], tuple(meta["levels"]))
+    return restore_order(synthesis2d(coeffs, meta["wavelet"], tuple(meta["levels"])), tensors)

@@ -13,13 +13,19 @@ from ..transforms import synthesis2d
 from .compressed_layer import CompressedLayer
 from .options import MethodOptions
 from .topk import scatter_dense, select_topk
-from .wavelet_domain import coefficients, layer_levels
+from .wavelet_domain import coefficients, compress_reordered, layer_levels, restore_order
 
 NAME = "waveft"
 
 
 def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> CompressedLayer:
-    """Keep ``budget`` wavelet coefficients of ``delta`` (clamped to the layer's size)."""
+    """Keep ``budget`` wavelet coefficients of ``delta`` (rows/columns reordered first when
+    ``options.reorder`` is set; clamped to the layer's size)."""
+    return compress_reordered(delta, budget, options, _compress_in_order)
+
+
+def _compress_in_order(delta: LayerDelta, budget: int, options: MethodOptions) -> CompressedLayer:
+    """Top-k of the transform of ``delta`` as given (no reordering)."""
     levels = layer_levels(delta.shape, options.levels_for(NAME))
     coeffs = coefficients(delta, options.wavelet, levels)
     capacity = coeffs.numel()
@@ -40,6 +46,6 @@ def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> Compress
 
 
 def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int]) -> torch.Tensor:
-    """Dense ΔŴ from stored spectrum values and flat indices."""
+    """Dense ΔŴ from stored spectrum values and flat indices, stored permutations undone."""
     coeffs = scatter_dense(tensors["waveft_indices"], tensors["waveft_spectrum"].float(), shape)
-    return synthesis2d(coeffs, meta["wavelet"], tuple(meta["levels"]))
+    return restore_order(synthesis2d(coeffs, meta["wavelet"], tuple(meta["levels"])), tensors)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..deltas.layer_delta import LayerDelta
 from ..transforms import analysis, analysis2d, axis_levels
+from ..transforms.reorder import ORDERINGS, features_from_dense, features_from_factors, order, permutation_dtype, unpermute
+from .compressed_layer import CompressedLayer
+from .options import MethodOptions
 
 
 def layer_levels(shape: tuple[int, int], requested: int) -> tuple[int, int]:
@@ -24,3 +29,51 @@ def coefficients(delta: LayerDelta, wavelet: str, levels: tuple[int, int]) -> to
         left_t, right_t = transformed_factors(delta, wavelet, levels)
         return left_t @ right_t.T
     return analysis2d(delta.dense, wavelet, levels)
+
+
+def reorder_delta(delta: LayerDelta, ordering: str) -> tuple[LayerDelta, dict[str, torch.Tensor]]:
+    """The delta with rows and columns permuted by ``ordering``, and the permutation tensors
+    (``reorder_rows``, ``reorder_cols``; int16 when the size fits) to store beside it."""
+    if delta.is_factored:
+        row_features, col_features = features_from_factors(delta.left, delta.right)
+    else:
+        row_features, col_features = features_from_dense(delta.dense)
+    rows, cols = order(row_features, ordering), order(col_features, ordering)
+    if delta.is_factored:
+        moved = LayerDelta.from_factors(delta.name, delta.left[rows], delta.right[:, cols], **delta.info)
+    else:
+        moved = LayerDelta.from_dense(delta.name, delta.dense[rows][:, cols], **delta.info)
+    perms = {
+        "reorder_rows": rows.to(permutation_dtype(delta.shape[0])),
+        "reorder_cols": cols.to(permutation_dtype(delta.shape[1])),
+    }
+    return moved, perms
+
+
+def compress_reordered(
+    delta: LayerDelta, budget: int, options: MethodOptions, compress_plain: Callable[..., CompressedLayer]
+) -> CompressedLayer:
+    """``compress_plain`` on the reordered delta (``options.reorder``; "best" keeps the ordering
+    with the lowest error), with the permutations added to the stored tensors and metadata.
+
+    Permutations are orthogonal, so the error is unchanged by undoing them. They are counted in
+    ``index_values`` and bytes, never in ``stored_values`` (they are fixed, not trained).
+    """
+    if not options.reorder:
+        return compress_plain(delta, budget, options)
+    candidates = ORDERINGS if options.reorder == "best" else (options.reorder,)
+    best = None
+    for ordering in candidates:
+        moved, perms = reorder_delta(delta, ordering)
+        layer = compress_plain(moved, budget, options)
+        layer.tensors.update(perms)
+        layer.meta["reorder"] = ordering
+        layer.index_values += sum(p.numel() for p in perms.values())
+        if best is None or layer.error_sq < best.error_sq:
+            best = layer
+    return best
+
+
+def restore_order(matrix: torch.Tensor, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Undo stored row/column permutations, if any (torch ops: differentiable in ``matrix``)."""
+    return unpermute(matrix, tensors.get("reorder_rows"), tensors.get("reorder_cols"))

@@ -1,0 +1,138 @@
+"""Row and column orderings computed from a delta, so the wavelet transform sees a smooth matrix.
+
+A trained delta's rows and columns come in the model's arbitrary neuron order, which a wavelet
+basis cannot exploit. Permuting rows (and columns) so that neighbours are similar makes the
+matrix smooth along both axes. Every ordering here is computed from the delta itself (orderings
+from the base weights were measured to give nothing, see DESIGN.md §4), from low-dimensional
+row/column features: the leading singular triplets, U_k·S_k for rows and V_k·S_k for columns,
+whose pairwise distances are exactly the distances between rows (columns) of the rank-k part.
+
+Orderings (``ORDERINGS``):
+- ``svd``: sort by the leading left / right singular vector. O((d_out + d_in)·r²) from LoRA
+  factors; the measured default.
+- ``fiedler``: spectral ordering, sort by the Fiedler vector of a Gaussian similarity graph on
+  the features (dense eigh up to 2048 rows, LOBPCG above).
+- ``greedy``: nearest-neighbour chain on the features, starting at the smallest leading-vector
+  entry. O(n²·k) time, O(n·k) memory.
+
+A permutation ``p`` means row ``i`` of the reordered matrix is row ``p[i]`` of ΔW:
+``M = ΔW[p][:, q]`` and ``ΔW = M[argsort(p)][:, argsort(q)]`` (:func:`unpermute`).
+Permutations are orthogonal maps, so errors measured on M are errors on ΔW.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ORDERINGS = ("svd", "fiedler", "greedy")
+DEFAULT_ORDERING = "svd"
+FEATURE_RANK = 8
+_DENSE_EIGH_MAX = 2048
+
+
+def permutation_dtype(n: int) -> torch.dtype:
+    """int16 when every index fits (n ≤ 32767), else int32: the cheapest exact storage."""
+    return torch.int16 if n <= torch.iinfo(torch.int16).max else torch.int32
+
+
+def features_from_factors(left: torch.Tensor, right: torch.Tensor, k: int = FEATURE_RANK) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row features U_k S_k, column features V_k S_k) of ``left @ right`` via its factored SVD."""
+    from ..methods.lowrank import factored_svd
+
+    u, s, vh = factored_svd(left, right)
+    k = min(k, s.numel())
+    return u[:, :k] * s[:k], vh[:k].T * s[:k]
+
+
+def features_from_dense(dense: torch.Tensor, k: int = FEATURE_RANK) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row features, column features) of a dense delta from a seeded randomized ``svd_lowrank``."""
+    k = min(k, *dense.shape)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        u, s, v = torch.svd_lowrank(dense.double(), q=min(k + 8, *dense.shape), niter=4)
+    return u[:, :k] * s[:k], v[:, :k] * s[:k]
+
+
+def _canonical_sign(vector: torch.Tensor) -> torch.Tensor:
+    """Flip ``vector`` so its largest-magnitude entry is positive (SVD signs are arbitrary)."""
+    pivot = vector[vector.abs().argmax()] if vector.numel() else vector.new_ones(())
+    return vector if pivot >= 0 else -vector
+
+
+def svd_order(features: torch.Tensor) -> torch.Tensor:
+    """Sort by the leading singular vector (first feature column); ties keep the original order."""
+    if features.shape[1] == 0:
+        return torch.arange(features.shape[0])
+    return torch.sort(_canonical_sign(features[:, 0]), stable=True).indices
+
+
+def fiedler_order(features: torch.Tensor) -> torch.Tensor:
+    """Sort by the Fiedler vector of a Gaussian-kernel similarity graph on the features."""
+    n = features.shape[0]
+    if n < 3 or features.shape[1] == 0:
+        return svd_order(features)
+    x = features.double()
+    dist_sq = torch.cdist(x, x).square()
+    scale = dist_sq[dist_sq > 0].median() if bool((dist_sq > 0).any()) else dist_sq.new_tensor(1.0)
+    affinity = torch.exp(-dist_sq / scale)
+    inv_sqrt_degree = affinity.sum(1).rsqrt()
+    normalized = inv_sqrt_degree[:, None] * affinity * inv_sqrt_degree[None, :]
+    if n <= _DENSE_EIGH_MAX:
+        _, vectors = torch.linalg.eigh(normalized)
+        second = vectors[:, -2]
+    else:
+        generator = torch.Generator().manual_seed(0)
+        start = torch.randn(n, 3, generator=generator, dtype=torch.float64)
+        _, vectors = torch.lobpcg(normalized, k=3, X=start, largest=True, niter=200)
+        second = vectors[:, 1]
+    return torch.sort(_canonical_sign(second * inv_sqrt_degree), stable=True).indices
+
+
+def greedy_order(features: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour chain: start at the smallest leading-vector entry, always step to the
+    closest unvisited row."""
+    n = features.shape[0]
+    if n < 3 or features.shape[1] == 0:
+        return svd_order(features)
+    x = features.double()
+    visited = torch.zeros(n, dtype=torch.bool)
+    current = int(svd_order(features)[0])
+    order = [current]
+    visited[current] = True
+    for _ in range(n - 1):
+        dist = (x - x[current]).square().sum(1)
+        dist[visited] = float("inf")
+        current = int(dist.argmin())
+        visited[current] = True
+        order.append(current)
+    return torch.tensor(order)
+
+
+_ORDER_FUNCTIONS = {"svd": svd_order, "fiedler": fiedler_order, "greedy": greedy_order}
+
+
+def order(features: torch.Tensor, ordering: str) -> torch.Tensor:
+    """The permutation (int64) that ``ordering`` gives for these row features."""
+    try:
+        return _ORDER_FUNCTIONS[ordering](features)
+    except KeyError:
+        raise ValueError(f"unknown ordering {ordering!r}; choose one of {', '.join(ORDERINGS)}") from None
+
+
+def unpermute(matrix: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None) -> torch.Tensor:
+    """ΔW from the reordered matrix M = ΔW[rows][:, cols] (index_select: differentiable in M)."""
+    if rows is not None:
+        matrix = matrix.index_select(0, inverse_permutation(rows, matrix.shape[0], "reorder_rows"))
+    if cols is not None:
+        matrix = matrix.index_select(1, inverse_permutation(cols, matrix.shape[1], "reorder_cols"))
+    return matrix
+
+
+def inverse_permutation(perm: torch.Tensor, n: int, label: str = "permutation") -> torch.Tensor:
+    """argsort of ``perm`` (int64), after checking it is a permutation of range(n)."""
+    perm = perm.long().reshape(-1)
+    if perm.numel() != n or not torch.equal(torch.sort(perm).values, torch.arange(n, device=perm.device)):
+        raise ValueError(f"{label} is not a permutation of {n} indices")
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(n, device=perm.device)
+    return inverse
