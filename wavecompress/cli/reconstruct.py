@@ -8,6 +8,7 @@ import click
 
 from ..errors import InputError
 from ..formats.atomic import atomic_write_bytes
+from ..formats.safetensors_writer import deterministic_bytes
 from .common import debug_option, friendly_errors
 
 
@@ -24,12 +25,10 @@ def reconstruct(adapter: Path, out_file: Path, force: bool, debug: bool) -> None
     Example:
       wavecompress reconstruct out/wara --out wara_deltas.safetensors
     """
-    from safetensors.torch import save as save_bytes
-
     from .. import reconstruct as rebuild
 
     if out_file.exists() and not force:
         raise InputError(f"{out_file}: output already exists (use --force to replace it)")
     deltas = rebuild(adapter)
-    atomic_write_bytes(out_file, save_bytes({k: v.contiguous() for k, v in sorted(deltas.items())}))
+    atomic_write_bytes(out_file, deterministic_bytes(deltas))
     click.echo(f"wrote {len(deltas)} dense deltas to {out_file}")

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from ..deltas.adapter_deltas import AdapterDeltas
+from ..deltas.kohya import carried_metadata
 from ..deltas.peft_lora import PREFIX
 from ..errors import InputError
 from ..methods.compressed_layer import CompressedLayer
@@ -22,6 +22,7 @@ from ..report import Report
 from .adapter_config import lora_adapter_config, provenance, wavelet_adapter_config
 from .atomic import atomic_directory
 from .model_card import render_model_card
+from .safetensors_writer import save_deterministic
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -59,9 +60,10 @@ def write_adapter(
     kept_layers = [layer for layer in layers if layer.tensors]
     tensors = state_dict(kept_layers, source.passthrough)
     metadata = {"format": "pt", "wavecompress.method": report.method, "wavecompress.budget": str(report.budget)}
+    metadata.update(carried_metadata(source.metadata))  # kohya ss_* / modelspec.* training provenance
     card = render_model_card(report, config, source.config.get("license"), repo=str(out_dir))
     with atomic_directory(Path(out_dir), force=force) as staging:
-        save_file(tensors, str(staging / WEIGHTS_NAME), metadata=metadata)
+        save_deterministic(tensors, staging / WEIGHTS_NAME, metadata=metadata)
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (staging / REPORT_NAME).write_text(report.dumps(), encoding="utf-8")
         (staging / CARD_NAME).write_text(card, encoding="utf-8")

@@ -12,6 +12,30 @@ from pathlib import Path
 from ..errors import InputError, OutputExistsError
 
 
+def staging_prefix(target: Path) -> str:
+    """Hidden sibling name used while ``target`` is being written: ``.<name>.tmp-<pid>-``."""
+    return f".{Path(target).name}.tmp-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(target: Path) -> None:
+    """Delete staging folders left by a run that was killed (SIGKILL cannot be cleaned up at once)."""
+    prefix = staging_prefix(target)
+    for candidate in Path(target).parent.glob(prefix + "*"):
+        pid_text = candidate.name[len(prefix) :].split("-", 1)[0]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            shutil.rmtree(candidate, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(target: Path, force: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder next to ``target``; on success it becomes ``target``.
@@ -28,7 +52,8 @@ def atomic_directory(target: Path, force: bool = False) -> Iterator[Path]:
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+        remove_stale_staging(target)
+        staging = Path(tempfile.mkdtemp(prefix=f"{staging_prefix(target)}{os.getpid()}-", dir=parent))
     except OSError as exc:
         raise InputError(f"{target}: cannot create output folder ({exc.strerror})") from None
     try:
