@@ -52,9 +52,11 @@ def test_report_layout_is_the_documented_one(tmp_path: Path, lora_dir: Path) -> 
     layer = report["layers"][0]
     for key in ["name", "shape", "method", "stored_values", "bytes", "relative_error", "energy_kept", "budget_clamped", "baselines"]:
         assert key in layer
-    assert set(layer["baselines"]) == {"lora", "sparse"}
-    assert set(report["overall"]) == {"waveft", "lora", "sparse"}
-    assert layer["bytes"] == layer["stored_values"] * 8  # float32 value + int32 index per kept coefficient
+    assert set(layer["baselines"]) == {"lora", "sparse", "waveft-plain"}  # plain ordering beside the reordered default
+    assert set(report["overall"]) == {"waveft", "lora", "sparse", "waveft-plain"}
+    # float32 value + int32 index per kept coefficient, plus int16 row and column permutations
+    assert layer["bytes"] == layer["stored_values"] * 8 + 2 * sum(layer["shape"])
+    assert layer["baselines"]["waveft-plain"]["bytes"] == layer["baselines"]["waveft-plain"]["stored_values"] * 8
 
 
 def test_weights_file_input_finds_config_beside_it(tmp_path: Path, lora_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
