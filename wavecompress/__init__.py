@@ -18,7 +18,12 @@ import torch
 from .compress import CompressedAdapter, compress
 from .deltas import AdapterDeltas, LayerDelta, load_deltas
 from .errors import InputError, WavecompressError
+from .peft_integration import load_peft_model, register as register_with_peft
+from .peft_integration.hook import register_when_peft_is_imported
 from .report import Report
+
+# WAVECOMPRESS_* adapters load through PeftModel.from_pretrained once peft is imported (lazily: no peft import here).
+register_when_peft_is_imported(register_with_peft)
 
 
 def reconstruct(path: str | Path) -> dict[str, torch.Tensor]:
@@ -38,6 +43,8 @@ __all__ = [
     "__version__",
     "compress",
     "load_deltas",
+    "load_peft_model",
     "reconstruct",
+    "register_with_peft",
     "to_delta",
 ]

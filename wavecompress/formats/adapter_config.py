@@ -29,7 +29,9 @@ def wavelet_adapter_config(
     config: dict[str, Any] = {"peft_type": PEFT_TYPE_OF_METHOD[method], "inference_mode": True}
     config.update(carried_fields(source_config))
     config["target_modules"] = sorted(layer.name for layer in layers)
-    config["layers"] = {layer.name: {"shape": list(layer.shape), **layer.meta} for layer in layers}
+    config["layers"] = {
+        layer.name: {"shape": list(layer.shape), **layer.meta, "stored_tensors": stored_tensor_specs(layer)} for layer in layers
+    }
     config["wavecompress"] = prov
     return config
 
@@ -67,4 +69,52 @@ def lora_adapter_config(
         config[key] = value
     config["peft_type"] = LORA
     config["wavecompress"] = prov
+    return config
+
+
+def stored_tensor_specs(layer: CompressedLayer) -> dict[str, dict[str, Any]]:
+    """{tensor key: {"shape", "dtype"}} of a layer's stored tensors: lets PEFT build the layer before loading."""
+    return {
+        key: {"shape": list(tensor.shape), "dtype": str(tensor.dtype).replace("torch.", "")}
+        for key, tensor in sorted(layer.tensors.items())
+    }
+
+
+def waveft_seeded_config(layers: list[CompressedLayer], source_config: dict[str, Any]) -> dict[str, Any]:
+    """A genuine PEFT ``WaveFTConfig`` dict (peft_type WAVEFT) that stock PEFT loads without warnings.
+
+    n_frequency is the most common per-layer count; layers that differ (clamped budgets) go in
+    n_frequency_pattern with escaped full names. No extra keys: provenance lives in the weights header.
+    """
+    from collections import Counter
+
+    from peft import WaveFTConfig
+
+    meta = layers[0].meta
+    counts = {layer.name: layer.stored_values for layer in layers}
+    common = Counter(counts.values()).most_common(1)[0][0]
+    carried = carried_fields(source_config)
+    waveft = WaveFTConfig(
+        n_frequency=common,
+        scaling=meta["scaling"],
+        wavelet_family=meta["wavelet"],
+        use_idwt=True,
+        random_loc_seed=meta["seed"],
+        n_frequency_pattern={re.escape(name): n for name, n in sorted(counts.items()) if n != common},
+        target_modules=sorted(counts),
+        fan_in_fan_out=bool(carried.get("fan_in_fan_out", False)),
+        bias=carried.get("bias", "none"),
+        modules_to_save=carried.get("modules_to_save"),
+        task_type=carried.get("task_type"),
+        base_model_name_or_path=carried.get("base_model_name_or_path"),
+        revision=carried.get("revision"),
+        inference_mode=True,
+    )
+    config = {}
+    for key, value in waveft.to_dict().items():
+        if isinstance(value, set):
+            value = sorted(value)
+        elif hasattr(value, "value"):
+            value = value.value
+        config[key] = value
     return config

@@ -19,7 +19,7 @@ from ..deltas.peft_lora import PREFIX
 from ..errors import InputError
 from ..methods.compressed_layer import CompressedLayer
 from ..report import Report
-from .adapter_config import lora_adapter_config, provenance, wavelet_adapter_config
+from .adapter_config import lora_adapter_config, provenance, waveft_seeded_config, wavelet_adapter_config
 from .atomic import atomic_directory
 from .model_card import render_model_card
 from .safetensors_writer import save_deterministic
@@ -49,6 +49,8 @@ def build_config(layers: list[CompressedLayer], source: AdapterDeltas, budget: i
             smallest = min(sum(layer.shape) for layer in layers)
             raise InputError(f"budget {budget} is below one LoRA rank in every layer (rank 1 costs at least {smallest} values)")
         return lora_adapter_config(kept, source.config, prov)
+    if method == "waveft-seeded":
+        return waveft_seeded_config(layers, source.config)
     return wavelet_adapter_config(layers, source.config, prov)
 
 
@@ -60,6 +62,10 @@ def write_adapter(
     kept_layers = [layer for layer in layers if layer.tensors]
     tensors = state_dict(kept_layers, source.passthrough)
     metadata = {"format": "pt", "wavecompress.method": report.method, "wavecompress.budget": str(report.budget)}
+    if report.method == "waveft-seeded":
+        # Stock PEFT regenerates locations from the layer shape; keep shapes so wavecompress can read it back alone.
+        metadata["wavecompress.shapes"] = json.dumps({layer.name: list(layer.shape) for layer in layers}, sort_keys=True)
+        metadata["wavecompress.provenance"] = json.dumps(provenance(report.method, report.budget, source.source_name, source.kind))
     metadata.update(carried_metadata(source.metadata))  # kohya ss_* / modelspec.* training provenance
     card = render_model_card(report, config, source.config.get("license"), repo=str(out_dir))
     with atomic_directory(Path(out_dir), force=force) as staging:

@@ -10,3 +10,7 @@ LORA = "LORA"
 
 PEFT_TYPE_OF_METHOD = {"waveft": WAVEFT_TOPK, "wara": WARA, "lora": LORA}
 METHOD_OF_PEFT_TYPE = {value: key for key, value in PEFT_TYPE_OF_METHOD.items()}
+# Stock PEFT's own WaveFT (seeded locations, values only): loads in unmodified PEFT. Not in
+# METHOD_OF_PEFT_TYPE, which routes wavecompress's own formats to their reader.
+WAVEFT = "WAVEFT"
+PEFT_TYPE_OF_METHOD["waveft-seeded"] = WAVEFT

@@ -6,11 +6,11 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..errors import InputError
-from . import lora_svd, sparse, wara, waveft_topk
+from . import lora_svd, sparse, wara, waveft_seeded, waveft_topk
 from .compressed_layer import CompressedLayer
 from .options import MethodOptions
 
-METHODS: dict[str, ModuleType] = {m.NAME: m for m in (waveft_topk, wara, lora_svd, sparse)}
+METHODS: dict[str, ModuleType] = {m.NAME: m for m in (waveft_topk, wara, lora_svd, sparse, waveft_seeded)}
 BASELINES = ("lora", "sparse")
 
 

@@ -22,6 +22,9 @@ class MethodOptions:
     wavelet: str = "db1"
     levels: int | None = None
     reorder: str | None = None
+    # waveft-seeded only: PEFT WaveFT's scaling and random_loc_seed (None: PEFT's defaults 25.0 and 777).
+    scaling: float | None = None
+    seed: int | None = None
 
     def levels_for(self, method: str) -> int:
         if self.levels is not None:

@@ -1,0 +1,47 @@
+"""Load wavecompress adapters (WAVECOMPRESS_WAVEFT, WAVECOMPRESS_WARA) with ``PeftModel.from_pretrained``.
+
+``import wavecompress`` arranges registration with PEFT's registries the moment ``peft`` is
+imported (or at once if it already is), so::
+
+    import wavecompress
+    from peft import PeftModel
+    model = PeftModel.from_pretrained(base_model, "out/wara")   # merge_and_unload() works too
+
+``register()`` does it explicitly. Stock PEFT without wavecompress does not know these peft_types
+and refuses the files with an error instead of loading values at the wrong places.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+_registered = False
+
+
+def register() -> None:
+    """Register the wavecompress peft_types, config classes and tuner with PEFT (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+
+    from .config import CONFIG_OF_PEFT_TYPE
+    from .model import PREFIX, WavecompressModel
+
+    for peft_type, config_cls in CONFIG_OF_PEFT_TYPE.items():
+        PEFT_TYPE_TO_CONFIG_MAPPING[peft_type] = config_cls
+        PEFT_TYPE_TO_TUNER_MAPPING[peft_type] = WavecompressModel
+        PEFT_TYPE_TO_PREFIX_MAPPING[peft_type] = PREFIX
+    _registered = True
+
+
+def load_peft_model(model: Any, path: str | Path, **kwargs: Any) -> Any:
+    """``PeftModel.from_pretrained(model, path, **kwargs)`` after registering: the one-line loader."""
+    register()
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(path), **kwargs)
+
+
+__all__ = ["load_peft_model", "register"]

@@ -1,0 +1,92 @@
+"""PEFT config classes for wavecompress's own adapter types (WAVECOMPRESS_WAVEFT, WAVECOMPRESS_WARA).
+
+The per-layer table ``layers`` (shape, method metadata and the names, shapes and dtypes of the stored
+tensors) is all the tuner needs to build layers before PEFT loads the weights.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from peft.config import PeftConfig
+
+from ..formats.peft_types import WARA, WAVEFT_TOPK
+
+STORED_TENSORS = "stored_tensors"
+WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def header_tensor_specs(weights_path: str, names: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{layer name: {tensor key: {"shape", "dtype"}}} read from a safetensors header (no data loaded)."""
+    from safetensors import safe_open
+
+    from ..deltas.peft_lora import PREFIX
+
+    specs: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
+    with safe_open(weights_path, framework="pt") as reader:
+        for key in reader.keys():
+            stripped = key[len(PREFIX) :] if key.startswith(PREFIX) else key
+            module, _, tensor = stripped.rpartition(".")
+            if module in specs:
+                piece = reader.get_slice(key)
+                specs[module][tensor] = {"shape": list(piece.get_shape()), "dtype": _torch_dtype_name(piece.get_dtype())}
+    return specs
+
+
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def _torch_dtype_name(safetensors_dtype: str) -> str:
+    return _SAFETENSORS_DTYPES.get(safetensors_dtype, safetensors_dtype.lower())
+
+
+@dataclass
+class WavecompressConfig(PeftConfig):
+    """Config of an adapter written by wavecompress; loads through PEFT once wavecompress is imported."""
+
+    target_modules: Optional[Union[list[str], str]] = field(default=None, metadata={"help": "Adapted module names."})
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "Per-layer shape and metadata."})
+    wavecompress: dict[str, Any] = field(default_factory=dict, metadata={"help": "Provenance (version, method, budget)."})
+    fan_in_fan_out: bool = field(default=False, metadata={"help": "True for transformers Conv1D layers (GPT-2)."})
+    bias: str = field(default="none", metadata={"help": "Bias handling, as in other PEFT configs."})
+    modules_to_save: Optional[list[str]] = field(default=None, metadata={"help": "Modules trained and saved in full."})
+    exclude_modules: Optional[Union[list[str], str]] = field(default=None)
+    target_parameters: Optional[list[str]] = field(default=None)
+    layers_to_transform: Optional[Union[list[int], int]] = field(default=None)
+    layers_pattern: Optional[Union[list[str], str]] = field(default=None)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
+        """PEFT's loader, plus stored-tensor specs from a local weights header for layers that lack them."""
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        missing = [name for name, meta in config.layers.items() if STORED_TENSORS not in meta]
+        folder = os.path.join(pretrained_model_name_or_path, subfolder) if subfolder else pretrained_model_name_or_path
+        weights = os.path.join(str(folder), WEIGHTS_NAME)
+        if missing and os.path.isfile(weights):
+            for name, spec in header_tensor_specs(weights, missing).items():
+                config.layers[name][STORED_TENSORS] = spec
+        return config
+
+
+@dataclass
+class WavecompressWaveFTConfig(WavecompressConfig):
+    """Top-k WaveFT: stored coefficient values and their indices (positions stock PEFT cannot regenerate)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = WAVEFT_TOPK
+
+
+@dataclass
+class WavecompressWaRAConfig(WavecompressConfig):
+    """WaRA: low-rank factors per wavelet subband."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = WARA
+
+
+CONFIG_OF_PEFT_TYPE = {WAVEFT_TOPK: WavecompressWaveFTConfig, WARA: WavecompressWaRAConfig}

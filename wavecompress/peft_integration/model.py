@@ -1,0 +1,59 @@
+"""PEFT tuner (BaseTuner) for wavecompress adapters: builds one layer per entry of ``config.layers``."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from transformers.pytorch_utils import Conv1D
+
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+
+from ..formats.peft_types import METHOD_OF_PEFT_TYPE
+from .config import STORED_TENSORS
+from .layer import TENSORS_ATTR, Linear, WavecompressLayer
+
+PREFIX = "wavecompress_"
+
+
+class WavecompressModel(BaseTuner):
+    """Adapts the modules named in ``config.layers``; checkpoint keys are ``<module>.<stored tensor>``."""
+
+    prefix: str = PREFIX
+    tuner_layer_cls = WavecompressLayer
+    target_module_mapping: dict[str, list[str]] = {}
+
+    def _prepare_adapter_config(self, peft_config, model_config: dict) -> Any:
+        if not peft_config.target_modules:
+            peft_config.target_modules = sorted(peft_config.layers)
+        return peft_config
+
+    def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **optional_kwargs):
+        if current_key is None:
+            raise ValueError("Current Key shouldn't be `None`")
+        meta = peft_config.layers.get(current_key)
+        if meta is None:
+            raise ValueError(f"module {current_key} is targeted but has no entry in the adapter config's 'layers' table")
+        specs = meta.get(STORED_TENSORS)
+        if specs is None:
+            raise ValueError(f"layer {current_key}: the adapter config lists no stored tensors (re-save it with wavecompress)")
+        method = METHOD_OF_PEFT_TYPE[peft_config.peft_type]
+        layer_meta = {key: value for key, value in meta.items() if key != STORED_TENSORS}
+        if isinstance(target, WavecompressLayer):
+            target.update_layer(adapter_name, method, layer_meta, specs, inference_mode=peft_config.inference_mode)
+            return
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        if not isinstance(base, (torch.nn.Linear, Conv1D)):
+            raise TypeError(f"module {current_key} is a {type(base).__name__}; wavecompress adapters apply to Linear and Conv1D")
+        new_module = Linear(target, adapter_name, method, layer_meta, specs, fan_in_fan_out=isinstance(base, Conv1D),
+                            inference_mode=peft_config.inference_mode)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        """``<module>.wavecompress_tensors.<adapter>.<tensor>`` ↔ the saved ``<module>.<tensor>``."""
+        key = super()._remove_adapter_name_from_key(key, adapter_name)
+        return re.sub(rf"\.{TENSORS_ATTR}\.(?=[^.]+$)", ".", key)
