@@ -105,6 +105,9 @@ def compress(
     baselines: tuple[str, ...] = BASELINES,
     progress: bool | None = False,
     reorder: bool | str | None = True,
+    *,
+    scaling: float | None = None,
+    seed: int | None = None,
 ) -> CompressedAdapter:
     """Compress every layer of ``source`` to ``budget`` stored values with ``method``.
 
@@ -115,7 +118,8 @@ def compress(
     """
     validate_budget(budget)
     chosen = get_method(method)
-    options = MethodOptions(wavelet=validate_wavelet(wavelet), levels=levels, reorder=reorder_choice(reorder))
+    options = MethodOptions(wavelet=validate_wavelet(wavelet), levels=levels, reorder=reorder_choice(reorder),
+                            scaling=scaling, seed=seed)
     if levels is not None and levels < 0:
         raise InputError(f"levels must be >= 0, got {levels}")
     deltas = as_adapter_deltas(source)
@@ -141,4 +145,5 @@ def compress(
         skipped=[{"name": s.name, "reason": s.reason} for s in deltas.skipped],
         input_stored_values=deltas.stored_values,
     )
+    report.notes.extend(dict.fromkeys(note for layer in layers for note in layer.notes))  # e.g. waveft-seeded's expected loss
     return CompressedAdapter(source=deltas, layers=layers, report=report, options=options)

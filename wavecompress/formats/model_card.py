@@ -12,8 +12,14 @@ from peft import PeftModel
 model = PeftModel.from_pretrained(base_model, "{repo}")
 ```""",
     "waveft": """```python
-import wavecompress  # stock PEFT refuses this adapter type; wavecompress reads it
-dense_deltas = wavecompress.reconstruct("{repo}")  # {{module name: ΔW}}
+import wavecompress  # registers this adapter type with PEFT; stock PEFT alone refuses it
+from peft import PeftModel
+model = PeftModel.from_pretrained(base_model, "{repo}")  # merge_and_unload() works too
+dense_deltas = wavecompress.reconstruct("{repo}")  # or just {{module name: ΔW}}
+```""",
+    "waveft-seeded": """```python
+from peft import PeftModel  # stock PEFT WaveFT: no wavecompress needed
+model = PeftModel.from_pretrained(base_model, "{repo}")
 ```""",
 }
 _LOADING["wara"] = _LOADING["waveft"]
