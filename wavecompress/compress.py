@@ -137,6 +137,7 @@ def compress(
             others[variant] = summary
         layers.append(kept)
         rows.append(LayerReport(delta.name, delta.shape, budget, kept.budget_clamped, MethodSummary.of(kept), others))
+        del delta  # lazy (streamed) inputs: let this layer's ΔW go before the next one is built
     report = Report(
         method=method,
         budget=budget,

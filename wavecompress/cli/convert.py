@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..compress import compress
+from ..deltas import AdapterDeltas, load_deltas, read_full_finetune
 from ..errors import InputError
 from ..formats.atomic import atomic_write_bytes
 from ..methods.options import DEFAULT_LEVELS, DEFAULT_LEVELS_REORDERED, DEFAULT_REORDER, REORDER_CHOICES
@@ -16,7 +17,7 @@ OUTPUT_METHODS = ["waveft", "wara", "lora"]
 
 
 @click.command()
-@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path), required=False)
 @click.option("--budget", type=int, required=True, help="Stored trainable values per layer (PEFT's n_frequency meaning).")
 @click.option("--method", type=click.Choice(OUTPUT_METHODS), default="waveft", show_default=True,
               help="waveft: top-k wavelet coefficients; wara: low-rank wavelet subbands; lora: truncated SVD.")
@@ -36,11 +37,21 @@ OUTPUT_METHODS = ["waveft", "wara", "lora"]
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON here.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--quiet", is_flag=True, help="Print only the overall line.")
+@click.option("--base", "base", type=click.Path(path_type=Path), default=None,
+              help="Base model weights (safetensors file, sharded folder or model folder): needed for DoRA inputs, "
+              "and with --tuned (or a model checkpoint as INPUT) for a full fine-tune ΔW = W_tuned − W_base.")
+@click.option("--tuned", "tuned", type=click.Path(path_type=Path), default=None,
+              help="Fine-tuned model weights (same forms as --base); use instead of INPUT for a full fine-tune.")
+@click.option("--include", "include", multiple=True, metavar="REGEX",
+              help="Convert only layers whose name matches this regex (repeatable).")
+@click.option("--exclude", "exclude", multiple=True, metavar="REGEX",
+              help="Skip layers whose name matches this regex (repeatable).")
 @debug_option
 @friendly_errors
 def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: int | None, out_dir: Path | None,
             report_path: Path | None, force: bool, quiet: bool, debug: bool, reorder: bool = True,
-            order_by: str = DEFAULT_REORDER) -> None:
+            order_by: str = DEFAULT_REORDER, base: Path | None = None, tuned: Path | None = None,
+            include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> None:
     """Convert an adapter into a budgeted wavelet (or LoRA) adapter and report the error.
 
     INPUT is a PEFT LoRA folder, or its adapter_model.safetensors with adapter_config.json beside
@@ -51,11 +62,15 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
       wavecompress convert fixtures/minilm-bbc-lora --budget 3000
       wavecompress convert fixtures/minilm-bbc-lora --budget 3000 --method wara --out out/wara
       wavecompress convert path/to/adapter_model.safetensors --budget 768 --report report.json
+      wavecompress convert my-dora --base path/to/base-model --budget 3000
+      wavecompress convert lora_kohya.safetensors --budget 3000
+      wavecompress convert --base meta-llama-2-7b/ --tuned my-finetune/ --budget 8192 --include 'self_attn'
     """
+    input_path, source = resolve_source(input_path, base, tuned, include, exclude)
     target = out_dir or default_output(input_path, method, budget)
     if target.exists() and not force:
         raise InputError(f"{target}: output already exists (use --force to replace it)")
-    result = compress(input_path, budget=budget, method=method, wavelet=wavelet, levels=levels, progress=None,
+    result = compress(source, budget=budget, method=method, wavelet=wavelet, levels=levels, progress=None,
                       reorder=order_by if reorder else False)
     report = result.report
     if not quiet:
@@ -69,3 +84,39 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
     if report_path is not None:
         atomic_write_bytes(report_path, report.dumps().encode("utf-8"))
     click.echo(f"wrote {target}" + (f" and {report_path}" if report_path else ""))
+
+
+def resolve_source(input_path: Path | None, base: Path | None, tuned: Path | None, include: tuple[str, ...],
+                   exclude: tuple[str, ...]) -> tuple[Path, Path | AdapterDeltas]:
+    """(the path that names the output, what to compress) from INPUT / --base / --tuned / --include / --exclude."""
+    if tuned is not None:
+        if input_path is not None:
+            raise InputError(f"give either INPUT ({input_path}) or --tuned ({tuned}), not both")
+        if base is None:
+            raise InputError(f"--tuned {tuned} needs --base: a full fine-tune's delta is W_tuned − W_base")
+        return tuned, read_full_finetune(base, tuned, list(include), list(exclude))
+    if input_path is None:
+        raise InputError("missing INPUT (an adapter) or --base BASE --tuned TUNED (a full fine-tune)")
+    if base is None and not include and not exclude:
+        return input_path, input_path
+    return input_path, load_deltas(input_path, base=base, include=list(include), exclude=list(exclude))
+
+
+def calibration_for(source: Path | AdapterDeltas, calibration: Path | None, base_model: Path | None, tokens: int,
+                    save_to: Path | None):
+    """None, a saved activations file, or second moments collected by running --base-model on a text file."""
+    from ..calibration import Calibration, calibrate
+    from ..compress import as_adapter_deltas
+
+    if calibration is None:
+        if base_model is not None or save_to is not None:
+            raise InputError("--base-model and --save-calibration need --calibration (a text file)")
+        return None
+    if base_model is None:
+        return Calibration.load(calibration)
+    deltas = as_adapter_deltas(source)
+    names = getattr(deltas.layers, "names", None) or [layer.name for layer in deltas.layers]
+    collected = calibrate(base_model, calibration, names, max_tokens=tokens)
+    if save_to is not None:
+        collected.save(save_to)
+    return collected

@@ -6,7 +6,11 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..formats.peft_types import LORA, METHOD_OF_PEFT_TYPE
-from .adapter_deltas import AdapterDeltas, SkippedLayer
+from .adapter_deltas import AdapterDeltas, LazyLayers, SkippedLayer
+from .checkpoints import Checkpoint
+from .full_finetune import filter_layers, read_full_finetune
+from .kohya import is_single_file_lora, read_kohya
+from .lycoris import PEFT_LYCORIS_TYPES, read_peft_lycoris
 from .layer_delta import LayerDelta
 from .peft_lora import read_peft_lora
 from .safetensors_reader import read_json
@@ -36,16 +40,55 @@ def locate_adapter(path: str | Path) -> tuple[Path, Path]:
     return config, weights
 
 
-def load_deltas(path: str | Path) -> AdapterDeltas:
-    """Read any supported adapter (PEFT LoRA, wavecompress output) into layer deltas."""
+def load_deltas(
+    path: str | Path, base: str | Path | None = None, include: list[str] | None = None, exclude: list[str] | None = None
+) -> AdapterDeltas:
+    """Read any supported adapter (PEFT LoRA, wavecompress output) into layer deltas.
+
+    ``base`` is the base model's weights (needed by DoRA; with a model checkpoint as ``path`` it makes
+    a full fine-tune, ΔW = W_path − W_base). ``include``/``exclude`` regexes select layers by name.
+    """
+    local = _read_local_kind(path, base, include, exclude)
+    if local is not None:
+        return local
+    if include or exclude:
+        return filter_layers(load_deltas(path, base=base), include, exclude)
+    return _read_adapter(path, base)
+
+
+def _read_local_kind(
+    path: str | Path, base: str | Path | None, include: list[str] | None, exclude: list[str] | None
+) -> AdapterDeltas | None:
+    """Inputs without adapter_config.json: a model checkpoint with ``base`` (full fine-tune), or a
+    single-file kohya / LyCORIS / diffusers LoRA. None when ``path`` is something else."""
+    local = Path(path)
+    if not local.exists():
+        return None
+    has_config = (local / CONFIG_NAME).exists() if local.is_dir() else (local.parent / CONFIG_NAME).exists()
+    if has_config:
+        return None
+    if local.is_file() and local.suffix == ".safetensors" and is_single_file_lora(local):
+        deltas = read_kohya(local)
+        return filter_layers(deltas, include, exclude) if include or exclude else deltas
+    if base is not None:
+        return read_full_finetune(base, local, include, exclude)
+    if local.is_dir() and ((local / "model.safetensors").exists() or (local / "model.safetensors.index.json").exists()):
+        raise InputError(f"{local}: a full model checkpoint, not an adapter; pass --base BASE to convert the fine-tune W − W_base")
+    return None
+
+
+def _read_adapter(path: str | Path, base: str | Path | None = None) -> AdapterDeltas:
     config_path, weights_path = locate_adapter(path)
     config = read_json(config_path)
     peft_type = config.get("peft_type")
     if peft_type == LORA:
-        return read_peft_lora(config, weights_path)
+        return read_peft_lora(config, weights_path, base)
+    if peft_type in PEFT_LYCORIS_TYPES:
+        return read_peft_lycoris(config, weights_path)
     if peft_type in METHOD_OF_PEFT_TYPE:
         return read_wavecompress_adapter(config, weights_path)
     raise InputError(f"{config_path}: unsupported peft_type {peft_type!r} (supported: LORA and wavecompress outputs)")
 
 
-__all__ = ["AdapterDeltas", "LayerDelta", "SkippedLayer", "load_deltas", "locate_adapter"]
+__all__ = ["AdapterDeltas", "Checkpoint", "LayerDelta", "LazyLayers", "SkippedLayer", "load_deltas", "locate_adapter",
+           "read_full_finetune", "read_kohya"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,53 @@ class SkippedLayer:
 
     name: str
     reason: str
+
+
+class LazyLayers(Sequence):
+    """Layers computed one at a time on access, so only one layer's ΔW needs to be alive at once.
+
+    Built from (name, shape, stored values, factory) entries; ``factory()`` returns the LayerDelta,
+    or None when the layer turned out to have nothing to convert (it is then added to ``skipped``
+    with ``none_reason`` and left out of the iteration). Streaming readers (full fine-tunes, DoRA)
+    use it in place of a list.
+    """
+
+    def __init__(self, entries: list[tuple[str, tuple[int, int], int, Callable[[], "LayerDelta | None"]]],
+                 skipped: "list[SkippedLayer] | None" = None, none_reason: str = "nothing to convert") -> None:
+        self.entries = entries
+        self.skipped = skipped
+        self.none_reason = none_reason
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return LazyLayers(self.entries[index], self.skipped, self.none_reason)
+        return self.entries[index][3]()
+
+    def __iter__(self) -> Iterator[LayerDelta]:
+        for name, _, _, factory in self.entries:
+            layer = factory()
+            if layer is None:
+                if self.skipped is not None:
+                    self.skipped.append(SkippedLayer(name, self.none_reason))
+                continue
+            yield layer
+            del layer
+
+    @property
+    def names(self) -> list[str]:
+        return [entry[0] for entry in self.entries]
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        return {entry[0]: entry[1] for entry in self.entries}
+
+    @property
+    def stored_values(self) -> int:
+        """Values the input stores for these layers, known without computing any ΔW."""
+        return sum(entry[2] for entry in self.entries)
 
 
 @dataclass
@@ -42,6 +90,8 @@ class AdapterDeltas:
     @property
     def stored_values(self) -> int:
         """Trainable values the input stores for its layers (factors or dense entries)."""
+        if isinstance(self.layers, LazyLayers):
+            return self.layers.stored_values
         total = 0
         for layer in self.layers:
             if "stored_values" in layer.info:

@@ -54,13 +54,17 @@ def strip_prefix(key: str) -> str:
     return key[len(PREFIX) :] if key.startswith(PREFIX) else key
 
 
-def read_peft_lora(config: dict[str, Any], weights_path: Path) -> AdapterDeltas:
-    """Build layer deltas from a PEFT LoRA state dict and its (already parsed) config."""
+def read_peft_lora(config: dict[str, Any], weights_path: Path, base: str | Path | None = None) -> AdapterDeltas:
+    """Build layer deltas from a PEFT LoRA state dict and its (already parsed) config.
+
+    DoRA adapters (``use_dora``) go to :mod:`.dora`, which needs the base weights ``base``.
+    """
     if config.get("use_dora"):
-        raise InputError(
-            f"{weights_path}: DoRA adapter (use_dora=true); its exact delta needs the base model's weights, "
-            "which this reader does not take yet"
-        )
+        from .dora import base_required_error, read_dora
+
+        if base is None:
+            raise base_required_error(weights_path)
+        return read_dora(read_peft_lora({**config, "use_dora": False}, weights_path), weights_path, base)
     tensors, metadata = read_safetensors(weights_path)
     groups: dict[str, dict[str, str]] = defaultdict(dict)
     passthrough: dict[str, torch.Tensor] = {}

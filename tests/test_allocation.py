@@ -1,0 +1,133 @@
+"""Budget forms and global allocation: curves match the methods, greedy beats uniform and equals brute force."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import wavecompress as wc
+from wavecompress.cli import main
+from wavecompress.deltas import LayerDelta
+from wavecompress.methods import MethodOptions, get_method
+from wavecompress.methods.allocation import budget_spec, parse_size, plan_budgets
+from wavecompress.methods.rate_distortion import rd_curve
+from conftest import make_peft_lora
+
+PLAIN = MethodOptions(reorder=None)
+
+
+def uneven_layers(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Three layers whose spectra differ: a strong near-rank-2 update, a flat noisy one, a weak one."""
+    g = torch.Generator().manual_seed(seed)
+    strong = 3.0 * torch.randn(32, 2, generator=g) @ torch.randn(2, 64, generator=g) + 0.05 * torch.randn(32, 64, generator=g)
+    flat = 0.5 * torch.randn(32, 64, generator=g)
+    weak = 0.1 * torch.randn(64, 32, generator=g) @ torch.diag(torch.linspace(1, 0.01, 32)) @ torch.randn(32, 32, generator=g)
+    return {"strong": strong, "flat": flat, "weak": weak}
+
+
+def total_error(result: wc.CompressedAdapter) -> float:
+    return result.report.relative_error
+
+
+@pytest.mark.parametrize("method", ["waveft", "wara", "lora", "sparse"])
+def test_curve_is_the_methods_own_error_at_every_budget(method: str) -> None:
+    for name, dense in uneven_layers().items():
+        delta = LayerDelta.from_dense(name, dense)
+        options = MethodOptions()  # default ordering included: curves come from the method itself
+        curve = rd_curve(delta, method, options)
+        for budget in (50, 97, 300, 700, 1500):
+            layer = get_method(method).compress(delta, budget, options)
+            assert curve.error_sq_at(budget) == pytest.approx(layer.error_sq, rel=1e-4, abs=1e-6 * layer.energy), (name, budget)
+            assert curve.stored_at(budget) == layer.stored_values
+
+
+@pytest.mark.parametrize("method,budget,uniform_err,global_err", [
+    ("waveft", 200, 0.6034, 0.3411),  # uniform wastes 400 values on two layers that hold little energy
+    ("wara", 200, 0.6199, 0.2410),
+    ("lora", 150, 0.5191, 0.1383),  # uniform: rank 1 per layer and 54 values unusable in each
+])
+def test_global_allocation_beats_uniform_on_uneven_layers(method: str, budget: int, uniform_err: float, global_err: float) -> None:
+    layers = uneven_layers()
+    uniform = wc.compress(layers, budget=budget, method=method, reorder=False)
+    greedy = wc.compress(layers, budget=budget, method=method, reorder=False, allocate="global")
+    assert sum(row.result.stored_values for row in greedy.report.layers) <= 3 * budget
+    budgets = {row.name: row.budget for row in greedy.report.layers}
+    assert budgets["strong"] > budget  # the budget goes where the update is
+    assert total_error(uniform) == pytest.approx(uniform_err, abs=1e-3)
+    assert total_error(greedy) == pytest.approx(global_err, abs=1e-3)
+    # each baseline is allocated on its own curves at the same total
+    for summary in greedy.report.overall().values():
+        assert summary.stored_values <= 3 * budget
+
+
+def brute_force(layers: dict[str, torch.Tensor], method: str, total: int, step: int = 1) -> float:
+    """Smallest total squared error over every split of ``total`` (per-layer budgets in ``step``s)."""
+    compress = get_method(method).compress
+    errors = {}
+    for name, dense in layers.items():
+        delta = LayerDelta.from_dense(name, dense)
+        errors[name] = [compress(delta, b, PLAIN).error_sq for b in range(0, total + 1, step)]
+    best = float("inf")
+    for split in itertools.product(*(range(len(e)) for e in errors.values())):
+        if sum(split) * step <= total:
+            best = min(best, sum(e[i] for e, i in zip(errors.values(), split)))
+    return best
+
+
+@pytest.mark.parametrize("total", [5, 13, 29, 40])
+def test_global_topk_equals_brute_force_optimum(total: int) -> None:
+    g = torch.Generator().manual_seed(3)
+    layers = {"a": 2.0 * torch.randn(4, 4, generator=g), "b": torch.randn(4, 2, generator=g) @ torch.randn(2, 8, generator=g),
+              "c": 0.3 * torch.randn(8, 2, generator=g)}
+    plans = plan_budgets([LayerDelta.from_dense(n, d) for n, d in layers.items()], ["waveft"], PLAIN,
+                         budget_spec(budget_total=total), "global")
+    result = wc.compress(layers, budget_total=total, method="waveft", reorder=False, allocate="global")
+    error_sq = result.report.overall()["waveft"].error_sq
+    assert error_sq == pytest.approx(brute_force(layers, "waveft", total), rel=1e-9, abs=1e-12)
+    assert plans["waveft"].predicted_error_sq == pytest.approx(error_sq, rel=1e-6)  # float32 coefficients
+    assert sum(plans["waveft"].budgets.values()) == total
+
+
+@pytest.mark.parametrize("total", [16 * 3, 16 * 5 + 7, 16 * 9])
+def test_global_lora_equals_brute_force_when_rank_costs_match(total: int) -> None:
+    g = torch.Generator().manual_seed(4)
+    layers = {n: s * torch.randn(8, 8, generator=g) @ torch.diag(torch.logspace(0, -2, 8)) for n, s in (("a", 1.0), ("b", 3.0), ("c", 0.5))}
+    result = wc.compress(layers, budget_total=total, method="lora", allocate="global")
+    assert result.report.overall()["lora"].error_sq == pytest.approx(brute_force(layers, "lora", total, step=16), rel=1e-9)
+
+
+def test_budget_ratio_and_size_forms(tmp_path: Path) -> None:
+    src, _ = make_peft_lora(tmp_path / "lora", r=8, target_modules=["query", "value", "dense"])
+    deltas = wc.load_deltas(src)
+    ratio = wc.compress(src, budget_ratio=0.25, method="waveft", reorder=False, baselines=())
+    assert ratio.report.overall()["waveft"].stored_values <= int(0.25 * deltas.stored_values)
+    assert ratio.report.overall()["waveft"].stored_values >= int(0.25 * deltas.stored_values) - len(deltas.layers)
+    for method in ("waveft", "lora"):
+        limit = 24_000
+        result = wc.compress(src, max_size=limit, method=method, allocate="global", reorder=False, baselines=())
+        out = result.save(tmp_path / f"sized-{method}")
+        size = (out / "adapter_model.safetensors").stat().st_size
+        assert limit - 8 * 4 <= size <= limit, (method, size)  # filled to within a few values (8 bytes each)
+    assert parse_size("2MB") == 2_000_000 and parse_size("1.5KiB") == 1536 and parse_size(512) == 512
+
+
+def test_cli_budget_total_global_writes_per_layer_budgets(tmp_path: Path) -> None:
+    src, _ = make_peft_lora(tmp_path / "lora", r=8, target_modules=["query", "value", "dense"])
+    out, report_path = tmp_path / "out", tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["convert", str(src), "--budget-total", "4000", "--allocate", "global", "--no-reorder",
+                                       "--out", str(out), "--report", str(report_path)])
+    assert result.exit_code == 0, result.output
+    assert "allocated global" in result.output
+    report = json.loads(report_path.read_text())
+    assert report["allocation"]["mode"] == "global" and report["allocation"]["total"] == 4000
+    assert sum(row["stored_values"] for row in report["layers"]) <= 4000
+    assert len({row["budget"] for row in report["layers"]}) > 1
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert {name: len(config["layers"][name]["shape"]) for name in config["layers"]}  # per-layer table written
+    bad = CliRunner().invoke(main, ["convert", str(src), "--budget", "10", "--budget-total", "40", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "exactly one budget" in bad.output

@@ -1,0 +1,235 @@
+"""Budget forms and how a budget is split across layers (uniform, or the exact global greedy).
+
+Forms (exactly one): ``per_layer`` stored values in every layer (PEFT's ``n_frequency``), ``total``
+values for the whole adapter, ``ratio`` of the input adapter's stored values, or ``max_bytes`` of
+``adapter_model.safetensors`` on disk (indices and carried-over tensors included).
+
+``global`` allocation merges every layer's rate-distortion curve (methods/rate_distortion.py) and
+takes steps in decreasing error-removed-per-stored-value order until the total is spent. For
+curves with unit steps (top-k) this is the exact optimum for every total; with larger steps (SVD
+ranks, WaRA band ranks) it is the optimum at every total the greedy fills exactly (the Lagrangian
+breakpoints), and a knapsack heuristic for the few values left over in between.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..deltas.layer_delta import LayerDelta
+from ..errors import InputError
+from . import get_method
+from .options import MethodOptions
+from .rate_distortion import RDCurve, greedy_take, rd_curve
+
+ALLOCATIONS = ("uniform", "global")
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+# safetensors header: 8-byte length, then ~100 bytes of JSON per tensor; checked exactly afterwards.
+_HEADER_PER_TENSOR = 160
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``2MB`` (10^6), ``1.5MiB`` (2^20), ``800kB`` or a plain integer."""
+    if isinstance(text, int):
+        size = text
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+        unit = match.group(2).lower() if match else None
+        if not match or unit not in _UNITS:
+            raise InputError(f"max size {text!r}: expected a number of bytes with an optional unit (B, kB, MB, GB, KiB, MiB, GiB)")
+        size = int(float(match.group(1)) * _UNITS[unit])
+    if size <= 0:
+        raise InputError(f"max size must be positive, got {text!r}")
+    return size
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """One of the four budget forms; see the module docstring."""
+
+    per_layer: int | None = None
+    total: int | None = None
+    ratio: float | None = None
+    max_bytes: int | None = None
+
+    @property
+    def form(self) -> str:
+        for name in ("per_layer", "total", "ratio", "max_bytes"):
+            if getattr(self, name) is not None:
+                return name
+        return "per_layer"
+
+    def describe(self) -> str:
+        form = self.form
+        if form == "per_layer":
+            return f"{self.per_layer} values per layer"
+        if form == "total":
+            return f"{self.total} values in total"
+        if form == "ratio":
+            return f"{self.ratio:g} of the input's stored values"
+        return f"at most {self.max_bytes} bytes on disk"
+
+    def label(self) -> str:
+        """Short tag for default output names: b3000, t90000, r0.25, s2000000."""
+        value = getattr(self, self.form)
+        return {"per_layer": "b", "total": "t", "ratio": "r", "max_bytes": "s"}[self.form] + f"{value:g}"
+
+
+def budget_spec(
+    budget: int | None = None,
+    budget_total: int | None = None,
+    budget_ratio: float | None = None,
+    max_size: str | int | None = None,
+) -> BudgetSpec:
+    """Validate that exactly one budget form is given and return it."""
+    given = [name for name, value in (("--budget", budget), ("--budget-total", budget_total),
+                                      ("--budget-ratio", budget_ratio), ("--max-size", max_size)) if value is not None]
+    if len(given) != 1:
+        raise InputError("give exactly one budget: --budget N (per layer), --budget-total N, --budget-ratio R or --max-size SIZE"
+                         + (f" (got {', '.join(given)})" if given else ""))
+    for value, what in ((budget, "budget"), (budget_total, "budget-total")):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise InputError(f"{what} must be a positive integer number of stored values, got {value!r}")
+    if budget_ratio is not None and not (isinstance(budget_ratio, (int, float)) and 0 < budget_ratio):
+        raise InputError(f"budget-ratio must be a positive fraction of the input's stored values, got {budget_ratio!r}")
+    return BudgetSpec(
+        per_layer=budget,
+        total=budget_total,
+        ratio=float(budget_ratio) if budget_ratio is not None else None,
+        max_bytes=parse_size(max_size) if max_size is not None else None,
+    )
+
+
+def bytes_per_value(method: str, delta: LayerDelta, options: MethodOptions) -> tuple[float, float]:
+    """(bytes per stored value, fixed bytes per layer) of ``method``, measured on ``delta``.
+
+    Two probes at different budgets separate the per-value cost (values plus indices) from what a
+    layer stores regardless of budget (row/column permutations, for instance).
+    """
+    compress = get_method(method).compress
+    size = delta.shape[0] * delta.shape[1]
+    small = compress(delta, min(size, sum(delta.shape)), options)
+    large = compress(delta, min(size, 3 * sum(delta.shape)), options)
+    if large.stored_values > small.stored_values:
+        slope = (large.stored_bytes - small.stored_bytes) / (large.stored_values - small.stored_values)
+        return slope, max(small.stored_bytes - slope * small.stored_values, 0.0)
+    if small.stored_values:
+        return small.stored_bytes / small.stored_values, 0.0
+    return 4.0, 0.0
+
+
+def total_values(
+    spec: BudgetSpec, names: Sequence[str], method: str, options: MethodOptions, input_stored_values: int,
+    fixed_bytes: int = 0, probe: LayerDelta | None = None,
+) -> int:
+    """The whole adapter's budget in stored values for ``method`` over the layers ``names``.
+
+    For ``max_bytes``: ``fixed_bytes`` (carried-over tensors) and a header estimate are taken off,
+    and the rest divided by the bytes per value of ``method`` measured on ``probe``.
+    """
+    if spec.per_layer is not None:
+        return spec.per_layer * len(names)
+    if spec.total is not None:
+        return spec.total
+    if spec.ratio is not None:
+        total = int(spec.ratio * input_stored_values)
+        if total <= 0:
+            raise InputError(f"budget-ratio {spec.ratio:g} of {input_stored_values} input values leaves nothing to store")
+        return total
+    per_value, per_layer = bytes_per_value(method, probe, options)
+    overhead = int(fixed_bytes + 8 + len(names) * (4 * _HEADER_PER_TENSOR + per_layer))
+    total = int((spec.max_bytes - overhead) // per_value)
+    if total <= 0:
+        raise InputError(f"max size {spec.max_bytes} bytes is below the file's fixed part ({overhead} bytes: header and carried tensors)")
+    return total
+
+
+@dataclass
+class Allocation:
+    """Per-layer budgets for one method (by layer name), and how they were chosen."""
+
+    method: str
+    mode: str
+    total: int
+    budgets: dict[str, int]
+    default: int | None = None
+    predicted_error_sq: float | None = None
+    curves: list[RDCurve] = field(default_factory=list, repr=False)
+
+    def budget_of(self, name: str) -> int:
+        """The budget of layer ``name`` (``default`` for layers the plan did not list)."""
+        if name in self.budgets:
+            return self.budgets[name]
+        if self.default is None:
+            raise KeyError(f"no budget planned for layer {name}")
+        return self.default
+
+
+def uniform_budgets(total: int, n_layers: int) -> list[int]:
+    """``total`` split as evenly as integers allow (the first ``total % n`` layers get one more)."""
+    share, extra = divmod(total, n_layers)
+    return [share + (1 if i < extra else 0) for i in range(n_layers)]
+
+
+def global_budgets(curves: list[RDCurve], total: int) -> tuple[list[int], float]:
+    """Exact greedy over all layers' curves: (per-layer budgets, predicted total squared error)."""
+    if not curves:
+        return [], 0.0
+    costs = np.concatenate([c.costs for c in curves])
+    gains = np.concatenate([c.gains for c in curves])
+    layer_of = np.concatenate([np.full(len(c.costs), i, dtype=np.int64) for i, c in enumerate(curves)])
+    position = np.concatenate([np.arange(len(c.costs)) for c in curves])
+    group_offset = np.cumsum([0] + [int(c.groups.max()) + 1 if len(c.groups) else 0 for c in curves])
+    groups = np.concatenate([c.groups + group_offset[i] for i, c in enumerate(curves)])
+    ratio = gains / np.maximum(costs, 1)
+    order = np.lexsort((position, layer_of, -ratio))  # last key is primary: best ratio first, layer order kept
+    taken = greedy_take(costs, groups, order, total)
+    budgets = np.bincount(layer_of[taken], weights=costs[taken], minlength=len(curves)).astype(np.int64)
+    error = float(gains[~taken].sum() + sum(c.residual for c in curves))
+    return [int(b) for b in budgets], error
+
+
+def layer_names(layers: Sequence[LayerDelta]) -> list[str]:
+    """Names of ``layers`` without computing lazy ones."""
+    names = getattr(layers, "names", None)
+    return list(names) if names is not None else [layer.name for layer in layers]
+
+
+def plan_budgets(
+    layers: Sequence[LayerDelta],
+    methods: Sequence[str],
+    options: MethodOptions,
+    spec: BudgetSpec,
+    mode: str = "uniform",
+    input_stored_values: int = 0,
+    fixed_bytes: int = 0,
+) -> dict[str, Allocation]:
+    """{method: Allocation} for each of ``methods`` under ``spec``, one pass over ``layers``.
+
+    ``uniform`` gives every layer the same budget (the total split evenly); ``global`` runs the
+    exact greedy over every layer's rate-distortion curve, each method on its own curves.
+    """
+    if mode not in ALLOCATIONS:
+        raise InputError(f"unknown allocation {mode!r}; choose one of {', '.join(ALLOCATIONS)}")
+    methods = list(dict.fromkeys(methods))
+    names = layer_names(layers)
+    if not names:
+        return {m: Allocation(m, mode, 0, {}, spec.per_layer) for m in methods}
+    if spec.per_layer is not None and mode == "uniform":
+        return {m: Allocation(m, mode, spec.per_layer * len(names), {}, spec.per_layer) for m in methods}
+    probe = layers[0] if spec.max_bytes is not None else None
+    totals = {m: total_values(spec, names, m, options, input_stored_values, fixed_bytes, probe) for m in methods}
+    if mode == "uniform":
+        return {m: Allocation(m, mode, totals[m], dict(zip(names, uniform_budgets(totals[m], len(names))))) for m in methods}
+    curves: dict[str, list[RDCurve]] = {m: [] for m in methods}
+    for delta in layers:
+        for m in methods:
+            curves[m].append(rd_curve(delta, m, options, max_cost=totals[m]))
+    plans = {}
+    for m in methods:
+        budgets, error = global_budgets(curves[m], totals[m])
+        plans[m] = Allocation(m, mode, totals[m], {c.name: b for c, b in zip(curves[m], budgets)}, 0, error, curves[m])
+    return plans

@@ -1,0 +1,198 @@
+"""Rate-distortion curves: a layer's error after each stored value a method would add, in its own order.
+
+A curve is a sequence of *steps* (cost in stored values, error removed) in the order the method's own
+compressor takes them, grouped so that a step that does not fit blocks the rest of its group. Each
+curve comes from the method itself, so it matches what ``compress`` stores:
+
+- top-k in an orthonormal basis (``waveft``, ``sparse``): the squared kept coefficients in
+  decreasing order, one value each (sorted coefficient energies give the curve for free);
+- truncated SVD (``lora``): σ_i², each costing d_out + d_in;
+- WaRA: the greedy's own σ²/cost sequence over subbands (cost rows_i + cols_j per rank-1 term);
+- any other method: a sampled curve (its compressor at a grid of budgets), lower convex hull.
+
+Within a group the gain per cost never increases, so taking steps in decreasing gain/cost order is
+the exact greedy for convex curves (:mod:`wavecompress.methods.allocation`).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..deltas.layer_delta import LayerDelta
+from . import get_method
+from .options import MethodOptions
+
+
+@dataclass
+class RDCurve:
+    """Steps (cost, gain, group) of one method on one layer, plus the error nothing removes."""
+
+    name: str
+    method: str
+    shape: tuple[int, int]
+    energy: float
+    costs: np.ndarray  # int64, stored values per step
+    gains: np.ndarray  # float64, squared error removed per step
+    groups: np.ndarray  # int64, steps of one group are taken in order; a misfit blocks the group
+    residual: float  # squared error left after every step
+
+    @property
+    def budgets(self) -> np.ndarray:
+        """Stored values after 0, 1, ..., n steps."""
+        return np.concatenate([[0], np.cumsum(self.costs)])
+
+    @property
+    def errors_sq(self) -> np.ndarray:
+        """Squared error after 0, 1, ..., n steps (suffix sums, no subtraction of large numbers)."""
+        tail = np.concatenate([np.cumsum(self.gains[::-1])[::-1], [0.0]])
+        return tail + self.residual
+
+    def taken(self, budget: int) -> np.ndarray:
+        """Mask of the steps the method's greedy takes within ``budget``."""
+        return greedy_take(self.costs, self.groups, np.arange(len(self.costs)), budget)
+
+    def error_sq_at(self, budget: int) -> float:
+        """Squared error of the method at ``budget`` stored values for this layer."""
+        mask = self.taken(budget)
+        return float(self.gains[~mask].sum() + self.residual)
+
+    def stored_at(self, budget: int) -> int:
+        return int(self.costs[self.taken(budget)].sum())
+
+    def relative_error_at(self, budget: int) -> float:
+        return (self.error_sq_at(budget) / self.energy) ** 0.5 if self.energy > 0 else 0.0
+
+
+def greedy_take(costs: np.ndarray, groups: np.ndarray, order: np.ndarray, budget: int) -> np.ndarray:
+    """Take steps in ``order`` while they fit; a step that does not fit blocks its group for good.
+
+    The fitting prefix is found with one cumulative sum; only the short tail after the first misfit
+    (where the remaining budget is below one step's cost) is walked step by step.
+    """
+    taken = np.zeros(len(costs), dtype=bool)
+    if len(order) == 0 or budget <= 0:
+        return taken
+    ordered_costs = costs[order]
+    cumulative = np.cumsum(ordered_costs)
+    prefix = int(np.searchsorted(cumulative, budget, side="right"))
+    taken[order[:prefix]] = True
+    remaining = budget - (int(cumulative[prefix - 1]) if prefix else 0)
+    if prefix == len(order):
+        return taken
+    blocked = {int(groups[order[prefix]])}
+    tail = order[prefix + 1 :]
+    tail = tail[costs[tail] <= remaining]
+    for step in tail:
+        if remaining <= 0:
+            break
+        group = int(groups[step])
+        if group in blocked:
+            continue
+        cost = int(costs[step])
+        if cost <= remaining:
+            taken[step] = True
+            remaining -= cost
+        else:
+            blocked.add(group)
+    return taken
+
+
+_VALUES_KEY = {"waveft": "waveft_spectrum", "sparse": "sparse_values"}
+
+
+def _topk_curve(delta: LayerDelta, method: str, options: MethodOptions, max_cost: int) -> RDCurve:
+    full = delta.shape[0] * delta.shape[1]
+    layer = get_method(method).compress(delta, min(full, max_cost), options)
+    values = layer.tensors[_VALUES_KEY[method]]
+    gains = np.sort(values.double().square().numpy())[::-1].copy()
+    return RDCurve(delta.name, method, delta.shape, layer.energy, np.ones(len(gains), dtype=np.int64), gains,
+                   np.zeros(len(gains), dtype=np.int64), max(layer.error_sq, 0.0))
+
+
+def _lora_curve(delta: LayerDelta, options: MethodOptions, max_cost: int) -> RDCurve:
+    from .lora_svd import layer_svd
+
+    _, s, _ = layer_svd(delta)
+    cost = delta.shape[0] + delta.shape[1]
+    useful = int((s > s[0] * 1e-7).sum()) if s.numel() and s[0] > 0 else 0
+    steps = min(useful, max_cost // cost)
+    squares = s.double().square().numpy()
+    return RDCurve(delta.name, "lora", delta.shape, delta.energy(), np.full(steps, cost, dtype=np.int64),
+                   squares[:steps].copy(), np.zeros(steps, dtype=np.int64), float(squares[steps:].sum()))
+
+
+def _wara_curve(delta: LayerDelta, options: MethodOptions, max_cost: int) -> RDCurve:
+    from .wara import compress as wara_compress
+    from .wara import unpack_bands
+
+    layer = wara_compress(delta, max_cost, options)
+    bands = unpack_bands(layer.tensors["wara_factors"].double(), layer.meta, layer.shape)
+    sequences = []
+    for (i, j, _rank), (rows, cols, p, q) in zip(layer.meta["bands"], bands):
+        # Balanced factors P = U√S, Q = √S Vh, so σ_k = ‖P[:, k]‖·‖Q[k, :]‖.
+        sigma = (p.norm(dim=0) * q.norm(dim=1)).numpy()
+        cost = (rows.stop - rows.start) + (cols.stop - cols.start)
+        sequences.append(((i, j), np.sort(sigma)[::-1] ** 2, cost))
+    # Replay the greedy's order: next σ² / cost across bands, ties broken by band like wara.allocate_ranks.
+    heap = [(-seq[0] / cost, band, 0, n) for n, (band, seq, cost) in enumerate(sequences) if len(seq)]
+    heapq.heapify(heap)
+    costs, gains, groups = [], [], []
+    while heap:
+        _, band, k, n = heapq.heappop(heap)
+        _, seq, cost = sequences[n]
+        costs.append(cost)
+        gains.append(seq[k])
+        groups.append(n)
+        if k + 1 < len(seq):
+            heapq.heappush(heap, (-seq[k + 1] / cost, band, k + 1, n))
+    return RDCurve(delta.name, "wara", delta.shape, layer.energy, np.asarray(costs, dtype=np.int64),
+                   np.asarray(gains, dtype=np.float64), np.asarray(groups, dtype=np.int64), max(layer.error_sq, 0.0))
+
+
+def sampled_curve(delta: LayerDelta, method: str, options: MethodOptions, max_cost: int, points: int = 24) -> RDCurve:
+    """Any method: compress at geometric budgets, keep the lower convex hull of (stored, error²)."""
+    compress = get_method(method).compress
+    grid = sorted({int(b) for b in np.geomspace(1, max(max_cost, 2), points)})
+    samples = [(0, delta.energy())]
+    for budget in grid:
+        layer = compress(delta, budget, options)
+        samples.append((layer.stored_values, layer.error_sq))
+    samples.sort()
+    hull: list[tuple[int, float]] = []
+    for point in samples:
+        if hull and point[0] == hull[-1][0]:
+            if point[1] < hull[-1][1]:
+                hull.pop()
+            else:
+                continue
+        if hull and point[1] >= hull[-1][1]:
+            continue
+        while len(hull) >= 2:
+            (x0, y0), (x1, y1) = hull[-2], hull[-1]
+            if (y1 - y0) * (point[0] - x0) >= (point[1] - y0) * (x1 - x0):  # hull[-1] above the chord
+                hull.pop()
+            else:
+                break
+        hull.append(point)
+    costs = np.diff([p[0] for p in hull]).astype(np.int64)
+    gains = -np.diff([p[1] for p in hull])
+    return RDCurve(delta.name, method, delta.shape, delta.energy(), costs, gains.astype(np.float64),
+                   np.zeros(len(costs), dtype=np.int64), float(hull[-1][1]))
+
+
+def rd_curve(delta: LayerDelta, method: str, options: MethodOptions | None = None, max_cost: int | None = None) -> RDCurve:
+    """The rate-distortion curve of ``method`` on ``delta`` up to ``max_cost`` stored values."""
+    options = options or MethodOptions()
+    full = delta.shape[0] * delta.shape[1]
+    max_cost = full * 2 if max_cost is None else max(int(max_cost), 1)
+    if method in ("waveft", "sparse"):
+        return _topk_curve(delta, method, options, max_cost)
+    if method == "lora":
+        return _lora_curve(delta, options, max_cost)
+    if method == "wara":
+        return _wara_curve(delta, options, max_cost)
+    return sampled_curve(delta, method, options, max_cost)
