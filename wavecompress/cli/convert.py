@@ -13,7 +13,7 @@ from ..formats.atomic import atomic_write_bytes
 from ..methods.options import DEFAULT_LEVELS, DEFAULT_LEVELS_REORDERED, DEFAULT_REORDER, REORDER_CHOICES
 from .common import debug_option, default_output, friendly_errors
 
-OUTPUT_METHODS = ["waveft", "wara", "lora"]
+OUTPUT_METHODS = ["waveft", "wara", "lora", "waveft-seeded"]
 
 
 @click.command()
@@ -32,6 +32,10 @@ OUTPUT_METHODS = ["waveft", "wara", "lora"]
 @click.option("--order-by", type=click.Choice(REORDER_CHOICES), default=DEFAULT_REORDER, show_default=True,
               help="How to reorder: svd (leading singular vectors), fiedler (spectral), greedy (nearest neighbour), "
               "best (try each per layer, keep the lowest error).")
+@click.option("--scaling", type=float, default=None,
+              help="waveft-seeded: PEFT WaveFT's scaling; values are fitted to ΔW/scaling [default: 25.0, PEFT's].")
+@click.option("--seed", type=int, default=None,
+              help="waveft-seeded: PEFT WaveFT's random_loc_seed, which fixes the coefficient locations [default: 777].")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: ./<input>-<method>-b<budget>].")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON here.")
@@ -49,7 +53,8 @@ OUTPUT_METHODS = ["waveft", "wara", "lora"]
 @debug_option
 @friendly_errors
 def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: int | None, out_dir: Path | None,
-            report_path: Path | None, force: bool, quiet: bool, debug: bool, reorder: bool = True,
+            report_path: Path | None, force: bool, quiet: bool, debug: bool, scaling: float | None = None,
+            seed: int | None = None, reorder: bool = True,
             order_by: str = DEFAULT_REORDER, base: Path | None = None, tuned: Path | None = None,
             include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> None:
     """Convert an adapter into a budgeted wavelet (or LoRA) adapter and report the error.
@@ -71,7 +76,7 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
     if target.exists() and not force:
         raise InputError(f"{target}: output already exists (use --force to replace it)")
     result = compress(source, budget=budget, method=method, wavelet=wavelet, levels=levels, progress=None,
-                      reorder=order_by if reorder else False)
+                      reorder=order_by if reorder else False, scaling=scaling, seed=seed)
     report = result.report
     if not quiet:
         click.echo(report.format_table())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
-from ..formats.peft_types import LORA, METHOD_OF_PEFT_TYPE
+from ..formats.peft_types import LORA, METHOD_OF_PEFT_TYPE, WAVEFT
 from .adapter_deltas import AdapterDeltas, LazyLayers, SkippedLayer
 from .checkpoints import Checkpoint
 from .full_finetune import filter_layers, read_full_finetune
@@ -13,6 +13,7 @@ from .kohya import is_single_file_lora, read_kohya
 from .lycoris import PEFT_LYCORIS_TYPES, read_peft_lycoris
 from .layer_delta import LayerDelta
 from .peft_lora import read_peft_lora
+from .peft_waveft import read_peft_waveft
 from .safetensors_reader import read_json
 from .wavecompress_adapter import read_wavecompress_adapter
 
@@ -85,6 +86,8 @@ def _read_adapter(path: str | Path, base: str | Path | None = None) -> AdapterDe
         return read_peft_lora(config, weights_path, base)
     if peft_type in PEFT_LYCORIS_TYPES:
         return read_peft_lycoris(config, weights_path)
+    if peft_type == WAVEFT:
+        return read_peft_waveft(config, weights_path, base)
     if peft_type in METHOD_OF_PEFT_TYPE:
         return read_wavecompress_adapter(config, weights_path)
     raise InputError(f"{config_path}: unsupported peft_type {peft_type!r} (supported: LORA and wavecompress outputs)")
