@@ -11,6 +11,7 @@ import click
 
 from .. import __version__
 from .convert import convert as convert_command
+from .push import push as push_command
 from .reconstruct import reconstruct as reconstruct_command
 
 
@@ -26,5 +27,6 @@ def main() -> None:
 
 main.add_command(convert_command)
 main.add_command(reconstruct_command)
+main.add_command(push_command)
 
 __all__ = ["main"]

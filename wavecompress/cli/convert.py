@@ -10,6 +10,7 @@ from ..compress import compress
 from ..deltas import AdapterDeltas, load_deltas, read_full_finetune
 from ..errors import InputError
 from ..formats.atomic import atomic_write_bytes
+from ..hub import check_push_target, push_after_save
 from ..methods.options import DEFAULT_LEVELS, DEFAULT_LEVELS_REORDERED, DEFAULT_REORDER, REORDER_CHOICES
 from .common import debug_option, default_output, friendly_errors
 
@@ -41,6 +42,9 @@ OUTPUT_METHODS = ["waveft", "wara", "lora", "waveft-seeded"]
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON here.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--quiet", is_flag=True, help="Print only the overall line.")
+@click.option("--push-to", "push_to", metavar="REPO_ID", default=None,
+              help="Then upload the output folder to this Hub repo (owner/name) in one commit; see `wavecompress push`.")
+@click.option("--private", is_flag=True, help="With --push-to: create the Hub repo as private.")
 @click.option("--base", "base", type=click.Path(path_type=Path), default=None,
               help="Base model weights (safetensors file, sharded folder or model folder): needed for DoRA inputs, "
               "and with --tuned (or a model checkpoint as INPUT) for a full fine-tune ΔW = W_tuned − W_base.")
@@ -55,18 +59,21 @@ OUTPUT_METHODS = ["waveft", "wara", "lora", "waveft-seeded"]
 def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: int | None, out_dir: Path | None,
             report_path: Path | None, force: bool, quiet: bool, debug: bool, scaling: float | None = None,
             seed: int | None = None, reorder: bool = True,
-            order_by: str = DEFAULT_REORDER, base: Path | None = None, tuned: Path | None = None,
+            order_by: str = DEFAULT_REORDER, push_to: str | None = None, private: bool = False,
+            base: Path | None = None, tuned: Path | None = None,
             include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> None:
     """Convert an adapter into a budgeted wavelet (or LoRA) adapter and report the error.
 
     INPUT is a PEFT LoRA folder, or its adapter_model.safetensors with adapter_config.json beside
-    it, or a folder written by wavecompress.
+    it, or a folder written by wavecompress, or a Hub repo id owner/name[@revision] (downloaded
+    through the huggingface_hub cache; HF_HUB_OFFLINE=1 reads the cache only).
 
     \b
     Examples:
       wavecompress convert fixtures/minilm-bbc-lora --budget 3000
       wavecompress convert fixtures/minilm-bbc-lora --budget 3000 --method wara --out out/wara
       wavecompress convert path/to/adapter_model.safetensors --budget 768 --report report.json
+      wavecompress convert someone/their-lora --budget 3000 --push-to me/their-lora-waveft-b3000
       wavecompress convert my-dora --base path/to/base-model --budget 3000
       wavecompress convert lora_kohya.safetensors --budget 3000
       wavecompress convert --base meta-llama-2-7b/ --tuned my-finetune/ --budget 8192 --include 'self_attn'
@@ -75,6 +82,8 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
     target = out_dir or default_output(input_path, method, budget)
     if target.exists() and not force:
         raise InputError(f"{target}: output already exists (use --force to replace it)")
+    if push_to is not None:
+        check_push_target(push_to)  # before converting: a missing token should not cost a conversion
     result = compress(source, budget=budget, method=method, wavelet=wavelet, levels=levels, progress=None,
                       reorder=order_by if reorder else False, scaling=scaling, seed=seed)
     report = result.report
@@ -89,6 +98,8 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
     if report_path is not None:
         atomic_write_bytes(report_path, report.dumps().encode("utf-8"))
     click.echo(f"wrote {target}" + (f" and {report_path}" if report_path else ""))
+    if push_to is not None:
+        click.echo(push_after_save(target, push_to, private=private).describe(target, push_to))
 
 
 def resolve_source(input_path: Path | None, base: Path | None, tuned: Path | None, include: tuple[str, ...],

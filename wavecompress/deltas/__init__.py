@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..formats.peft_types import LORA, METHOD_OF_PEFT_TYPE, WAVEFT
+from ..hub import card_license, download_adapter, hub_reference
 from .adapter_deltas import AdapterDeltas, LazyLayers, SkippedLayer
 from .checkpoints import Checkpoint
 from .full_finetune import filter_layers, read_full_finetune
@@ -22,8 +23,13 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 
 
 def locate_adapter(path: str | Path) -> tuple[Path, Path]:
-    """(config path, weights path) for an adapter folder or a weights file with its config beside it."""
-    path = Path(path)
+    """(config path, weights path) for an adapter folder or a weights file with its config beside it.
+
+    A string that is not an existing local path but looks like ``owner/name[@revision]`` is a Hub
+    repo: its adapter files are fetched through huggingface_hub's cache (a local path always wins).
+    """
+    hub = hub_reference(path)
+    path = download_adapter(*hub) if hub is not None else Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
@@ -44,7 +50,10 @@ def locate_adapter(path: str | Path) -> tuple[Path, Path]:
 def load_deltas(
     path: str | Path, base: str | Path | None = None, include: list[str] | None = None, exclude: list[str] | None = None
 ) -> AdapterDeltas:
-    """Read any supported adapter (PEFT LoRA, wavecompress output) into layer deltas.
+    """Read any supported adapter (PEFT LoRA, wavecompress output), local or a Hub repo id, into layer deltas.
+
+    Hub inputs get the source ``hf://owner/name@commit``. A ``license`` from the model card beside the
+    adapter is added to the in-memory config when the config has none, so the output card keeps it.
 
     ``base`` is the base model's weights (needed by DoRA; with a model checkpoint as ``path`` it makes
     a full fine-tune, ΔW = W_path − W_base). ``include``/``exclude`` regexes select layers by name.
@@ -54,7 +63,16 @@ def load_deltas(
         return local
     if include or exclude:
         return filter_layers(load_deltas(path, base=base), include, exclude)
-    return _read_adapter(path, base)
+    hub = hub_reference(path)
+    config_path, _ = locate_adapter(path)
+    deltas = _read_adapter(config_path.parent if hub is not None else path, base)
+    if hub is not None:
+        deltas.source = f"hf://{hub[0]}@{config_path.parent.name}"  # the snapshot folder is named by commit
+    if not deltas.config.get("license"):
+        license_ = card_license(config_path.parent / "README.md")
+        if license_:
+            deltas.config["license"] = license_
+    return deltas
 
 
 def _read_local_kind(

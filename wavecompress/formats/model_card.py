@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+import yaml
 
 from ..report import Report
 
@@ -25,21 +28,45 @@ model = PeftModel.from_pretrained(base_model, "{repo}")
 _LOADING["wara"] = _LOADING["waveft"]
 
 
-def _yaml_list(values: list[str]) -> str:
-    return "\n".join(f"- {value}" for value in values)
+# A Hub model id: name or owner/name (no local paths, no URLs).
+_HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+# Inputs read from the Hub carry the source "hf://owner/name@commit" (huggingface_hub's URI form).
+_HUB_SOURCE = re.compile(r"^hf://(?P<repo>[^@\s]+/[^@\s]+)(?:@(?P<revision>\S+))?$")
+# The quoted location in the loading snippets of _LOADING.
+_LOAD_TARGET = re.compile(r'(from_pretrained\(base_model, |wavecompress\.reconstruct\()"[^"\n]*"')
+
+
+def _provenance_lines(source: str, base_model: Any) -> list[str]:
+    """Where the input came from (its Hub repo, when it was read from the Hub) and the base model."""
+    lines = []
+    match = _HUB_SOURCE.match(source)
+    if match:
+        from huggingface_hub import constants
+
+        at = f" at revision `{match['revision']}`" if match["revision"] else ""
+        lines += ["", f"Source adapter on the Hub: [{match['repo']}]({constants.ENDPOINT}/{match['repo']}){at}."]
+    if base_model:
+        lines += ["", f"Base model: `{base_model}`."]
+    return lines
+
+
+def retarget_card(card: str, repo: str) -> str:
+    """The same card with its loading code pointed at ``repo`` (used when pushing to the Hub)."""
+    return _LOAD_TARGET.sub(lambda m: f'{m[1]}"{repo}"', card)
 
 
 def render_model_card(report: Report, config: dict[str, Any], source_license: str | None = None, repo: str = "PATH") -> str:
     """The card text for an output folder: front matter, source, budget, report table, loading code."""
     method = report.method
     tags = ["wavecompress", "peft", "waveft" if method == "waveft" else method]
-    front = ["---", "library_name: peft"]
+    meta: dict[str, Any] = {"library_name": "peft"}
     base_model = config.get("base_model_name_or_path")
-    if base_model:
-        front.append(f"base_model: {base_model}")
+    if base_model and _HUB_ID.match(str(base_model)):  # the Hub only accepts repo ids here
+        meta["base_model"] = str(base_model)
     if source_license:
-        front.append(f"license: {source_license}")
-    front += ["tags:", _yaml_list(tags), "---"]
+        meta["license"] = str(source_license)
+    meta["tags"] = tags
+    front = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip("\n"), "---"]
     overall = report.overall()[method]
     body = [
         f"# {method} adapter made by wavecompress",
@@ -48,6 +75,7 @@ def render_model_card(report: Report, config: dict[str, Any], source_license: st
         f"It stores {overall.stored_values} trainable values ({overall.bytes} bytes with indices) "
         f"where the input stored {report.input_stored_values}; relative Frobenius error over all layers "
         f"{overall.relative_error:.4f}.",
+        *_provenance_lines(report.source, base_model),
         "",
         "## Reconstruction error, with the baselines at the same budget",
         "",

@@ -1,0 +1,259 @@
+"""The Hugging Face Hub: read adapters by repo id (through huggingface_hub's cache) and push outputs.
+
+Everything goes through ``huggingface_hub``, so its environment applies unchanged: ``HF_ENDPOINT``,
+``HF_TOKEN`` (or ``hf auth login``), ``HF_HOME`` / ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE=1`` (read
+from the cache only). A push is a single commit: it lands whole or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError, WavecompressError
+
+# owner/name, optionally @revision (branch, tag or commit); the Hub's own naming rules for each part.
+_REPO_REF = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95})(?:@(?P<revision>[\w.\-/]+))?$")
+DOWNLOAD_PATTERNS = ["adapter_config.json", "adapter_model.safetensors", "README.md"]
+REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+@dataclass
+class PushResult:
+    """Where a push landed: the commit URL, and whether it changed anything (identical files make no commit)."""
+
+    commit_url: str
+    changed: bool
+
+    def describe(self, folder: Path, repo_id: str) -> str:
+        if not self.changed:
+            return f"{repo_id} already holds exactly these files; nothing to commit ({self.commit_url})"
+        return f"pushed {folder} to {repo_id}: {self.commit_url}"
+
+
+class HubError(WavecompressError):
+    """The Hub refused, or could not be reached; exit code 3 (the input itself may be fine)."""
+
+    exit_code = 3
+
+
+def parse_repo_ref(text: str) -> tuple[str, str | None] | None:
+    """(repo id, revision or None) if ``text`` looks like ``owner/name[@revision]``, else None."""
+    match = _REPO_REF.match(text)
+    if match is None or ".." in text or "--" in match["repo"]:
+        return None
+    return match["repo"], match["revision"]
+
+
+def hub_reference(path: str | Path) -> tuple[str, str | None] | None:
+    """The Hub repo a CLI/library input means: only when it is not an existing local path."""
+    text = str(path)
+    if Path(text).exists():
+        return None  # a local path always wins
+    return parse_repo_ref(text)
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions meaning "the Hub could not be reached" (httpx2 in huggingface_hub 2.x)."""
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    with contextlib.suppress(ImportError, AttributeError):
+        import httpx2
+
+        errors.append(httpx2.TransportError)
+    return tuple(errors)
+
+
+@contextlib.contextmanager
+def hub_errors(repo_id: str, action: str) -> Iterator[None]:
+    """Turn huggingface_hub / network exceptions into one-line HubErrors naming the repo and the step."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        yield
+    except OfflineModeIsEnabled:
+        raise HubError(f"{repo_id}: HF_HUB_OFFLINE=1 is set, but {action} needs the Hub") from None
+    except GatedRepoError:
+        raise HubError(f"{repo_id}: gated repo; accept its terms on the Hub and use a token that has access") from None
+    except RevisionNotFoundError:
+        raise HubError(f"{repo_id}: revision not found on {_endpoint()} while {action}") from None
+    except RepositoryNotFoundError as exc:
+        if exc.response is not None and exc.response.status_code == 401:
+            raise HubError(f"{repo_id}: the Hub rejected the token (401) while {action}; check --token / HF_TOKEN or run `hf auth login`") from None
+        raise HubError(f"{repo_id}: no such model repo on {_endpoint()} (or it is private and your token cannot read it)") from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 401:
+            raise HubError(f"{repo_id}: the Hub rejected the token (401) while {action}; check --token / HF_TOKEN or run `hf auth login`") from None
+        if status == 403:
+            raise HubError(f"{repo_id}: your token has no write access to this repo or namespace (403) while {action}; use a token with write permission") from None
+        message = (exc.server_message or str(exc)).strip().splitlines()[0]
+        raise HubError(f"{repo_id}: the Hub answered {status} while {action}: {message}") from None
+    except LocalEntryNotFoundError:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            raise HubError(f"{repo_id}: HF_HUB_OFFLINE=1 and the adapter is not in the cache ({constants.HF_HUB_CACHE}); run once online first") from None
+        raise HubError(f"{repo_id}: cannot reach the Hub at {_endpoint()} and the adapter is not in the cache") from None
+    except _network_errors() as exc:
+        raise HubError(f"{repo_id}: cannot reach the Hub at {_endpoint()} while {action} ({type(exc).__name__}: {exc})") from None
+
+
+def download_adapter(repo_id: str, revision: str | None = None, token: str | None = None) -> Path:
+    """Folder of a Hub adapter's files in huggingface_hub's cache (downloaded with progress if needed)."""
+    from huggingface_hub import snapshot_download
+
+    with hub_errors(repo_id, "downloading the adapter"):
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=DOWNLOAD_PATTERNS, token=token))
+    missing = [name for name in REQUIRED_FILES if not (folder / name).exists()]
+    if missing:
+        raise InputError(f"{repo_id}: the Hub repo has no {' or '.join(missing)} (is it a PEFT adapter saved with safetensors?)")
+    return folder
+
+
+def card_license(card_path: Path) -> str | None:
+    """The ``license`` of a model card's YAML front matter, if the card exists and declares one."""
+    if not card_path.is_file():
+        return None
+    from huggingface_hub import ModelCard
+
+    try:
+        license_ = ModelCard.load(card_path).data.to_dict().get("license")
+    except Exception:  # noqa: BLE001 - a malformed source card must not stop a conversion
+        return None
+    return str(license_) if license_ else None
+
+
+def adapter_files(folder: Path) -> list[str]:
+    """Relative paths of the files a push uploads: everything in the folder except hidden entries."""
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder")
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        raise InputError(f"{folder}: not an adapter folder (no {' or '.join(missing)})")
+    return sorted(
+        path.relative_to(folder).as_posix()
+        for path in folder.rglob("*")
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+
+
+def commit_message(folder: Path) -> tuple[str, str]:
+    """(summary, description) for the push commit, from the folder's config and report."""
+    from . import __version__
+
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    prov = config.get("wavecompress") or {}
+    if not prov:
+        return f"Upload {config.get('peft_type', 'PEFT')} adapter with wavecompress {__version__}", ""
+    summary = f"Add {prov.get('method')} adapter, budget {prov.get('budget')} values/layer"
+    report_path = folder / "wavecompress_report.json"
+    description = [f"Converted by wavecompress {prov.get('version', __version__)} from {prov.get('source')} ({prov.get('source_kind')})."]
+    if report_path.is_file():
+        overall: dict[str, Any] = json.loads(report_path.read_text(encoding="utf-8")).get("overall", {})
+        if prov.get("method") in overall:
+            summary += f", relative error {overall[prov['method']]['relative_error']:.4f}"
+        description.append(
+            "Relative Frobenius error over all layers at the same budget: "
+            + ", ".join(f"{name} {values['relative_error']:.4f}" for name, values in overall.items())
+            + "."
+        )
+    return summary, "\n".join(description)
+
+
+def check_push_target(repo_id: str, token: str | None = None) -> str:
+    """The token to push ``repo_id`` with; refuses a malformed repo id or a missing token up front."""
+    from huggingface_hub import get_token
+
+    if parse_repo_ref(repo_id) is None or "@" in repo_id:
+        raise InputError(f"{repo_id}: not a Hub repo id (expected owner/name)")
+    token = token or get_token()
+    if not token:
+        raise HubError(f"{repo_id}: no Hugging Face token; pass --token, set HF_TOKEN, or run `hf auth login`")
+    return token
+
+
+def push_after_save(folder: Path, repo_id: str, private: bool = False) -> PushResult:
+    """Push a freshly written output; on failure say that the local folder is intact and how to retry."""
+    try:
+        return push_adapter(folder, repo_id, private=private)
+    except WavecompressError as exc:
+        raise HubError(
+            f"{exc} -- the converted adapter is intact at {folder}; retry with `wavecompress push {folder} {repo_id}`"
+        ) from None
+
+
+def push_adapter(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    token: str | None = None,
+    replace: bool = False,
+) -> PushResult:
+    """Upload an adapter folder to ``repo_id`` (created if needed) in one commit.
+
+    Refuses a repo (branch) that already holds files that are not part of this adapter, unless
+    ``replace``, which deletes them in the same commit. The card's loading code is pointed at
+    ``repo_id``; every other file is uploaded byte for byte.
+    """
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .formats.model_card import retarget_card
+
+    folder = Path(folder)
+    files = adapter_files(folder)
+    api = HfApi(token=check_push_target(repo_id, token))
+    branch = revision or "main"
+    with hub_errors(repo_id, "creating the repo"):
+        api.create_repo(repo_id, private=True if private else None, exist_ok=True)
+    with hub_errors(repo_id, f"reading branch {branch}"):
+        if branch != "main":
+            api.create_branch(repo_id, branch=branch, exist_ok=True)
+        info = api.repo_info(repo_id, revision=branch)
+    others = sorted({s.rfilename for s in info.siblings or []} - set(files) - {".gitattributes"})
+    if others and not replace:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise HubError(
+            f"{repo_id}: branch {branch} already holds files that are not part of this adapter ({shown}); "
+            "push to a new repo, or pass --replace to delete them in the same commit "
+            "(add --revision BRANCH to do that on a branch and leave main untouched)"
+        )
+    operations: list[Any] = [CommitOperationDelete(path) for path in others]
+    for name in files:
+        if name == "README.md":
+            card = retarget_card((folder / name).read_text(encoding="utf-8"), repo_id)
+            operations.append(CommitOperationAdd(name, card.encode("utf-8")))
+        else:
+            operations.append(CommitOperationAdd(name, str(folder / name)))
+    summary, description = commit_message(folder)
+    with hub_errors(repo_id, "committing the upload (nothing was committed)"):
+        try:
+            commit = api.create_commit(
+                repo_id, operations, commit_message=summary, commit_description=description,
+                revision=branch, parent_commit=info.sha,
+            )
+        except ValueError as exc:  # the Hub refused the card's metadata before anything was sent
+            if isinstance(exc, HfHubHTTPError):
+                raise
+            raise HubError(f"{repo_id}: {str(exc).splitlines()[0]} (README.md front matter)") from None
+    return PushResult(commit.commit_url, changed=commit.oid != info.sha)
