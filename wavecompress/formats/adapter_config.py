@@ -83,7 +83,7 @@ def stored_tensor_specs(layer: CompressedLayer) -> dict[str, dict[str, Any]]:
 def waveft_seeded_config(layers: list[CompressedLayer], source_config: dict[str, Any]) -> dict[str, Any]:
     """A genuine PEFT ``WaveFTConfig`` dict (peft_type WAVEFT) that stock PEFT loads without warnings.
 
-    n_frequency is the most common per-layer count; layers that differ (clamped budgets) go in
+    n_frequency is the most common per-layer count (the larger on ties); layers that differ (clamped budgets) go in
     n_frequency_pattern with escaped full names. No extra keys: provenance lives in the weights header.
     """
     from collections import Counter
@@ -92,7 +92,7 @@ def waveft_seeded_config(layers: list[CompressedLayer], source_config: dict[str,
 
     meta = layers[0].meta
     counts = {layer.name: layer.stored_values for layer in layers}
-    common = Counter(counts.values()).most_common(1)[0][0]
+    common = max(Counter(counts.values()).items(), key=lambda item: (item[1], item[0]))[0]  # ties: the larger
     carried = carried_fields(source_config)
     waveft = WaveFTConfig(
         n_frequency=common,
