@@ -11,6 +11,8 @@ import click
 
 from .. import __version__
 from .convert import convert as convert_command
+from .export import export as export_command
+from .inspect import inspect as inspect_command
 from .push import push as push_command
 from .reconstruct import reconstruct as reconstruct_command
 
@@ -26,6 +28,8 @@ def main() -> None:
 
 
 main.add_command(convert_command)
+main.add_command(inspect_command)
+main.add_command(export_command)
 main.add_command(reconstruct_command)
 main.add_command(push_command)
 
