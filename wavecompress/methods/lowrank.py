@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..hardware import SMALL_RANK, one_thread
+
 
 def factored_svd(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SVD (U, S, Vh) of ``left @ right`` without forming it, in float64.
@@ -11,10 +13,11 @@ def factored_svd(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor,
     left = Q_l R_l, rightᵀ = Q_r R_r, so left @ right = Q_l (R_l R_rᵀ) Q_rᵀ and only the r×r core
     needs an SVD: O((d_out + d_in) r²) instead of a dense SVD's O(d_out d_in min(d_out, d_in)).
     """
-    q_left, r_left = torch.linalg.qr(left.double())
-    q_right, r_right = torch.linalg.qr(right.double().T)
-    u_core, s, vh_core = torch.linalg.svd(r_left @ r_right.T)
-    return q_left @ u_core, s, vh_core @ q_right.T
+    with one_thread(left.shape[1] <= SMALL_RANK):  # n × r problems: threads only add barriers (hardware.py)
+        q_left, r_left = torch.linalg.qr(left.double())
+        q_right, r_right = torch.linalg.qr(right.double().T)
+        u_core, s, vh_core = torch.linalg.svd(r_left @ r_right.T)
+        return q_left @ u_core, s, vh_core @ q_right.T
 
 
 def dense_svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -7,16 +7,18 @@ import torch
 from ..deltas.layer_delta import LayerDelta
 from .compressed_layer import CompressedLayer
 from .options import MethodOptions
-from .topk import scatter_dense, select_topk
+from .topk import scatter_dense, select_topk, select_topk_product
 
 NAME = "sparse"
 
 
 def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> CompressedLayer:
-    """Keep the ``budget`` largest entries of ΔW itself."""
-    dense = delta.to_dense()
-    capacity = dense.numel()
-    indices, values, dropped = select_topk(dense, min(budget, capacity))
+    """Keep the ``budget`` largest entries of ΔW itself (streamed from the factors, never dense)."""
+    capacity = delta.shape[0] * delta.shape[1]
+    if delta.is_factored:
+        indices, values, dropped = select_topk_product(delta.left, delta.right, min(budget, capacity))
+    else:
+        indices, values, dropped = select_topk(delta.dense, min(budget, capacity))
     return CompressedLayer(
         name=delta.name,
         shape=delta.shape,

@@ -1,0 +1,77 @@
+"""The fast paths agree with the plain computations: streamed top-k, factored sparse baseline, threads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wavecompress.deltas import LayerDelta
+from wavecompress.hardware import one_thread, resolve_device
+from wavecompress.methods import MethodOptions, sparse
+from wavecompress.methods.lowrank import dense_svd, factored_svd
+from wavecompress.methods.topk import select_topk, select_topk_product
+
+
+def plain_topk(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The reference: one torch.topk over every value, dropped energy in float64."""
+    flat = matrix.reshape(-1)
+    picked = torch.sort(torch.topk(flat.abs(), k, sorted=False).indices).values
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    keep[picked] = True
+    return picked, flat[picked], float(flat[~keep].square().double().sum())  # float32 squares, as before
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape,k", [((9000, 64), 3000), ((5, 7), 35), ((5, 7), 1), ((1, 1), 1), ((300, 1000), 20000)])
+def test_streamed_topk_equals_one_full_topk(shape: tuple[int, int], k: int, threads: int) -> None:
+    generator = torch.Generator().manual_seed(shape[0] + k)
+    left, right = torch.randn(shape[0], 6, generator=generator), torch.randn(6, shape[1], generator=generator)
+    left[: shape[0] // 3] *= 0.01  # magnitudes rising along the rows: later chunks keep replacing candidates
+    matrix = left @ right
+    expected = plain_topk(matrix, k)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for indices, values, dropped in (select_topk(matrix, k), select_topk_product(left, right, k)):
+            assert indices.dtype == torch.int32
+            assert torch.equal(indices.long(), expected[0])
+            assert torch.equal(values, expected[1])
+            assert dropped == pytest.approx(expected[2], rel=1e-12, abs=1e-30)
+    finally:
+        torch.set_num_threads(saved)
+    assert torch.get_num_threads() == saved
+
+
+def test_topk_of_nothing_drops_everything() -> None:
+    matrix = torch.randn(40, 30)
+    indices, values, dropped = select_topk(matrix, 0)
+    assert indices.numel() == values.numel() == 0
+    assert dropped == pytest.approx(float(matrix.square().double().sum()), rel=1e-12)
+
+
+def test_sparse_baseline_from_factors_matches_the_dense_path() -> None:
+    generator = torch.Generator().manual_seed(3)
+    left, right = torch.randn(700, 8, generator=generator), torch.randn(8, 500, generator=generator)
+    factored = sparse.compress(LayerDelta.from_factors("m", left, right), 1234, MethodOptions())
+    dense = sparse.compress(LayerDelta.from_dense("m", left @ right), 1234, MethodOptions())
+    assert torch.equal(factored.tensors["sparse_indices"], dense.tensors["sparse_indices"])
+    assert torch.equal(factored.tensors["sparse_values"], dense.tensors["sparse_values"])
+    assert factored.error_sq == pytest.approx(dense.error_sq, rel=1e-12)
+
+
+def test_single_threaded_factored_svd_is_the_dense_svd() -> None:
+    generator = torch.Generator().manual_seed(4)
+    left, right = torch.randn(300, 5, generator=generator), torch.randn(5, 200, generator=generator)
+    _, s, _ = factored_svd(left, right)
+    assert torch.allclose(s, dense_svd(left.double() @ right.double())[1][:5], rtol=1e-10)
+    saved = torch.get_num_threads()
+    with one_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == saved
+
+
+def test_device_resolution() -> None:
+    assert resolve_device(None).type == "cpu" and resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.warns(RuntimeWarning, match="CUDA is not available"):
+            assert resolve_device("cuda").type == "cpu"

@@ -1,0 +1,86 @@
+"""Where the arithmetic runs: the conversion device (CPU or CUDA) and the CPU threading policy.
+
+Small linear algebra (QR and SVD of n × r factors, r×r cores) is run with one intra-op thread:
+at these sizes threads add an OpenMP barrier per op and gain nothing, and on a shared,
+oversubscribed machine each barrier can cost a scheduler tick (measured 10-20× slower with 2
+threads than with 1 under load). Large streams (top-k over d_out·d_in values) are split across
+Python threads instead, see ``methods/topk.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import warnings
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import torch
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .deltas.layer_delta import LayerDelta
+    from .methods.compressed_layer import CompressedLayer
+
+CPU = torch.device("cpu")
+SMALL_RANK = 128  # factors up to this rank: single-threaded linear algebra
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The torch device to convert on: ``None``/"cpu" → CPU; "cuda[:N]" → that GPU, or CPU with a
+    warning when CUDA is not available (the result is the same, only slower)."""
+    if device is None:
+        return CPU
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}; use cpu or cuda (cuda:N)") from None
+    if resolved.type == "cpu":
+        return CPU
+    if resolved.type != "cuda":
+        raise InputError(f"device {device!r} is not supported; use cpu or cuda (cuda:N)")
+    if not torch.cuda.is_available():
+        warnings.warn(f"--device {device}: CUDA is not available on this machine; converting on the CPU instead",
+                      RuntimeWarning, stacklevel=2)
+        return CPU
+    if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise InputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return resolved
+
+
+def cuda_fallback_note(device: str | None) -> str | None:
+    """The one-line note to print when ``device`` asks for CUDA on a machine without it, else None."""
+    if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
+        return f"note: --device {device}: CUDA is not available on this machine; converting on the CPU (same results, slower)"
+    return None
+
+
+def layer_to_device(delta: LayerDelta, device: torch.device) -> LayerDelta:
+    """``delta`` with its tensors on ``device`` (the same object when already there)."""
+    tensors = {name: getattr(delta, name) for name in ("left", "right", "dense")}
+    if all(t is None or t.device == device for t in tensors.values()):
+        return delta
+    moved = {name: None if t is None else t.to(device, non_blocking=True) for name, t in tensors.items()}
+    return dataclasses.replace(delta, **moved)
+
+
+def layer_to_cpu(layer: CompressedLayer) -> CompressedLayer:
+    """A compressed layer's stored tensors back on the CPU, where writers and reports expect them."""
+    if any(t.device != CPU for t in layer.tensors.values()):
+        layer.tensors = {key: value.to(CPU) for key, value in layer.tensors.items()}
+    return layer
+
+
+@contextlib.contextmanager
+def one_thread(enabled: bool = True) -> Iterator[None]:
+    """Run the body with a single intra-op thread in the calling thread, then restore the setting."""
+    threads = torch.get_num_threads()
+    if threads == 1 or not enabled:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
