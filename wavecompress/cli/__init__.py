@@ -11,6 +11,7 @@ import click
 
 from .. import __version__
 from .convert import convert as convert_command
+from .finetune import finetune as finetune_command
 from .export import export as export_command
 from .inspect import inspect as inspect_command
 from .push import push as push_command
@@ -31,6 +32,7 @@ main.add_command(convert_command)
 main.add_command(inspect_command)
 main.add_command(export_command)
 main.add_command(reconstruct_command)
+main.add_command(finetune_command)
 main.add_command(push_command)
 
 __all__ = ["main"]

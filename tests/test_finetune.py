@@ -1,0 +1,244 @@
+"""Recovery fine-tune on real tiny transformers models with real LoRAs trained in the test.
+
+The headline check is independent of the fine-tune code: teacher = PEFT's own LoRA model,
+student = the base model with the written adapter's ΔŴ merged into its weights; their KL on
+held-out texts must drop after fine-tuning.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from safetensors import safe_open
+
+import wavecompress as wc
+from conftest import make_peft_lora, peft_delta_weights, tiny_gpt2
+from wavecompress.cli import main
+from wavecompress.errors import InputError
+from wavecompress.finetune import FinetuneConfig, finetune
+from wavecompress.finetune.injection import DeltaInjector, layer_update
+from wavecompress.finetune.trainable import TrainableDelta
+
+WORDS = [f"w{i}" for i in range(40)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread is fastest, and avoids spinning on a shared 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def word_tokenizer():
+    """A word-level fast tokenizer over WORDS, built in memory (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]")
+
+
+def texts(n: int, seed: int) -> list[tuple[str, int]]:
+    """Random word sequences, labelled by whether most words are in the first half of WORDS."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(4, 12))]
+        out.append((" ".join(words), int(2 * sum(int(w[1:]) < 20 for w in words) > len(words))))
+    return out
+
+
+def tiny_classifier(seed: int = 0):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=48, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                        max_position_embeddings=32, num_labels=2)
+    return BertForSequenceClassification(config).eval()
+
+
+def train_lora(out_dir: Path, tokenizer, data: list[tuple[str, int]], steps: int = 20) -> Path:
+    """A real PEFT LoRA (+ classifier head) trained with AdamW on ``data``, saved to ``out_dir``."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_classifier(), LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16,
+                                                         target_modules=["query", "value", "dense"], modules_to_save=["classifier"]))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for step in range(steps):
+        batch = [data[(step * 16 + i) % len(data)] for i in range(16)]
+        inputs = tokenizer([t for t, _ in batch], return_tensors="pt", padding=True)
+        loss = model(**inputs, labels=torch.tensor([y for _, y in batch])).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.save_pretrained(str(out_dir))
+    return out_dir
+
+
+@torch.no_grad()
+def kl_teacher_student(lora_dir: Path, deltas: dict[str, torch.Tensor], tokenizer, held_out: list[str]) -> float:
+    """Mean KL(PEFT teacher ‖ base with ΔŴ merged) over ``held_out``, computed without wavecompress.finetune."""
+    from peft import PeftModel
+
+    teacher = PeftModel.from_pretrained(tiny_classifier(), str(lora_dir)).eval()
+    student = tiny_classifier()
+    head = {k.split("base_model.model.")[1]: v for k, v in _tensors(lora_dir / "adapter_model.safetensors").items() if "lora_" not in k}
+    student.load_state_dict(head, strict=False)
+    for name, delta in deltas.items():
+        student.get_submodule(name).weight += delta
+    inputs = tokenizer(held_out, return_tensors="pt", padding=True)
+    t = F.log_softmax(teacher(**inputs).logits, -1)
+    s = F.log_softmax(student(**inputs).logits, -1)
+    return float((t.exp() * (t - s)).sum(-1).mean())
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """(lora dir, base model dir, data file, tokenizer, held-out texts) shared by the tests here."""
+    root = tmp_path_factory.mktemp("ft")
+    tokenizer = word_tokenizer()
+    data = texts(160, seed=0)
+    lora_dir = train_lora(root / "lora", tokenizer, data)
+    base_dir = root / "base"
+    tiny_classifier().save_pretrained(str(base_dir))
+    tokenizer.save_pretrained(str(base_dir))
+    data_file = root / "data.jsonl"
+    data_file.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in data))
+    held_out = [t for t, _ in texts(64, seed=1)]
+    return lora_dir, base_dir, data_file, tokenizer, held_out
+
+
+def test_cli_finetune_lowers_teacher_student_kl_and_keeps_the_format(trained, tmp_path: Path) -> None:
+    lora_dir, base_dir, data_file, tokenizer, held_out = trained
+    compressed = tmp_path / "waveft"
+    assert CliRunner().invoke(main, ["convert", str(lora_dir), "--budget", "48", "--out", str(compressed), "--quiet"]).exit_code == 0
+    out = tmp_path / "ft"
+    result = CliRunner().invoke(main, ["finetune", str(compressed), "--teacher", str(lora_dir), "--base-model", str(base_dir),
+                                       "--data", str(data_file), "--steps", "40", "--lr", "2e-3", "--out", str(out)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "before: teacher-student KL" in result.output and "after:" in result.output
+
+    kl_before = kl_teacher_student(lora_dir, wc.reconstruct(compressed), tokenizer, held_out)
+    kl_after = kl_teacher_student(lora_dir, wc.reconstruct(out), tokenizer, held_out)
+    print(f"held-out KL(PEFT teacher || student): before {kl_before:.3g}, after {kl_after:.3g}")
+    assert kl_before > 1e-4
+    assert kl_after < 0.5 * kl_before, (kl_before, kl_after)
+
+    old, new = _tensors(compressed / "adapter_model.safetensors"), _tensors(out / "adapter_model.safetensors")
+    assert sorted(old) == sorted(new)
+    for key in old:
+        assert old[key].dtype == new[key].dtype and old[key].shape == new[key].shape
+        if old[key].is_floating_point() and "lora_" not in key and "classifier" not in key:
+            assert not torch.equal(old[key], new[key]), key  # trained values
+        else:
+            assert torch.equal(old[key], new[key]), key  # indices, permutations and the head stay fixed
+    config_old = json.loads((compressed / "adapter_config.json").read_text())
+    config_new = json.loads((out / "adapter_config.json").read_text())
+    assert config_new["peft_type"] == config_old["peft_type"] and config_new["layers"] == config_old["layers"]
+    report = json.loads((out / "wavecompress_report.json").read_text())
+    reference = {name: d.double() for name, d in wc.reconstruct(out).items()}
+    teacher = wc.load_deltas(lora_dir)
+    for row in report["layers"]:
+        true = next(layer for layer in teacher.layers if layer.name == row["name"]).to_dense().double()
+        assert row["relative_error"] == pytest.approx(float((true - reference[row["name"]]).norm() / true.norm()), rel=1e-4)
+    assert any(note.startswith("finetune: 40 steps") for note in report["notes"])
+
+
+def test_library_finetune_of_wara_in_memory_with_labels(trained) -> None:
+    lora_dir, _, data_file, tokenizer, held_out = trained
+    compressed = wc.compress(lora_dir, budget=60, method="wara")
+    data = [json.loads(line) for line in data_file.read_text().splitlines()]
+    labelled = [(d["text"], d["label"]) for d in data]
+    result = finetune(compressed, tiny_classifier(), tokenizer, labelled, steps=25, lr=2e-3, progress=False)
+    assert result.after.distill_loss < 0.7 * result.before.distill_loss
+    assert result.before.accuracy is not None and result.after.teacher_accuracy == result.before.teacher_accuracy
+    assert len(result.losses) == 25
+    rebuilt = {layer.name: wc.methods.get_method("wara").reconstruct(layer.tensors, layer.meta, layer.shape) for layer in result.layers}
+    kl_before = kl_teacher_student(lora_dir, compressed.to_deltas(), tokenizer, held_out)
+    kl_after = kl_teacher_student(lora_dir, rebuilt, tokenizer, held_out)
+    assert kl_after < kl_before, (kl_before, kl_after)
+
+    # The optional supervised loss adds the cross-entropy of the first batch to the first step's loss.
+    plain = finetune(compressed, tiny_classifier(), tokenizer, labelled, steps=1, progress=False)
+    mixed = finetune(compressed, tiny_classifier(), tokenizer, labelled, steps=1, supervised_weight=1.0, progress=False)
+    assert mixed.losses[0] - plain.losses[0] > 0.3  # CE of a 2-class head is about log 2 here, KL is ~1e-4
+
+
+def test_hooks_reproduce_peft_outputs_for_linear_and_conv1d(tmp_path: Path) -> None:
+    for base in ("bert", "gpt2"):
+        lora_dir, peft_model = make_peft_lora(tmp_path / base, base=base)
+        model = (tiny_gpt2() if base == "gpt2" else __import__("conftest").tiny_bert())
+        deltas = wc.load_deltas(lora_dir)
+        injector = DeltaInjector(model, {layer.name: layer.shape for layer in deltas.layers})
+        ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            plain = model(input_ids=ids).last_hidden_state
+            with injector.use({layer.name: layer_update(layer, torch.device("cpu")) for layer in deltas.layers}):
+                hooked = model(input_ids=ids).last_hidden_state
+            expected = peft_model.eval()(input_ids=ids).last_hidden_state
+        injector.remove()
+        assert torch.allclose(hooked, expected, atol=1e-5), base
+        assert not torch.allclose(plain, expected, atol=1e-3)
+        with torch.no_grad():
+            assert torch.equal(model(input_ids=ids).last_hidden_state, plain)  # hooks removed
+
+
+def test_fused_synthesis_gives_the_same_delta_and_gradient_as_the_method(tmp_path: Path) -> None:
+    lora_dir, _ = make_peft_lora(tmp_path / "lora", r=4, target_modules=["query", "dense"])
+    compressed = wc.compress(lora_dir, budget=200, method="waveft")
+    for layer in compressed.layers:
+        generic, fused = TrainableDelta(layer, kernels="off"), TrainableDelta(layer, kernels="torch")
+        assert fused.fused and not generic.fused
+        weight = torch.randn(layer.shape)
+        out_generic, out_fused = generic(), fused()
+        assert torch.allclose(out_generic, out_fused, atol=1e-6)
+        (out_generic * weight).sum().backward()
+        (out_fused * weight).sum().backward()
+        assert torch.allclose(generic.values[0].grad, fused.values[0].grad, atol=1e-5)
+
+
+def test_hidden_state_distillation_for_a_bare_encoder(tmp_path: Path) -> None:
+    lora_dir, _ = make_peft_lora(tmp_path / "lora", r=4)
+    tokenizer = word_tokenizer()
+    compressed = wc.compress(lora_dir, budget=40, method="waveft")
+    from conftest import tiny_bert
+
+    result = finetune(compressed, tiny_bert(), tokenizer, [t for t, _ in texts(60, 3)], steps=15, lr=3e-3, progress=False)
+    assert result.before.distill_kind == "hidden" and result.before.agreement is None
+    assert result.after.distill_loss < result.before.distill_loss
+
+
+def test_bad_inputs_are_one_line_errors(trained, tmp_path: Path) -> None:
+    lora_dir, base_dir, data_file, tokenizer, _ = trained
+    compressed = wc.compress(lora_dir, budget=48, method="waveft", wavelet="db2", reorder=False)
+    with pytest.raises(InputError, match="not differentiable"):
+        finetune(compressed, tiny_classifier(), tokenizer, ["w1 w2", "w3 w4", "w5 w6"], steps=1, progress=False)
+    with pytest.raises(InputError, match="steps must be"):
+        finetune(compressed, tiny_classifier(), tokenizer, ["w1", "w2"], config=FinetuneConfig(steps=-1))
+    out = tmp_path / "c"
+    wc.compress(lora_dir, budget=48).save(out)
+    missing = CliRunner().invoke(main, ["finetune", str(out), "--teacher", str(lora_dir), "--base-model", str(base_dir),
+                                        "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o")])
+    assert missing.exit_code == 2 and "no such data file" in missing.output
+    other_lora, _ = make_peft_lora(tmp_path / "other", r=4, target_modules=["key"])
+    wrong = CliRunner().invoke(main, ["finetune", str(out), "--teacher", str(other_lora), "--base-model", str(base_dir),
+                                      "--data", str(data_file), "--out", str(tmp_path / "o")])
+    assert wrong.exit_code == 2 and "not in the teacher adapter" in wrong.output

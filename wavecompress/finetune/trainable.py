@@ -1,0 +1,120 @@
+"""The student: each compressed layer's float tensors as trainable parameters, its ΔŴ on demand.
+
+Generic over methods: every floating-point stored tensor (top-k values, WaRA factors, LoRA
+factors) is an ``nn.Parameter``; every integer tensor (coefficient indices, row/column
+permutations) is a fixed buffer. ΔŴ comes from the method's own ``reconstruct`` (torch ops, so
+autograd reaches the parameters), except for Haar top-k layers on CUDA, where the fused Triton
+synthesis of :mod:`wavecompress.kernels` computes the same matrix in one pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..kernels import select_backend, sparse_haar_synthesis
+from ..methods import CompressedLayer, get_method
+
+KERNEL_CHOICES = ("auto", "triton", "torch", "off")
+_HAAR = ("db1", "haar")
+_FUSED_TENSORS = {"waveft_spectrum", "waveft_indices", "reorder_rows", "reorder_cols"}
+_FUSED_META = {"wavelet", "levels", "reorder"}
+
+
+def _check_permutation(perm: torch.Tensor, n: int, label: str) -> None:
+    flat = perm.long().reshape(-1)
+    if flat.numel() != n or not torch.equal(torch.sort(flat).values, torch.arange(n, device=flat.device)):
+        raise InputError(f"layer tensor {label}: not a permutation of range({n})")
+
+
+def fused_eligible(layer: CompressedLayer) -> bool:
+    """Whether ``layer`` is a Haar top-k layer the fused synthesis reproduces exactly."""
+    return (
+        layer.method == "waveft"
+        and layer.meta.get("wavelet") in _HAAR
+        and {"waveft_spectrum", "waveft_indices"} <= set(layer.tensors)
+        and set(layer.tensors) <= _FUSED_TENSORS
+        and set(layer.meta) <= _FUSED_META
+    )
+
+
+class TrainableDelta(nn.Module):
+    """One layer: float stored tensors as parameters, integer ones as buffers; ``forward()`` → ΔŴ."""
+
+    def __init__(self, layer: CompressedLayer, kernels: str = "auto") -> None:
+        super().__init__()
+        self.name, self.shape, self.method, self.meta = layer.name, tuple(layer.shape), layer.method, dict(layer.meta)
+        self.keys = sorted(layer.tensors)
+        self.dtypes = {key: layer.tensors[key].dtype for key in self.keys}
+        self.values = nn.ParameterList()
+        self.slots: dict[str, tuple[str, int | str]] = {}
+        for key in self.keys:
+            tensor = layer.tensors[key].detach()
+            if tensor.is_floating_point():
+                self.slots[key] = ("param", len(self.values))
+                self.values.append(nn.Parameter(tensor.float().clone()))
+            else:
+                buffer = f"fixed_{len(self.slots)}"
+                self.slots[key] = ("buffer", buffer)
+                self.register_buffer(buffer, tensor.clone())
+        self.kernels = kernels
+        self.fused = kernels != "off" and fused_eligible(layer)
+        if self.fused:
+            for key, axis in (("reorder_rows", 0), ("reorder_cols", 1)):
+                if key in layer.tensors:
+                    _check_permutation(layer.tensors[key], self.shape[axis], f"{layer.name}.{key}")
+        self._reconstruct = get_method(layer.method).reconstruct
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """{stored key: parameter or buffer}, as the method's ``reconstruct`` expects them."""
+        out = {}
+        for key, (kind, slot) in self.slots.items():
+            out[key] = self.values[slot] if kind == "param" else getattr(self, slot)
+        return out
+
+    def backend(self, device: torch.device) -> str | None:
+        """The fused synthesis backend for this layer on ``device``, or None for ``reconstruct``."""
+        if not self.fused:
+            return None
+        if self.kernels == "auto":
+            return "triton" if select_backend(device) == "triton" else None
+        return self.kernels
+
+    def forward(self) -> torch.Tensor:
+        tensors = self.tensors()
+        device = tensors[self.keys[0]].device
+        backend = self.backend(device)
+        if backend is not None:
+            return sparse_haar_synthesis(
+                tensors["waveft_spectrum"], tensors["waveft_indices"], self.shape, tuple(self.meta["levels"]),
+                tensors.get("reorder_rows"), tensors.get("reorder_cols"), backend=backend,
+            )
+        with torch.device(device):  # methods allocate with factory defaults; keep them on our device
+            return self._reconstruct(tensors, self.meta, self.shape)
+
+    def to_layer(self, template: CompressedLayer) -> CompressedLayer:
+        """``template`` with its stored tensors replaced by the current values (CPU, original dtypes)."""
+        tensors = {key: value.detach().to("cpu", self.dtypes[key]).contiguous() for key, value in self.tensors().items()}
+        return replace(template, tensors=tensors, meta=dict(template.meta), notes=list(template.notes))
+
+
+class StudentDeltas(nn.Module):
+    """All trainable layers of a compressed adapter, by module name."""
+
+    def __init__(self, layers: list[CompressedLayer], kernels: str = "auto") -> None:
+        super().__init__()
+        if kernels not in KERNEL_CHOICES:
+            raise InputError(f"unknown kernels option {kernels!r}; choose one of {', '.join(KERNEL_CHOICES)}")
+        self.layers = nn.ModuleList(TrainableDelta(layer, kernels) for layer in layers if layer.tensors)
+        self.names = [layer.name for layer in self.layers]
+
+    def materialize(self) -> dict[str, torch.Tensor]:
+        """{module name: ΔŴ} with autograd to the stored values."""
+        return {layer.name: layer() for layer in self.layers}
+
+    @property
+    def trainable_values(self) -> int:
+        return sum(p.numel() for p in self.parameters())
