@@ -75,3 +75,14 @@ def finetune(compressed: Path, teacher: str, base_model: str | None, data: Path,
     if report_path is not None:
         atomic_write_bytes(report_path, result.report.dumps().encode("utf-8"))
     click.echo(f"wrote {target}" + (f" and {report_path}" if report_path else ""))
+
+
+def finetune_converted(result, steps: int, data: Path | None, base_model: Path | str | None, lr: float, device: str):
+    """``convert --finetune-steps``: fine-tune the in-memory conversion against its own input."""
+    from ..finetune import FinetuneConfig
+    from ..finetune.files import finetune_from_files
+
+    if data is None:
+        raise InputError("--finetune-steps needs --finetune-data (a text file to distil on)")
+    config = FinetuneConfig(steps=steps, lr=lr, device=device, progress=None)
+    return finetune_from_files(result, data, base_model=str(base_model) if base_model is not None else None, config=config)
