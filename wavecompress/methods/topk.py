@@ -52,10 +52,11 @@ class _StreamingTopK:
         self.dropped = torch.zeros((), dtype=torch.float64, device=device)
         self._magnitude = torch.empty(chunk_numel, dtype=dtype, device=device)
         self._squares = torch.empty(chunk_numel, dtype=dtype, device=device)
-        self._mask = torch.empty(chunk_numel, dtype=torch.bool, device=device)
 
     def add(self, chunk: torch.Tensor, offset: int) -> None:
-        """Take the candidates of a row chunk whose first flat index is ``offset``."""
+        """Take the candidates of a row chunk (2-D) whose first flat index is ``offset``."""
+        chunk = chunk.reshape(chunk.shape[0], -1) if chunk.dim() > 1 else chunk.reshape(1, -1)
+        cols = chunk.shape[1]
         flat = chunk.reshape(-1)
         n = flat.numel()
         magnitude, squares = self._magnitude[:n], self._squares[:n]
@@ -63,11 +64,18 @@ class _StreamingTopK:
         if self.threshold is None:
             _, local = torch.topk(magnitude, min(self.k, n), sorted=False)
         else:
-            mask = self._mask[:n]
-            torch.gt(magnitude, self.threshold, out=mask)
-            local = torch.nonzero(mask).squeeze(1)
+            # Candidates are rare once the threshold has settled: find the rows holding any (a
+            # row-max pass), then search only those rows, instead of a nonzero() over the chunk.
+            grid = magnitude.view(-1, cols)
+            rows = torch.nonzero(grid.amax(dim=1) > self.threshold).squeeze(1)
+            if rows.numel():
+                hits = torch.nonzero(grid[rows] > self.threshold)
+                local = rows[hits[:, 0]] * cols + hits[:, 1]
+            else:
+                local = self.indices[:0]
         torch.mul(flat, flat, out=squares)
-        squares.index_fill_(0, local, 0)
+        if local.numel():
+            squares.index_fill_(0, local, 0)
         self.dropped += squares.sum(dtype=torch.float64)
         self.indices = torch.cat([self.indices, local + offset])
         self.values = torch.cat([self.values, flat[local]])
