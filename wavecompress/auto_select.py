@@ -1,0 +1,66 @@
+"""``--method auto`` and ``--wavelet auto``: compress with each candidate, keep the lowest error, say why.
+
+The criterion is the overall relative error of the output method (the activation-weighted one
+when calibration data is given), each candidate at the same budget form and allocation. Wavelet
+candidates are the orthogonal families PEFT also knows whose filters fit the layers' coarsest
+bands (a filter longer than the band it splits only wraps around).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pywt
+
+from .methods.options import MethodOptions
+from .transforms import axis_levels
+
+AUTO_METHODS = ("waveft", "wara", "lora")
+WAVELET_FAMILIES = ("db1", "db2", "db3", "db4", "sym4", "coif1", "coif2")
+WAVELET_METHODS = ("waveft", "wara")
+
+
+def fitting_wavelets(shapes: list[tuple[int, int]], levels: int | None, method: str) -> list[str]:
+    """Families whose decomposition filter is no longer than the shortest band they split."""
+    depth = MethodOptions(levels=levels).levels_for(method)
+    shortest = None
+    for shape in shapes:
+        for n in shape:
+            level = axis_levels(n, depth)
+            if level:
+                band = n >> (level - 1)
+                shortest = band if shortest is None else min(shortest, band)
+    if shortest is None:
+        return ["db1"]
+    return [w for w in WAVELET_FAMILIES if pywt.Wavelet(w).dec_len <= shortest]
+
+
+def score(result: Any) -> float:
+    """Overall error of the output method: activation-weighted when present, else Frobenius."""
+    totals = result.report.overall()[result.report.method]
+    weighted = totals.activation_relative_error
+    return weighted if weighted is not None else totals.relative_error
+
+
+def compress_auto(source: Any, budget: int | None, method: str, wavelet: str, levels: int | None, baselines: tuple[str, ...],
+                  progress: bool | None, reorder: Any, **budget_kwargs: Any) -> Any:
+    """Try every (method, wavelet) candidate, return the best full result with a note on the choice."""
+    from .compress import as_adapter_deltas, compress
+
+    deltas = as_adapter_deltas(source)
+    methods = AUTO_METHODS if method == "auto" else (method,)
+    shapes = [tuple(shape) for shape in getattr(deltas.layers, "shapes", {}).values()] or [layer.shape for layer in deltas.layers]
+    trials: list[tuple[float, str, str]] = []
+    for name in methods:
+        families = fitting_wavelets(shapes, levels, name) if wavelet == "auto" and name in WAVELET_METHODS else [
+            "db1" if wavelet == "auto" else wavelet]
+        for family in families:
+            trial = compress(deltas, budget, name, family, levels, (), False, reorder, **budget_kwargs)
+            trials.append((score(trial), name, family))
+    best_error, best_method, best_wavelet = min(trials)
+    result = compress(deltas, budget, best_method, best_wavelet, levels, baselines, progress, reorder, **budget_kwargs)
+    measure = "activation-weighted" if result.report.overall()[best_method].activation_relative_error is not None else "relative"
+    tried = ", ".join(f"{m}/{w} {e:.4f}" if len({t[2] for t in trials}) > 1 else f"{m} {e:.4f}" for e, m, w in sorted(trials))
+    choice = best_method + (f" with {best_wavelet}" if best_method in WAVELET_METHODS else "")
+    result.report.notes.append(f"auto: chose {choice}, the lowest overall {measure} error at this budget ({tried})")
+    return result

@@ -1,0 +1,154 @@
+"""Activation-aware compression: minimise ‖(ΔW − ΔŴ) C^{1/2}‖ for the layer's input second moment C.
+
+The error a model feels is on its inputs: ‖(ΔW − ΔŴ)Xᵀ‖² = n·tr(E C Eᵀ) with C = XᵀX/n. C from a
+few hundred tokens is rank-deficient, so the optimisation uses C + λ·mean(diag C)·I (λ = 1%, as
+GPTQ does) and the report measures the undamped C.
+
+- ``lora``: whitened SVD. With S = C_λ^{1/2}, the best rank-r fit of ΔW S is a truncated SVD
+  U_r Σ_r V_rᵀ, so ΔŴ = U_r Σ_r V_rᵀ S⁻¹: stored as a plain LoRA, B = U_r Σ_r^{1/2},
+  A = Σ_r^{1/2} V_rᵀ S⁻¹.
+- top-k (``waveft``, ``sparse``): in coefficient space ΔW = W_rᵀ K W_c with orthonormal W_r, W_c, so
+  the weighted error is Σ_rows e_i G e_iᵀ with G = W_c C W_cᵀ: rows decouple. Coefficients are
+  selected by K_ij²·G_jj (the weighted cost of dropping each alone), then each row's kept values
+  are refitted by least squares: x_J = K_J + G_JJ⁻¹ G_J,J̄ K_J̄.
+- other methods (WaRA): compressed as usual; both error measures are still reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from ..deltas.layer_delta import LayerDelta
+from ..transforms import analysis2d
+from . import get_method
+from .compressed_layer import CompressedLayer
+from .lowrank import factored_svd, split_factors
+from .options import MethodOptions
+
+DAMPING = 0.01
+AWARE_METHODS = ("lora", "waveft", "sparse")
+
+
+def damped(gram: torch.Tensor, damping: float = DAMPING) -> torch.Tensor:
+    """C + damping·mean(diag C)·I in float64 (positive definite for any C ≠ 0)."""
+    gram = gram.double()
+    scale = float(gram.diagonal().mean()) or 1.0
+    return gram + damping * scale * torch.eye(gram.shape[0], dtype=gram.dtype)
+
+
+def weighted_error_sq(error: torch.Tensor, gram: torch.Tensor) -> float:
+    """tr(E C Eᵀ) = ‖E C^{1/2}‖²_F in float64."""
+    error = error.double()
+    return float(((error @ gram.double()) * error).sum())
+
+
+def _dense_error_sq(delta: LayerDelta, rebuilt: torch.Tensor) -> float:
+    return float((delta.to_dense().double() - rebuilt.double()).square().sum())
+
+
+def whitened_lora(delta: LayerDelta, budget: int, options: MethodOptions, gram: torch.Tensor) -> CompressedLayer:
+    """The rank-r LoRA minimising ‖(ΔW − BA) C_λ^{1/2}‖, r the largest rank that fits ``budget``."""
+    d_out, d_in = delta.shape
+    values, vectors = torch.linalg.eigh(damped(gram))
+    values = values.clamp_min(values.max() * 1e-12)
+
+    def root(x: torch.Tensor) -> torch.Tensor:  # x C_λ^{1/2} without forming the d_in × d_in root
+        return ((x @ vectors) * values.sqrt()) @ vectors.T
+
+    def inv_root(x: torch.Tensor) -> torch.Tensor:
+        return ((x @ vectors) * values.rsqrt()) @ vectors.T
+
+    if delta.is_factored:
+        u, s, vh = factored_svd(delta.left, root(delta.right.double()))
+    else:
+        u, s, vh = torch.linalg.svd(root(delta.dense.double()), full_matrices=False)
+    fits = budget // (d_out + d_in)
+    useful = int((s > s[0] * 1e-7).sum()) if s.numel() and s[0] > 0 else 0
+    rank = min(fits, useful)
+    lora_b, lora_a = split_factors(u, s, inv_root(vh), rank)
+    tensors = {"lora_A.weight": lora_a, "lora_B.weight": lora_b} if rank else {}
+    rebuilt = lora_b.double() @ lora_a.double() if rank else torch.zeros(delta.shape, dtype=torch.float64)
+    return CompressedLayer(
+        name=delta.name, shape=delta.shape, method="lora", tensors=tensors, meta={"rank": rank},
+        stored_values=rank * (d_out + d_in), index_values=0, error_sq=_dense_error_sq(delta, rebuilt),
+        energy=delta.energy(), budget=budget, budget_clamped=fits > useful, notes=["activation-aware (whitened SVD)"],
+    )
+
+
+def refit_rows(coeffs: torch.Tensor, keep: torch.Tensor, metric: torch.Tensor) -> torch.Tensor:
+    """Kept values per row minimising Σ_i (k_i − x_i) G (k_i − x_i)ᵀ with x_i supported on ``keep``."""
+    out = torch.zeros_like(coeffs)
+    for i in torch.nonzero(keep.any(dim=1)).flatten().tolist():
+        cols = torch.nonzero(keep[i]).flatten()
+        rhs = metric[cols] @ coeffs[i]
+        out[i, cols] = torch.linalg.solve(metric[cols][:, cols], rhs)
+    return out
+
+
+def weighted_topk(delta: LayerDelta, budget: int, options: MethodOptions, gram: torch.Tensor, method: str) -> CompressedLayer:
+    """Top-k ``method`` (waveft or sparse) with weighted selection and a least-squares refit.
+
+    The plain method fixes the layout (wavelet, levels, row/column permutations); selection and
+    values are then redone in that same coefficient space, so the stored format is unchanged.
+    """
+    plain = get_method(method).compress(delta, budget, options)
+    rows = plain.tensors.get("reorder_rows")
+    cols = plain.tensors.get("reorder_cols")
+    dense = delta.to_dense().double()
+    metric = damped(gram)
+    if rows is not None:
+        dense = dense[rows.long()]
+    if cols is not None:
+        dense = dense[:, cols.long()]
+        metric = metric[cols.long()][:, cols.long()]
+    if method == "waveft":
+        levels = tuple(plain.meta["levels"])
+        coeffs = analysis2d(dense, plain.meta["wavelet"], levels)
+        metric = analysis2d(metric, plain.meta["wavelet"], (levels[1], levels[1]))
+        values_key, index_key = "waveft_spectrum", "waveft_indices"
+    else:
+        coeffs = dense
+        values_key, index_key = "sparse_values", "sparse_indices"
+    k = plain.tensors[values_key].numel()
+    score = coeffs.square() * metric.diagonal()[None, :]
+    picked = torch.sort(torch.topk(score.reshape(-1), k, sorted=False).indices).values if k else torch.zeros(0, dtype=torch.long)
+    keep = torch.zeros(coeffs.numel(), dtype=torch.bool)
+    keep[picked] = True
+    fitted = refit_rows(coeffs, keep.reshape(coeffs.shape), metric)
+    tensors = dict(plain.tensors)
+    tensors[values_key] = fitted.reshape(-1)[picked].float()
+    tensors[index_key] = picked.to(plain.tensors[index_key].dtype)
+    error_sq = float((coeffs - fitted).square().sum())  # orthonormal: coefficient error = weight error
+    return replace(plain, tensors=tensors, error_sq=error_sq, notes=plain.notes + ["activation-aware (weighted top-k, refit)"])
+
+
+def aware_compress(method: str, delta: LayerDelta, budget: int, options: MethodOptions,
+                   gram: torch.Tensor | None = None) -> CompressedLayer:
+    """``method`` on ``delta``; activation-aware when ``gram`` (C = XᵀX/n) is given and the method has a variant."""
+    if gram is None or method not in AWARE_METHODS:
+        return get_method(method).compress(delta, budget, options)
+    if gram.shape != (delta.shape[1], delta.shape[1]):
+        from ..errors import InputError
+
+        raise InputError(f"calibration for layer {delta.name}: second moment is {tuple(gram.shape)}, "
+                         f"the layer has {delta.shape[1]} inputs")
+    if method == "lora":
+        return whitened_lora(delta, budget, options, gram)
+    return weighted_topk(delta, budget, options, gram, method)
+
+
+def activation_errors(delta: LayerDelta, layer: CompressedLayer, gram: torch.Tensor) -> tuple[float, float]:
+    """(tr(E C Eᵀ), tr(ΔW C ΔWᵀ)) of a compressed layer, from what it stores."""
+    rebuilt = get_method(layer.method).reconstruct(layer.tensors, layer.meta, layer.shape)
+    dense = delta.to_dense().double()
+    return weighted_error_sq(dense - rebuilt.double(), gram), weighted_error_sq(dense, gram)
+
+
+def with_activation_error(summary, delta: LayerDelta, layer: CompressedLayer, gram: torch.Tensor | None):
+    """``summary`` (a report MethodSummary) with the activation-weighted error filled in when ``gram`` is given."""
+    if gram is None:
+        return summary
+    summary.act_error_sq, summary.act_energy = activation_errors(delta, layer, gram)
+    return summary
