@@ -201,3 +201,41 @@ def test_wrong_base_model_is_refused(tmp_path: Path) -> None:
     (out / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="does not match the model"):
         load("llama", out)
+
+
+def test_half_precision_base_model(tmp_path: Path) -> None:
+    lora_dir, _ = make_lora(tmp_path, "bert")
+    result = wavecompress.compress(lora_dir, budget=300, method="wara")
+    out = result.save(tmp_path / "wara")
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(tiny_bert().to(torch.bfloat16), str(out)).eval()
+    expected = hidden(dense_reference("bert", result.to_deltas()), TOKENS)
+    got = hidden(model, TOKENS).float()
+    assert float((got - expected).abs().max()) < 0.1 * float(expected.abs().max())
+    merged = model.merge_and_unload()
+    assert merged.get_submodule("encoder.layer.0.attention.self.query").weight.dtype == torch.bfloat16
+
+
+FIXTURE = REPO / "fixtures" / "minilm-bbc-lora"
+
+
+@pytest.mark.skipif(not FIXTURE.exists(), reason="fixtures/minilm-bbc-lora not present")
+def test_fixture_on_its_real_base_model(tmp_path: Path) -> None:
+    """The shipped MiniLM LoRA: each converted adapter through PEFT equals W + ΔŴ on real BBC text."""
+    sys.path.insert(0, str(REPO / "fixtures"))
+    from bbc_task import build_base_model, encode, load_bbc_splits, load_tokenizer
+    from peft import PeftModel
+
+    texts = [text for text, _ in load_bbc_splits()["test"][:4]]
+    inputs = encode(load_tokenizer(), texts)
+    for method in ("wara", "waveft-seeded"):
+        result = wavecompress.compress(FIXTURE, budget=3000, method=method, baselines=())
+        model = PeftModel.from_pretrained(build_base_model(), str(result.save(tmp_path / method))).eval()
+        dense = build_base_model()
+        with torch.no_grad():
+            for name, delta in result.to_deltas().items():
+                dense.get_submodule(name).weight += delta
+            dense.classifier.load_state_dict(model.base_model.model.classifier.modules_to_save["default"].state_dict())
+            got, expected = model(**inputs).logits, dense(**inputs).logits
+        assert torch.allclose(got, expected, atol=1e-4), (method, float((got - expected).abs().max()))
