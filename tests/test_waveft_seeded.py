@@ -146,3 +146,20 @@ def test_unusable_family_and_bad_seeded_options_are_one_line_errors(tmp_path: Pa
     lora_dir, _ = make_peft_lora(tmp_path / "lora")
     with pytest.raises(InputError, match="PEFT"):
         wavecompress.compress(lora_dir, budget=100, method="waveft-seeded", wavelet="coif5")
+
+
+def test_cli_convert_seeded_with_scaling_and_seed(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from wavecompress.cli import main
+
+    lora_dir, _ = make_peft_lora(tmp_path / "lora")
+    out = tmp_path / "seeded"
+    run = CliRunner().invoke(main, ["convert", str(lora_dir), "--budget", "200", "--method", "waveft-seeded",
+                                    "--scaling", "5", "--seed", "9", "--out", str(out)])
+    assert run.exit_code == 0, run.output
+    assert "√(1 − k/N)" in run.output
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert (config["peft_type"], config["scaling"], config["random_loc_seed"], config["n_frequency"]) == ("WAVEFT", 5.0, 9, 200)
+    card = (out / "README.md").read_text()
+    assert "PeftModel.from_pretrained" in card and "import wavecompress" not in card
