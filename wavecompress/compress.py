@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,7 +14,10 @@ from tqdm.auto import tqdm
 from .deltas import AdapterDeltas, LayerDelta, load_deltas
 from .errors import InputError
 from .formats import write_adapter
+from .hardware import layer_to_cpu, layer_to_device, resolve_device
 from .methods import BASELINES, CompressedLayer, MethodOptions, get_method
+from .methods.activation_aware import aware_compress, with_activation_error
+from .methods.allocation import Allocation, BudgetSpec, budget_spec, plan_budgets
 from .methods.options import DEFAULT_REORDER, REORDER_CHOICES, REORDERABLE
 from .report import LayerReport, MethodSummary, Report
 from .transforms import validate_wavelet
@@ -69,6 +73,14 @@ def as_adapter_deltas(source: DeltaSource) -> AdapterDeltas:
     raise InputError(f"cannot read deltas from {type(source).__name__}")
 
 
+def check_finite_result(layer: CompressedLayer, source: str) -> None:
+    """Refuse a layer whose values overflow float32 arithmetic instead of reporting NaN errors."""
+    finite = math.isfinite(layer.energy) and math.isfinite(layer.error_sq)
+    finite = finite and all(bool(torch.isfinite(t).all()) for t in layer.tensors.values() if t.is_floating_point())
+    if not finite:
+        raise InputError(f"{source}: layer {layer.name} has values too large to process in float32 (overflow)")
+
+
 def reorder_choice(reorder: bool | str | None) -> str | None:
     """The row/column ordering to use: True → the default ordering, False/None → none."""
     if reorder is True:
@@ -98,7 +110,7 @@ def validate_budget(budget: int) -> int:
 
 def compress(
     source: DeltaSource,
-    budget: int,
+    budget: int | None = None,
     method: str = "waveft",
     wavelet: str = "db1",
     levels: int | None = None,
@@ -106,8 +118,14 @@ def compress(
     progress: bool | None = False,
     reorder: bool | str | None = True,
     *,
+    budget_total: int | None = None,
+    budget_ratio: float | None = None,
+    max_size: str | int | None = None,
+    allocate: str = "uniform",
+    calibration: Any = None,
     scaling: float | None = None,
     seed: int | None = None,
+    device: str | torch.device | None = None,
 ) -> CompressedAdapter:
     """Compress every layer of ``source`` to ``budget`` stored values with ``method``.
 
@@ -115,36 +133,134 @@ def compress(
     only on a terminal. ``reorder`` permutes rows and columns before the wavelet transform
     (waveft and wara; True = the measured default ordering, or one of svd/fiedler/greedy/best,
     False = the model's order); the other ordering is reported beside it as a baseline.
+
+    Budget forms (exactly one): ``budget`` per layer, ``budget_total``, ``budget_ratio`` of the
+    input's stored values, or ``max_size`` bytes on disk ("2MB"); ``allocate="global"`` splits the
+    total across layers by the exact greedy over rate-distortion curves (methods/allocation.py),
+    every baseline on its own curves at the same total. ``method="auto"`` / ``wavelet="auto"``
+    try the candidates and keep the lowest error. ``calibration`` (a Calibration or a saved
+    activations file) switches to activation-aware selection and reports both error measures.
+    ``device="cuda"`` runs each layer's arithmetic on the GPU (results come back to the CPU; without
+    CUDA it warns and stays on the CPU).
     """
-    validate_budget(budget)
+    if method == "auto" or wavelet == "auto":
+        from .auto_select import compress_auto
+
+        return compress_auto(source, budget, method, wavelet, levels, baselines, progress, reorder, budget_total=budget_total,
+                             budget_ratio=budget_ratio, max_size=max_size, allocate=allocate, calibration=calibration,
+                             scaling=scaling, seed=seed, device=device)
+    spec = budget_spec(budget, budget_total, budget_ratio, max_size)
+    if spec.max_bytes is not None:
+        return fit_to_size(source, spec, method, wavelet, levels, baselines, progress, reorder, allocate, calibration,
+                           extra={"scaling": scaling, "seed": seed, "device": device})
     chosen = get_method(method)
     options = MethodOptions(wavelet=validate_wavelet(wavelet), levels=levels, reorder=reorder_choice(reorder),
                             scaling=scaling, seed=seed)
     if levels is not None and levels < 0:
         raise InputError(f"levels must be >= 0, got {levels}")
     deltas = as_adapter_deltas(source)
+    plans = plan_budgets(deltas.layers, [method, *baselines], options, spec, allocate, deltas.stored_values)
+    calibration = load_calibration(calibration)
     layers, rows = [], []
-    bar = tqdm(deltas.layers, desc=f"{method} b={budget}", unit="layer", disable=None if progress is None else not progress)
+    bar = tqdm(deltas.layers, desc=f"{method} {spec.label()}", unit="layer", disable=None if progress is None else not progress)
+    target = resolve_device(device)  # "cuda": each layer moves there in turn; CPU fallback with a warning
     for delta in bar:
-        kept = chosen.compress(delta, budget, options)
+        delta = layer_to_device(delta, target)
+        budget = plans[method].budget_of(delta.name)
+        gram = calibration.gram(delta.name) if calibration is not None else None
+        kept = aware_compress(method, delta, budget, options, gram)
+        check_finite_result(layer_to_cpu(kept), deltas.source)
         others = {}
         for name in baselines:
             if name == method:
                 continue
-            others[name] = MethodSummary.of(get_method(name).compress(delta, budget, options))
+            other = aware_compress(name, delta, plans[name].budget_of(delta.name), options, gram)
+            others[name] = with_activation_error(MethodSummary.of(other), delta, other, gram)
         if method in REORDERABLE:
             variant, summary = order_variant(method, delta, budget, options)
             others[variant] = summary
         layers.append(kept)
-        rows.append(LayerReport(delta.name, delta.shape, budget, kept.budget_clamped, MethodSummary.of(kept), others))
+        summary = with_activation_error(MethodSummary.of(kept), delta, kept, gram)
+        rows.append(LayerReport(delta.name, delta.shape, budget, kept.budget_clamped, summary, others))
         del delta  # lazy (streamed) inputs: let this layer's ΔW go before the next one is built
     report = Report(
         method=method,
-        budget=budget,
+        budget=spec.per_layer if spec.per_layer is not None else plans[method].total // max(len(rows), 1),
         source=deltas.source,
         layers=rows,
         skipped=[{"name": s.name, "reason": s.reason} for s in deltas.skipped],
         input_stored_values=deltas.stored_values,
     )
+    describe_allocation(report, spec, plans[method], calibration)
     report.notes.extend(dict.fromkeys(note for layer in layers for note in layer.notes))  # e.g. waveft-seeded's expected loss
     return CompressedAdapter(source=deltas, layers=layers, report=report, options=options)
+
+
+def load_calibration(calibration: Any) -> Any:
+    """None, a Calibration, or a path to a saved activations file (read lazily, one Gram at a time)."""
+    if calibration is None:
+        return None
+    from .calibration import Calibration
+
+    return calibration if isinstance(calibration, Calibration) else Calibration.load(calibration)
+
+
+def describe_allocation(report: Report, spec: BudgetSpec, plan: Allocation, calibration: Any) -> None:
+    """Record the budget form and allocation in the report (only when not the plain per-layer form)."""
+    if spec.per_layer is not None and plan.mode == "uniform" and calibration is None:
+        return
+    report.allocation = {"form": spec.form, "budget": spec.describe(), "mode": plan.mode, "total": plan.total}
+    if calibration is not None:
+        report.allocation["calibration"] = calibration.describe()
+    report.notes.append(f"budget: {spec.describe()} ({plan.total} values for {report.method}), allocated {plan.mode}ly"
+                        if plan.mode == "uniform" else
+                        f"budget: {spec.describe()} ({plan.total} values for {report.method}), allocated globally by "
+                        "marginal error reduction per stored value; each baseline allocated the same way")
+
+
+def fit_to_size(source: DeltaSource, spec: BudgetSpec, method: str, wavelet: str, levels: int | None,
+                baselines: tuple[str, ...], progress: bool | None, reorder: bool | str | None, allocate: str,
+                calibration: Any, extra: dict[str, Any] | None = None) -> CompressedAdapter:
+    """The largest total budget whose adapter_model.safetensors stays within ``spec.max_bytes``.
+
+    The total is estimated from the bytes per stored value (values plus indices), then checked
+    against the exact serialized size and shrunk until it fits.
+    """
+    from .formats.adapter_writer import state_dict
+    from .formats.safetensors_writer import deterministic_bytes
+    from .methods.allocation import bytes_per_value, total_values
+
+    deltas = as_adapter_deltas(source)
+    options = MethodOptions(wavelet=validate_wavelet(wavelet), levels=levels, reorder=reorder_choice(reorder))
+    carried = sum(t.numel() * t.element_size() for t in deltas.passthrough.values())
+    names = [layer.name for layer in deltas.layers] if not hasattr(deltas.layers, "names") else deltas.layers.names
+    total = total_values(spec, names, method, options, deltas.stored_values, carried, deltas.layers[0])
+    per_value = bytes_per_value(method, deltas.layers[0], options)[0]
+    best, tried = None, set()
+    for _ in range(5):
+        if total <= 0 or total in tried:
+            break
+        tried.add(total)
+        result = compress(deltas, None, method, wavelet, levels, (), progress, reorder, budget_total=total,
+                          allocate=allocate, calibration=calibration, **(extra or {}))
+        kept = [layer for layer in result.layers if layer.tensors]
+        metadata = {"format": "pt", "wavecompress.method": method, "wavecompress.budget": str(result.report.budget)}
+        size = len(deterministic_bytes(state_dict(kept, deltas.passthrough), metadata)) + 16
+        if size <= spec.max_bytes:
+            if best is None or total > best[1]:
+                best = (result, total, size)
+            room = int((spec.max_bytes - size) // per_value)
+            if room < 1:
+                break
+            total += room
+        else:
+            total -= int((size - spec.max_bytes) // per_value) + 1
+    if best is not None:
+        total, size = best[1], best[2]
+        result = compress(deltas, None, method, wavelet, levels, baselines, progress, reorder, budget_total=total,
+                          allocate=allocate, calibration=calibration, **(extra or {}))
+        result.report.allocation = dict(result.report.allocation or {}, form="max_bytes", budget=spec.describe())
+        result.report.notes.append(f"max size {spec.max_bytes} bytes: adapter_model.safetensors about {size} bytes "
+                                   f"({total} values for {method})")
+        return result
+    raise InputError(f"max size {spec.max_bytes} bytes is too small for {method} on {deltas.source}")

@@ -25,10 +25,20 @@ class MethodSummary:
     error_sq: float
     energy: float
     detail: dict[str, Any] = field(default_factory=dict)
+    # Activation-weighted figures tr(E C Eᵀ), tr(ΔW C ΔWᵀ), present only with calibration data.
+    act_error_sq: float | None = None
+    act_energy: float | None = None
 
     @property
     def relative_error(self) -> float:
         return (self.error_sq / self.energy) ** 0.5 if self.energy > 0 else 0.0
+
+    @property
+    def activation_relative_error(self) -> float | None:
+        """‖(ΔW − ΔŴ)C^{1/2}‖ / ‖ΔW C^{1/2}‖, or None without calibration data."""
+        if self.act_error_sq is None or self.act_energy is None:
+            return None
+        return (self.act_error_sq / self.act_energy) ** 0.5 if self.act_energy > 0 else 0.0
 
     @property
     def energy_kept(self) -> float:
@@ -53,6 +63,8 @@ class MethodSummary:
             "relative_error": self.relative_error,
             "energy_kept": self.energy_kept,
         }
+        if self.activation_relative_error is not None:
+            out["activation_relative_error"] = self.activation_relative_error
         out.update(self.detail)
         return out
 
@@ -86,6 +98,8 @@ class Report:
     skipped: list[dict[str, str]] = field(default_factory=list)
     input_stored_values: int = 0
     notes: list[str] = field(default_factory=list)
+    # Budget form and allocation when not the plain per-layer budget (see methods/allocation.py).
+    allocation: dict[str, Any] | None = None
 
     def overall(self) -> dict[str, MethodSummary]:
         """Totals for the method and each baseline over all layers."""
@@ -100,6 +114,9 @@ class Report:
                 sum(r.error_sq for r in rows),
                 sum(r.energy for r in rows),
             )
+            if rows and all(r.act_error_sq is not None for r in rows):
+                totals[name].act_error_sq = sum(r.act_error_sq for r in rows)
+                totals[name].act_energy = sum(r.act_energy for r in rows)
         return totals
 
     @property
@@ -117,7 +134,7 @@ class Report:
             "overall": {name: summary.to_json() for name, summary in self.overall().items()},
             "skipped": self.skipped,
             "notes": self.notes,
-        }
+        } | ({"allocation": self.allocation} if self.allocation else {})
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n"
@@ -126,6 +143,9 @@ class Report:
         """A fixed-width text table: one row per layer and an overall row."""
         base_names = list(self.layers[0].baselines) if self.layers else []
         header = ["layer", "shape", "values", "bytes", "rel.err", "kept"]
+        weighted = bool(self.layers) and self.layers[0].result.activation_relative_error is not None
+        if weighted:
+            header.append("act.err")
         for name in base_names:
             header += [f"{name} values", f"{name} err"]
         rows = []
@@ -134,6 +154,8 @@ class Report:
             row = [name, "×".join(map(str, layer.shape)), f"{layer.result.stored_values}", f"{layer.result.bytes}"]
             row.append(f"{layer.result.relative_error:.4f}")
             row.append(f"{layer.result.energy_kept:.4f}")
+            if weighted:
+                row.append(f"{layer.result.activation_relative_error:.4f}")
             for base in base_names:
                 summary = layer.baselines[base]
                 row += [f"{summary.stored_values}", f"{summary.relative_error:.4f}"]
@@ -143,6 +165,9 @@ class Report:
         totals = self.overall()
         overall = ["OVERALL", f"{len(self.layers)} layers", f"{totals[self.method].stored_values}", f"{totals[self.method].bytes}"]
         overall += [f"{totals[self.method].relative_error:.4f}", f"{totals[self.method].energy_kept:.4f}"]
+        if weighted:
+            act = totals[self.method].activation_relative_error
+            overall.append(f"{act:.4f}" if act is not None else "-")
         for base in base_names:
             overall += [f"{totals[base].stored_values}", f"{totals[base].relative_error:.4f}"]
         widths = [max(len(r[c]) for r in [header] + rows + [overall]) for c in range(len(header))]
@@ -151,12 +176,19 @@ class Report:
             return "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(cells, widths)))
 
         rule = "-" * len(line(header))
-        out = [f"method {self.method}, budget {self.budget} values per layer", line(header), rule]
+        title = f"method {self.method}, budget {self.budget} values per layer"
+        if self.allocation:
+            title = f"method {self.method}, budget {self.allocation['budget']}, allocated {self.allocation['mode']}"
+        out = [title, line(header), rule]
         out += [line(r) for r in rows] + [rule, line(overall)]
         if any(layer.budget_clamped for layer in self.layers):
             out.append("* budget larger than this layer can use; clamped to what it holds")
         out.append("values: trainable stored values; bytes: on disk, indices and row/column permutations included")
         out.append("bytes per method: " + ", ".join(f"{name} {summary.bytes}" for name, summary in totals.items()))
+        if weighted:
+            out.append("act.err: ‖(ΔW−ΔŴ)C^½‖/‖ΔW C^½‖ on the calibration inputs; per method: " + ", ".join(
+                f"{name} {summary.activation_relative_error:.4f}" for name, summary in totals.items()
+                if summary.activation_relative_error is not None))
         for skipped in self.skipped:
             out.append(f"skipped {skipped['name']}: {skipped['reason']}")
         out += self.notes

@@ -10,6 +10,7 @@ from ..compress import compress
 from ..deltas import AdapterDeltas, load_deltas, read_full_finetune
 from ..errors import InputError
 from ..formats.atomic import atomic_write_bytes
+from ..hardware import cuda_fallback_note
 from ..hub import check_push_target, push_after_save
 from ..methods.options import DEFAULT_LEVELS, DEFAULT_LEVELS_REORDERED, DEFAULT_REORDER, REORDER_CHOICES
 from .common import debug_option, default_output, friendly_errors
@@ -19,10 +20,20 @@ OUTPUT_METHODS = ["waveft", "wara", "lora", "waveft-seeded"]
 
 @click.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path), required=False)
-@click.option("--budget", type=int, required=True, help="Stored trainable values per layer (PEFT's n_frequency meaning).")
-@click.option("--method", type=click.Choice(OUTPUT_METHODS), default="waveft", show_default=True,
-              help="waveft: top-k wavelet coefficients; wara: low-rank wavelet subbands; lora: truncated SVD.")
-@click.option("--wavelet", default="db1", show_default=True, help="Orthogonal wavelet family (db1 = Haar, dbN, symN, coifN).")
+@click.option("--budget", type=int, default=None, help="Stored trainable values per layer (PEFT's n_frequency meaning).")
+@click.option("--budget-total", "budget_total", type=int, default=None, help="Or: stored values for the whole adapter.")
+@click.option("--budget-ratio", "budget_ratio", type=float, default=None,
+              help="Or: a fraction of the input adapter's stored values (0.25 = a quarter).")
+@click.option("--max-size", "max_size", default=None, metavar="SIZE",
+              help="Or: adapter_model.safetensors at most this big (2MB, 500kB, 1MiB), indices included.")
+@click.option("--allocate", type=click.Choice(["uniform", "global"]), default="uniform", show_default=True,
+              help="uniform: the same budget in every layer; global: split the total by error removed per stored value "
+              "(exact greedy over each layer's rate-distortion curve).")
+@click.option("--method", type=click.Choice(OUTPUT_METHODS + ["auto"]), default="waveft", show_default=True,
+              help="waveft: top-k wavelet coefficients; wara: low-rank wavelet subbands; lora: truncated SVD; "
+              "auto: try each, keep the lowest error.")
+@click.option("--wavelet", default="db1", show_default=True,
+              help="Orthogonal wavelet family (db1 = Haar, dbN, symN, coifN), or auto (try those that fit the shapes).")
 @click.option("--levels", type=int, default=None,
               help=f"Decomposition depth per axis (default: {DEFAULT_LEVELS['waveft']} for waveft, {DEFAULT_LEVELS['wara']} for wara; "
               f"{DEFAULT_LEVELS_REORDERED['waveft']} and {DEFAULT_LEVELS_REORDERED['wara']} when reordered); "
@@ -54,14 +65,37 @@ OUTPUT_METHODS = ["waveft", "wara", "lora", "waveft-seeded"]
               help="Convert only layers whose name matches this regex (repeatable).")
 @click.option("--exclude", "exclude", multiple=True, metavar="REGEX",
               help="Skip layers whose name matches this regex (repeatable).")
+@click.option("--calibration", "calibration", type=click.Path(path_type=Path), default=None,
+              help="Activation-aware mode: a text file (with --base-model) or a saved activations .safetensors file; "
+              "minimises the error on the layers' inputs and reports both error measures.")
+@click.option("--base-model", "base_model", type=click.Path(path_type=Path), default=None,
+              help="Local transformers model folder to run on the --calibration text.")
+@click.option("--calibration-tokens", "calibration_tokens", type=int, default=512, show_default=True,
+              help="Tokens of calibration text to run.")
+@click.option("--save-calibration", "save_calibration", type=click.Path(path_type=Path), default=None,
+              help="Also save the collected second moments here (reuse with --calibration FILE.safetensors).")
+@click.option("--device", default="cpu", show_default=True,
+              help="Where to compute: cpu, or cuda / cuda:N (falls back to the CPU with a note when CUDA is missing).")
+@click.option("--finetune-steps", "finetune_steps", type=int, default=0, show_default=True,
+              help="Then fine-tune the stored values for this many steps by distillation from INPUT "
+              "(needs --finetune-data; base model: --base-model or the adapter's base_model_name_or_path).")
+@click.option("--finetune-data", "finetune_data", type=click.Path(path_type=Path), default=None,
+              help="Texts for --finetune-steps (.txt one per line, .jsonl/.json, .csv/.tsv).")
+@click.option("--finetune-lr", "finetune_lr", type=float, default=1e-3, show_default=True, help="Learning rate for --finetune-steps.")
+@click.option("--finetune-device", "finetune_device", default="auto", show_default=True,
+              help="Device for --finetune-steps: auto (CUDA when available), cpu, cuda, cuda:N.")
 @debug_option
 @friendly_errors
 def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: int | None, out_dir: Path | None,
             report_path: Path | None, force: bool, quiet: bool, debug: bool, scaling: float | None = None,
             seed: int | None = None, reorder: bool = True,
             order_by: str = DEFAULT_REORDER, push_to: str | None = None, private: bool = False,
-            base: Path | None = None, tuned: Path | None = None,
-            include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> None:
+            base: Path | None = None, tuned: Path | None = None, include: tuple[str, ...] = (),
+            exclude: tuple[str, ...] = (), budget_total: int | None = None, budget_ratio: float | None = None,
+            max_size: str | None = None, allocate: str = "uniform", calibration: Path | None = None,
+            base_model: Path | None = None, calibration_tokens: int = 512, save_calibration: Path | None = None,
+            device: str = "cpu", finetune_steps: int = 0, finetune_data: Path | None = None,
+            finetune_lr: float = 1e-3, finetune_device: str = "auto") -> None:
     """Convert an adapter into a budgeted wavelet (or LoRA) adapter and report the error.
 
     INPUT is a PEFT LoRA folder, or its adapter_model.safetensors with adapter_config.json beside
@@ -72,21 +106,36 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
     Examples:
       wavecompress convert fixtures/minilm-bbc-lora --budget 3000
       wavecompress convert fixtures/minilm-bbc-lora --budget 3000 --method wara --out out/wara
+      wavecompress convert fixtures/minilm-bbc-lora --budget 3000 --method waveft-seeded --scaling 25 --seed 777
       wavecompress convert path/to/adapter_model.safetensors --budget 768 --report report.json
       wavecompress convert someone/their-lora --budget 3000 --push-to me/their-lora-waveft-b3000
       wavecompress convert my-dora --base path/to/base-model --budget 3000
       wavecompress convert lora_kohya.safetensors --budget 3000
       wavecompress convert --base meta-llama-2-7b/ --tuned my-finetune/ --budget 8192 --include 'self_attn'
+      wavecompress convert fixtures/minilm-bbc-lora --budget-ratio 0.1 --allocate global --method auto
+      wavecompress convert my-lora --max-size 2MB --calibration calib.txt --base-model path/to/base
     """
+    from ..methods.allocation import budget_spec
+
+    spec = budget_spec(budget, budget_total, budget_ratio, max_size)
     input_path, source = resolve_source(input_path, base, tuned, include, exclude)
-    target = out_dir or default_output(input_path, method, budget)
+    target = out_dir or default_output(input_path, method, budget if budget is not None else spec.label())
     if target.exists() and not force:
         raise InputError(f"{target}: output already exists (use --force to replace it)")
     if push_to is not None:
         check_push_target(push_to)  # before converting: a missing token should not cost a conversion
+    if finetune_steps < 0 or (finetune_steps and finetune_data is None):
+        raise InputError("--finetune-steps must be >= 0 and needs --finetune-data (a text file to distil on)")
+    calib_model = None if finetune_steps and calibration is None else base_model  # --base-model may serve the fine-tune only
+    calib = calibration_for(source, calibration, calib_model, calibration_tokens, save_calibration)
+    if (note := cuda_fallback_note(device)) is not None:
+        click.echo(note, err=True)
+        device = "cpu"
     result = compress(source, budget=budget, method=method, wavelet=wavelet, levels=levels, progress=None,
-                      reorder=order_by if reorder else False, scaling=scaling, seed=seed)
+                      reorder=order_by if reorder else False, budget_total=budget_total, budget_ratio=budget_ratio,
+                      max_size=max_size, allocate=allocate, calibration=calib, scaling=scaling, seed=seed, device=device)
     report = result.report
+    method = report.method
     if not quiet:
         click.echo(report.format_table())
     totals = report.overall()
@@ -94,6 +143,12 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
     line = f"{method}: {chosen.stored_values} values, relative error {chosen.relative_error:.4f}"
     line += "".join(f"; {name}: {s.relative_error:.4f}" for name, s in totals.items() if name != method)
     click.echo(line)
+    if finetune_steps:
+        from .finetune import finetune_converted
+
+        result = finetune_converted(result, finetune_steps, finetune_data, base_model, finetune_lr, finetune_device)
+        report = result.report
+        click.echo(result.summary())
     result.save(target, force=force)
     if report_path is not None:
         atomic_write_bytes(report_path, report.dumps().encode("utf-8"))

@@ -55,12 +55,27 @@ class RDCurve:
         """Mask of the steps the method's greedy takes within ``budget``."""
         return greedy_take(self.costs, self.groups, np.arange(len(self.costs)), budget)
 
+    def _prefix_steps(self, budget: int) -> int | None:
+        """Steps taken at ``budget`` when the curve is one group (the greedy takes a prefix), else None."""
+        if len(self.groups) and self.groups.min() != self.groups.max():
+            return None
+        if not hasattr(self, "_cumulative"):
+            self._cumulative = self.budgets
+            self._suffix = self.errors_sq
+        return int(np.searchsorted(self._cumulative, budget, side="right")) - 1
+
     def error_sq_at(self, budget: int) -> float:
         """Squared error of the method at ``budget`` stored values for this layer."""
+        steps = self._prefix_steps(budget)
+        if steps is not None:
+            return float(self._suffix[steps])
         mask = self.taken(budget)
         return float(self.gains[~mask].sum() + self.residual)
 
     def stored_at(self, budget: int) -> int:
+        steps = self._prefix_steps(budget)
+        if steps is not None:
+            return int(self._cumulative[steps])
         return int(self.costs[self.taken(budget)].sum())
 
     def relative_error_at(self, budget: int) -> float:

@@ -1,0 +1,51 @@
+"""``wavecompress analyze``: error vs budget for every method and layer group, as a PNG, CSV and JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import InputError
+from .common import debug_option, friendly_errors
+
+
+@click.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder for rate_distortion.png, rate_distortion.csv and rate_distortion.json.")
+@click.option("--methods", default="waveft,wara,lora,sparse", show_default=True, help="Comma-separated methods to compare.")
+@click.option("--wavelet", default="db1", show_default=True, help="Orthogonal wavelet family for waveft and wara.")
+@click.option("--levels", type=int, default=None, help="Decomposition depth per axis (default: each method's own).")
+@click.option("--reorder/--no-reorder", default=True, show_default=True,
+              help="Reorder rows/columns before the transform (waveft, wara); the plain order is plotted beside it.")
+@click.option("--max-budget", type=int, default=None, help="Largest per-layer budget to evaluate [default: the largest layer's size].")
+@click.option("--title", default=None, help="Plot title.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@debug_option
+@friendly_errors
+def analyze(input_path: Path, out_dir: Path, methods: str, wavelet: str, levels: int | None, reorder: bool,
+            max_budget: int | None, title: str | None, force: bool, debug: bool) -> None:
+    """Plot relative error vs budget (stored values per layer) for every method and layer group.
+
+    Prints the error of each method at a few budgets and the budget at which each reaches 10%,
+    5% and 1% error over all layers; the folder gets the plot, every point as CSV, and JSON.
+
+    \b
+    Example:
+      wavecompress analyze fixtures/minilm-bbc-lora --out analysis/
+    """
+    from ..analyze import PNG_NAME, analyze as run_analysis, write_analysis
+
+    if out_dir.exists() and not force:
+        raise InputError(f"{out_dir}: output already exists (use --force to replace it)")
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    if not chosen:
+        raise InputError("--methods is empty")
+    result = run_analysis(input_path, chosen, wavelet=wavelet, levels=levels, reorder=reorder, max_budget=max_budget)
+    click.echo(f"relative error over all {len(result.groups['all'])} layers (budget = stored values per layer):")
+    click.echo(result.format_table())
+    for note in result.notes:
+        click.echo(note)
+    write_analysis(result, out_dir, force=force, title=title)
+    click.echo(f"wrote {out_dir / PNG_NAME} and its CSV/JSON")
