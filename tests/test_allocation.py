@@ -131,3 +131,15 @@ def test_cli_budget_total_global_writes_per_layer_budgets(tmp_path: Path) -> Non
     assert {name: len(config["layers"][name]["shape"]) for name in config["layers"]}  # per-layer table written
     bad = CliRunner().invoke(main, ["convert", str(src), "--budget", "10", "--budget-total", "40", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "exactly one budget" in bad.output
+
+
+def test_method_auto_picks_the_lowest_error_and_says_why() -> None:
+    layers = uneven_layers()
+    errors = {m: wc.compress(layers, budget=150, method=m, reorder=False, baselines=()).report.relative_error
+              for m in ("waveft", "wara", "lora")}
+    auto = wc.compress(layers, budget=150, method="auto", reorder=False)
+    best = min(errors, key=errors.get)
+    assert auto.report.method == best == "lora"
+    assert auto.report.relative_error == pytest.approx(errors[best], rel=1e-9)
+    note = next(n for n in auto.report.notes if n.startswith("auto:"))
+    assert f"chose {best}" in note and all(m in note for m in errors)

@@ -60,7 +60,8 @@ def compress_auto(source: Any, budget: int | None, method: str, wavelet: str, le
     best_error, best_method, best_wavelet = min(trials)
     result = compress(deltas, budget, best_method, best_wavelet, levels, baselines, progress, reorder, **budget_kwargs)
     measure = "activation-weighted" if result.report.overall()[best_method].activation_relative_error is not None else "relative"
-    tried = ", ".join(f"{m}/{w} {e:.4f}" if len({t[2] for t in trials}) > 1 else f"{m} {e:.4f}" for e, m, w in sorted(trials))
+    several = len({t[2] for t in trials}) > 1
+    tried = ", ".join(f"{m}/{w} {e:.4f}" if several and m in WAVELET_METHODS else f"{m} {e:.4f}" for e, m, w in sorted(trials))
     choice = best_method + (f" with {best_wavelet}" if best_method in WAVELET_METHODS else "")
     result.report.notes.append(f"auto: chose {choice}, the lowest overall {measure} error at this budget ({tried})")
     return result

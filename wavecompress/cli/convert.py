@@ -143,6 +143,10 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
     line = f"{method}: {chosen.stored_values} values, relative error {chosen.relative_error:.4f}"
     line += "".join(f"; {name}: {s.relative_error:.4f}" for name, s in totals.items() if name != method)
     click.echo(line)
+    if quiet:
+        for note in report.notes:
+            if note.startswith("auto:"):
+                click.echo(note)  # why auto chose this method/wavelet
     if finetune_steps:
         from .finetune import finetune_converted
 
