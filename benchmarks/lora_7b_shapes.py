@@ -1,0 +1,121 @@
+"""7B-shaped LoRA (Llama-2-7B q/k/v/o 4096², gate/up 11008×4096, down 4096×11008, r=16, bf16):
+conversion time and peak RSS against the floor of the same run.
+
+The floor is what any tool must do: read the tensors and form each layer's wavelet coefficients
+once (the dense d_out × d_in Haar coefficient matrix from the transformed factors). Measured runs:
+
+- ``<method> (method only)``: the method itself per layer, plain order, no report baselines;
+- ``<method> as convert``: exactly what ``wavecompress convert`` does — the method with the
+  default row/column reordering, the other ordering, the truncated-SVD LoRA and weight-domain
+  sparse baselines for the report, and the output folder written.
+
+Each run is a fresh child process (its own peak RSS). Goals: ≤ 2× floor, peak RSS ≤ 2 GB.
+
+    python benchmarks/lora_7b_shapes.py --quick          # 2 decoder layers (14 matrices)
+    python benchmarks/lora_7b_shapes.py                  # all 32 layers (224 matrices)
+    python benchmarks/lora_7b_shapes.py --layers 8 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from _common import LLAMA2_7B_SHAPES, idle_baseline_mb, machine_line, measure, write_peft_lora  # noqa: E402
+
+
+def floor(adapter: str) -> int:
+    """Read every tensor and form each layer's (level-1 Haar) coefficient matrix once."""
+    from wavecompress.deltas import load_deltas
+    from wavecompress.methods.wavelet_domain import coefficients, layer_levels
+
+    checksum = 0.0
+    deltas = load_deltas(adapter)
+    for delta in deltas.layers:
+        coeffs = coefficients(delta, "db1", layer_levels(delta.shape, 1))
+        checksum += float(coeffs[0, 0])  # keep the product observable
+        del coeffs
+    return len(deltas.layers)
+
+
+def method_only(adapter: str, method: str, budget: int) -> int:
+    """The method alone on every layer (plain order, no baselines, nothing written)."""
+    from wavecompress.deltas import load_deltas
+    from wavecompress.methods import MethodOptions, get_method
+
+    module = get_method(method)
+    deltas = load_deltas(adapter)
+    for delta in deltas.layers:
+        module.compress(delta, budget, MethodOptions(reorder=None))
+    return len(deltas.layers)
+
+
+def as_convert(adapter: str, method: str, budget: int, out: str) -> dict:
+    """What ``wavecompress convert ADAPTER --budget B --method M --out OUT`` does."""
+    import wavecompress
+
+    result = wavecompress.compress(adapter, budget=budget, method=method)
+    result.save(out)
+    return {name: s.relative_error for name, s in result.report.overall().items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 decoder layers instead of 32")
+    parser.add_argument("--layers", type=int, default=None, help="decoder layers (default 32, --quick 2)")
+    parser.add_argument("--budget", type=int, default=3000)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--methods", default="waveft,wara")
+    parser.add_argument("--skip-convert", action="store_true", help="only the method-only runs")
+    args = parser.parse_args()
+    n_layers = args.layers or (2 if args.quick else 32)
+    methods = args.methods.split(",")
+
+    print(machine_line(args.threads))
+    work = Path(tempfile.mkdtemp(prefix="wavecompress-bench-"))
+    try:
+        adapter = write_peft_lora(work / "llama2-7b-lora-r16", LLAMA2_7B_SHAPES, n_layers)
+        size_mb = (adapter / "adapter_model.safetensors").stat().st_size / 2**20
+        matrices = n_layers * len(LLAMA2_7B_SHAPES)
+        print(f"input: {n_layers} decoder layers × 7 projections = {matrices} matrices, r=16 bf16, {size_mb:.0f} MB on disk; "
+              f"budget {args.budget} values per matrix")
+        base_mb = idle_baseline_mb()
+        runs = [("floor (read + coefficients once)", floor, (str(adapter),))]
+        for method in methods:
+            runs.append((f"{method} (method only)", method_only, (str(adapter), method, args.budget)))
+            if not args.skip_convert:
+                runs.append((f"{method} as convert", as_convert, (str(adapter), method, args.budget, str(work / f"out-{method}"))))
+        rows = []
+        for label, fn, fn_args in runs:
+            seconds, peak, extra = measure(fn, *fn_args, threads=args.threads)
+            rows.append((label, seconds, peak, extra))
+            print(f"  measured {label}: {seconds:.2f} s, peak RSS {peak:.0f} MB", flush=True)
+        floor_s = rows[0][1]
+        print()
+        print(f"| run | seconds | ms per matrix | × floor | peak RSS (MB) |")
+        print(f"|---|---:|---:|---:|---:|")
+        for label, seconds, peak, _ in rows:
+            print(f"| {label} | {seconds:.2f} | {1000 * seconds / matrices:.0f} | {seconds / floor_s:.2f} | {peak:.0f} |")
+        print(f"(peak RSS of a child that only imports wavecompress: {base_mb:.0f} MB)")
+        print()
+        for label, seconds, peak, extra in rows[1:]:
+            ratio = seconds / floor_s
+            verdict = "meets" if ratio <= 2 and peak <= 2048 else "misses"
+            print(f"ratio: {label}: {ratio:.2f}× floor (goal ≤ 2×), peak RSS {peak:.0f} MB (goal ≤ 2048) -> {verdict} the goal")
+            if isinstance(extra, dict):
+                print("       relative error: " + ", ".join(f"{k} {v:.4f}" for k, v in extra.items()))
+        print(f"rate: floor {1000 * floor_s / matrices:.0f} ms per matrix; a full 7B adapter (224 matrices) "
+              f"extrapolates to {224 * floor_s / matrices:.0f} s floor")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

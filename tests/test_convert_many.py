@@ -1,0 +1,136 @@
+"""convert-many: a folder of real PEFT LoRAs, one corrupt; skip-if-done, resume, pool and Ray backends."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import wavecompress as wc
+from wavecompress.batch import find_inputs, is_done, plan, run_batch
+from wavecompress.cli import main
+from wavecompress.errors import InputError
+from conftest import make_peft_lora, peft_delta_weights
+
+BUDGET = "300"
+
+
+@pytest.fixture
+def adapters(tmp_path: Path) -> tuple[Path, object]:
+    """in/a0..a4: copies of one real PEFT LoRA (a2 with its own seed), a3 truncated (corrupt)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _, peft_model = make_peft_lora(folder / "a0")
+    for i in (1, 4):
+        shutil.copytree(folder / "a0", folder / f"a{i}")
+    make_peft_lora(folder / "a2", seed=7)
+    shutil.copytree(folder / "a0", folder / "a3")
+    weights = folder / "a3" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    return folder, peft_model
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def snapshot(out: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_converts_the_good_ones_names_the_bad_one_and_a_rerun_converts_nothing_twice(tmp_path: Path, adapters) -> None:
+    folder, peft_model = adapters
+    out = tmp_path / "out"
+    first = run("convert-many", str(folder), "--out", str(out), "--budget", BUDGET, "--jobs", "2")  # process pool
+    assert first.exit_code == 2, first.output
+    assert "4 converted, 0 skipped (already done), 1 failed, of 5" in first.output
+    failures = [line for line in first.output.splitlines() if line.startswith("failed: ")]
+    assert len(failures) == 1 and failures[0].startswith("failed: a3: ") and "not a valid safetensors file" in failures[0]
+    done = sorted(p.name for p in out.iterdir())
+    assert done == [f"a{i}-waveft-b{BUDGET}" for i in (0, 1, 2, 4)]
+
+    # Each output is exactly what a single conversion writes, and its numbers are PEFT's.
+    single = wc.compress(folder / "a0", budget=int(BUDGET))
+    single.save(tmp_path / "single")
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert (out / f"a0-waveft-b{BUDGET}" / name).read_bytes() == (tmp_path / "single" / name).read_bytes()
+    report = json.loads((out / f"a1-waveft-b{BUDGET}" / "wavecompress_report.json").read_text())
+    reference, rebuilt = peft_delta_weights(peft_model), wc.reconstruct(out / f"a1-waveft-b{BUDGET}")
+    num = sum(float((reference[k].double() - rebuilt[k].double()).square().sum()) for k in reference)
+    den = sum(float(reference[k].double().square().sum()) for k in reference)
+    assert report["overall"]["waveft"]["relative_error"] == pytest.approx((num / den) ** 0.5, rel=1e-5)
+    table_row = next(line for line in first.output.splitlines() if line.startswith("a1 "))
+    assert f"{report['overall']['waveft']['relative_error']:.4f}" in table_row
+
+    before = snapshot(out)
+    second = run("convert-many", str(folder), "--out", str(out), "--budget", BUDGET, "--jobs", "1")
+    assert second.exit_code == 2, second.output
+    assert "0 converted, 4 skipped (already done), 1 failed, of 5" in second.output
+    assert snapshot(out) == before
+
+
+def test_resume_after_a_crash_converts_only_what_is_missing(tmp_path: Path, adapters) -> None:
+    folder, _ = adapters
+    shutil.rmtree(folder / "a3")
+    out = tmp_path / "out"
+    assert run("convert-many", str(folder), "--out", str(out), "--budget", BUDGET, "--jobs", "1").exit_code == 0
+    # A crash mid-write leaves only a hidden staging folder (the writer renames at the end).
+    shutil.rmtree(out / f"a1-waveft-b{BUDGET}")
+    staging = out / f".a1-waveft-b{BUDGET}.tmp-crashed"
+    staging.mkdir()
+    (staging / "adapter_model.safetensors").write_bytes(b"partial")
+    before = {k: v for k, v in snapshot(out).items() if "a1-" not in k}
+    result = run("convert-many", str(folder), "--out", str(out), "--budget", BUDGET, "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    assert "1 converted, 3 skipped (already done), 0 failed, of 4" in result.output
+    assert is_done(out / f"a1-waveft-b{BUDGET}")
+    assert {k: v for k, v in snapshot(out).items() if k in before} == before
+
+    # A folder in the way that wavecompress did not write is reported, never overwritten.
+    shutil.rmtree(out / f"a2-waveft-b{BUDGET}")
+    (out / f"a2-waveft-b{BUDGET}").mkdir()
+    result = run("convert-many", str(folder), "--out", str(out), "--budget", BUDGET, "--jobs", "1")
+    assert result.exit_code == 2
+    assert "failed: a2: " in result.output and "incomplete" in result.output
+
+
+def test_glob_inputs_and_colliding_output_names(tmp_path: Path, adapters) -> None:
+    folder, _ = adapters
+    assert [p.name for p in find_inputs(str(folder / "a[01]"))] == ["a0", "a1"]
+    (tmp_path / "other").mkdir()
+    shutil.copytree(folder / "a0", tmp_path / "other" / "a0")
+    with pytest.raises(InputError, match="would both write"):
+        plan([folder / "a0", tmp_path / "other" / "a0"], tmp_path / "out", "waveft", "b300")
+    with pytest.raises(InputError, match="matches nothing"):
+        find_inputs(str(tmp_path / "nothing-*"))
+
+
+def test_ray_backend_with_a_local_instance(tmp_path: Path, adapters) -> None:
+    ray = pytest.importorskip("ray")
+    folder, _ = adapters
+    items = plan([folder / "a0", folder / "a3"], tmp_path / "ray", "waveft", "b300")
+    try:
+        results = run_batch(items, {"budget": 300, "method": "waveft"}, jobs=1, backend="ray")
+    finally:
+        ray.shutdown()
+    assert [r.status for r in results] == ["converted", "failed"]
+    assert "not a valid safetensors file" in results[1].message and results[1].exit_code == 2
+    expected = wc.compress(folder / "a0", budget=300).report.overall()["waveft"].relative_error
+    assert results[0].errors["waveft"] == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
+def test_device_cuda_without_cuda_falls_back_with_a_note(tmp_path: Path, adapters) -> None:
+    folder, _ = adapters
+    result = CliRunner().invoke(main, ["convert", str(folder / "a0"), "--budget", BUDGET, "--device", "cuda",
+                                       "--out", str(tmp_path / "gpu")])
+    assert result.exit_code == 0, result.output
+    assert "CUDA is not available" in result.output
+    assert run("convert", str(folder / "a0"), "--budget", BUDGET, "--out", str(tmp_path / "cpu")).exit_code == 0
+    assert (tmp_path / "gpu" / "adapter_model.safetensors").read_bytes() == (tmp_path / "cpu" / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(InputError, match="not supported"):
+        wc.compress(folder / "a0", budget=300, device="mps")
