@@ -134,6 +134,11 @@ def aware_compress(method: str, delta: LayerDelta, budget: int, options: MethodO
 
         raise InputError(f"calibration for layer {delta.name}: second moment is {tuple(gram.shape)}, "
                          f"the layer has {delta.shape[1]} inputs")
+    tensor = delta.dense if delta.dense is not None else delta.left
+    if tensor.device.type != "cpu":  # the weighted fits are small solves: run them on the CPU
+        from ..hardware import layer_to_device
+
+        delta = layer_to_device(delta, torch.device("cpu"))
     if method == "lora":
         return whitened_lora(delta, budget, options, gram)
     return weighted_topk(delta, budget, options, gram, method)
@@ -141,8 +146,8 @@ def aware_compress(method: str, delta: LayerDelta, budget: int, options: MethodO
 
 def activation_errors(delta: LayerDelta, layer: CompressedLayer, gram: torch.Tensor) -> tuple[float, float]:
     """(tr(E C Eᵀ), tr(ΔW C ΔWᵀ)) of a compressed layer, from what it stores."""
-    rebuilt = get_method(layer.method).reconstruct(layer.tensors, layer.meta, layer.shape)
-    dense = delta.to_dense().double()
+    rebuilt = get_method(layer.method).reconstruct(layer.tensors, layer.meta, layer.shape).cpu()
+    dense = delta.to_dense().double().cpu()
     return weighted_error_sq(dense - rebuilt.double(), gram), weighted_error_sq(dense, gram)
 
 
