@@ -51,6 +51,7 @@ class DeltaInjector:
     def __init__(self, model: nn.Module, shapes: dict[str, tuple[int, int]]) -> None:
         self.active: dict[str, Update] | None = None
         self.handles = []
+        self.modules: dict[str, nn.Module] = {}
         for name, shape in shapes.items():
             try:
                 module = model.get_submodule(name)
@@ -59,7 +60,22 @@ class DeltaInjector:
             found = module_shape(module, name)
             if found != tuple(shape):
                 raise InputError(f"module {name}: the adapter's ΔW is {shape[0]}×{shape[1]} but the base layer is {found[0]}×{found[1]}")
+            self.modules[name] = module
             self.handles.append(module.register_forward_hook(self._hook(name)))
+
+    def merged_weights(self, deltas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"<module>.weight": W + ΔŴ} in each module's own layout, for ``torch.func.functional_call``.
+
+        One matmul per layer instead of two (base + update): the cheaper way to run the student
+        when no activation checkpointing re-runs the forward outside the call.
+        """
+        out = {}
+        for name, delta in deltas.items():
+            module = self.modules[name]
+            weight = module.weight
+            update = delta if isinstance(module, nn.Linear) else delta.T
+            out[f"{name}.weight"] = weight + update.to(weight.dtype)
+        return out
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:

@@ -105,6 +105,7 @@ class _Session:
         self.model, self.student, self.device, self.config, self.amp = model, student, device, config, amp
         self.injector = DeltaInjector(model, shapes)
         self.teacher_updates = {name: layer_update(delta, device) for name, delta in teacher.items()}
+        self.checkpointing = config.gradient_checkpointing and config.steps > 0
         self.cache: dict[int, torch.Tensor] = {}
         self.cached_elements = 0
 
@@ -124,8 +125,23 @@ class _Session:
             self.cached_elements += out.numel()
         return kind, out
 
-    def student_loss(self, batch: dict[str, torch.Tensor], teacher: tuple[str, torch.Tensor], updates) -> torch.Tensor:
-        kind, out = self.forward(updates, batch)
+    def student_context(self, deltas: dict[str, torch.Tensor]):
+        """Hooks active through backward when checkpointing (it re-runs the forward there), else nothing."""
+        if self.checkpointing:
+            return self.injector.use({name: dense_update(delta) for name, delta in deltas.items()})
+        return contextlib.nullcontext()
+
+    def student_forward(self, deltas: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> tuple[str, torch.Tensor]:
+        """The base model with W + ΔŴ (one matmul per layer); through the hooks when checkpointing."""
+        if self.checkpointing:
+            return self.forward({name: dense_update(delta) for name, delta in deltas.items()}, batch)
+        inputs = {k: v.to(self.device) for k, v in batch.items() if k != "labels"}
+        weights = self.injector.merged_weights(deltas)
+        with _autocast(self.device, self.amp):
+            return model_output(torch.func.functional_call(self.model, weights, args=(), kwargs=inputs, strict=False))
+
+    def student_loss(self, batch: dict[str, torch.Tensor], teacher: tuple[str, torch.Tensor], deltas) -> torch.Tensor:
+        kind, out = self.student_forward(deltas, batch)
         total, count = distillation_terms(kind, out, teacher[1], batch.get("attention_mask"), self.config.temperature)
         loss = total / max(count, 1)
         if self.config.supervised_weight > 0 and "labels" in batch and kind == "logits":
@@ -136,14 +152,13 @@ class _Session:
 
     @torch.no_grad()
     def evaluate(self, batches: list[dict[str, torch.Tensor]], teacher: dict[str, LayerDelta]) -> Figures:
-        deltas = self.student.materialize()
-        updates = {name: dense_update(delta.detach()) for name, delta in deltas.items()}
+        deltas = {name: delta.detach() for name, delta in self.student.materialize().items()}
         total, count, agree, correct, teacher_correct, labelled = 0.0, 0, 0, 0, 0, 0
         kind, per_example = "logits", True
         for index, batch in enumerate(batches):
             kind, t_out = self.teacher(batch, key=-1 - index)
             per_example = per_example and kind == "logits" and t_out.dim() == 2
-            _, s_out = self.forward(updates, batch)
+            _, s_out = self.student_forward(deltas, batch)
             terms = distillation_terms(kind, s_out, t_out, batch.get("attention_mask"), 1.0)
             total, count = total + float(terms[0]), count + terms[1]
             if per_example:
@@ -310,9 +325,8 @@ def _train(session: _Session, batches: list[dict[str, torch.Tensor]], config: Fi
         deltas = student.materialize()
         if step == 0:
             _check_differentiable(student, deltas)
-        updates = {name: dense_update(delta) for name, delta in deltas.items()}
-        with session.injector.use(updates):  # active through backward: checkpointing re-runs the forward
-            loss = session.student_loss(batch, teacher_out, updates)
+        with session.student_context(deltas):
+            loss = session.student_loss(batch, teacher_out, deltas)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
