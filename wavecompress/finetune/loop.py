@@ -205,7 +205,10 @@ def _training_mode(model: nn.Module, checkpointing: bool):
         if checkpointing:
             if not getattr(model, "supports_gradient_checkpointing", False):
                 raise InputError(f"{type(model).__name__} does not support gradient checkpointing")
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             enabled = True
             for module in dropouts:
                 module.p = 0.0
@@ -215,7 +218,7 @@ def _training_mode(model: nn.Module, checkpointing: bool):
         yield
     finally:
         if enabled:
-            model.gradient_checkpointing_disable()
+            (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
         for module, p in dropouts.items():
             module.p = p
         model.train(was_training)
