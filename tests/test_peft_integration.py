@@ -181,7 +181,10 @@ def test_import_wavecompress_does_not_import_peft_but_registers_when_it_is(tmp_p
         sys.path.insert(0, {str(REPO / "tests")!r})
         import wavecompress
         assert "peft" not in sys.modules, "import wavecompress imported peft"
+        import importlib.util
+        assert importlib.util.find_spec("peft") is not None  # as transformers' is_peft_available does
         from conftest import tiny_bert
+        tiny_bert()
         from peft import PeftModel
         model = PeftModel.from_pretrained(tiny_bert(), {str(out)!r})
         print(type(model.base_model).__name__)

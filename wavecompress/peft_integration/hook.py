@@ -47,19 +47,26 @@ class _PeftImportHook(importlib.abc.MetaPathFinder):
         self._on_loaded = on_loaded
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "peft":
+        # Stay installed until peft actually executes: importlib.util.find_spec("peft") (transformers'
+        # is_peft_available) also lands here without importing anything.
+        if fullname != "peft" or "peft" in sys.modules:
             return None
-        remove_hook(self)
         spec = None
         for finder in list(sys.meta_path):
+            if finder is self:
+                continue
             find = getattr(finder, "find_spec", None)
             spec = find(fullname, path, target) if find is not None else None
             if spec is not None:
                 break
         if spec is None or spec.loader is None:
             return spec
-        spec.loader = _RegisteringLoader(spec.loader, self._on_loaded)
+        spec.loader = _RegisteringLoader(spec.loader, self._loaded)
         return spec
+
+    def _loaded(self) -> None:
+        remove_hook(self)
+        self._on_loaded()
 
 
 def remove_hook(hook: _PeftImportHook) -> None:
