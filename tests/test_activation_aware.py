@@ -162,3 +162,26 @@ def test_cli_calibration_text_and_saved_file(tmp_path: Path, minilm) -> None:
     assert again["waveft"]["activation_relative_error"] == pytest.approx(overall["waveft"]["activation_relative_error"], rel=1e-6)
     bad = CliRunner().invoke(main, args + ["--out", str(tmp_path / "o3"), "--calibration", str(tmp_path / "calib.txt")])
     assert bad.exit_code == 2 and "needs --base-model" in bad.output
+
+
+def test_global_allocation_follows_the_activations() -> None:
+    import wavecompress as wc
+
+    g = torch.Generator().manual_seed(7)
+    layers = {n: torch.randn(32, 4, generator=g) @ torch.randn(4, 48, generator=g) for n in ("loud", "quiet", "mid")}
+    grams = {"loud": 100.0 * anisotropic_gram(48, seed=1), "quiet": 0.01 * anisotropic_gram(48, seed=2),
+             "mid": anisotropic_gram(48, seed=3)}
+    calibration = Calibration(grams, tokens=200)
+    results = {}
+    for method in ("lora", "waveft"):
+        for mode in ("uniform", "global"):
+            result = wc.compress(layers, budget=240, method=method, reorder=False, baselines=(), allocate=mode,
+                                 calibration=calibration)
+            results[(method, mode)] = result.report.overall()[method].activation_relative_error
+            budgets = {row.name: row.budget for row in result.report.layers}
+            if mode == "global":
+                assert budgets["loud"] > budgets["quiet"], (method, budgets)
+    assert results[("lora", "uniform")] == pytest.approx(0.1045, abs=2e-3)
+    assert results[("lora", "global")] == pytest.approx(0.0032, abs=1e-3)
+    assert results[("waveft", "uniform")] == pytest.approx(0.1802, abs=2e-3)
+    assert results[("waveft", "global")] == pytest.approx(0.0896, abs=2e-3)

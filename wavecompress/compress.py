@@ -159,8 +159,9 @@ def compress(
     if levels is not None and levels < 0:
         raise InputError(f"levels must be >= 0, got {levels}")
     deltas = as_adapter_deltas(source)
-    plans = plan_budgets(deltas.layers, [method, *baselines], options, spec, allocate, deltas.stored_values)
     calibration = load_calibration(calibration)
+    plans = plan_budgets(deltas.layers, [method, *baselines], options, spec, allocate, deltas.stored_values,
+                         calibration=calibration)
     layers, rows = [], []
     bar = tqdm(deltas.layers, desc=f"{method} {spec.label()}", unit="layer", disable=None if progress is None else not progress)
     target = resolve_device(device)  # "cuda": each layer moves there in turn; CPU fallback with a warning

@@ -48,9 +48,8 @@ def _dense_error_sq(delta: LayerDelta, rebuilt: torch.Tensor) -> float:
     return float((delta.to_dense().double() - rebuilt.double()).square().sum())
 
 
-def whitened_lora(delta: LayerDelta, budget: int, options: MethodOptions, gram: torch.Tensor) -> CompressedLayer:
-    """The rank-r LoRA minimising ‖(ΔW − BA) C_λ^{1/2}‖, r the largest rank that fits ``budget``."""
-    d_out, d_in = delta.shape
+def whitened_svd(delta: LayerDelta, gram: torch.Tensor):
+    """(U, S, Vh, x ↦ x C_λ^{-1/2}) with U S Vh the SVD of ΔW C_λ^{1/2} (from the factors when factored)."""
     values, vectors = torch.linalg.eigh(damped(gram))
     values = values.clamp_min(values.max() * 1e-12)
 
@@ -64,6 +63,21 @@ def whitened_lora(delta: LayerDelta, budget: int, options: MethodOptions, gram: 
         u, s, vh = factored_svd(delta.left, root(delta.right.double()))
     else:
         u, s, vh = torch.linalg.svd(root(delta.dense.double()), full_matrices=False)
+    return u, s, vh, inv_root
+
+
+def useful_steps(squares) -> int:
+    """Ranks worth storing: σ > 1e-7·σ_max (the same rule as the plain SVD baseline)."""
+    import numpy as np
+
+    squares = np.asarray(squares)
+    return int((squares > squares[0] * 1e-14).sum()) if len(squares) and squares[0] > 0 else 0
+
+
+def whitened_lora(delta: LayerDelta, budget: int, options: MethodOptions, gram: torch.Tensor) -> CompressedLayer:
+    """The rank-r LoRA minimising ‖(ΔW − BA) C_λ^{1/2}‖, r the largest rank that fits ``budget``."""
+    d_out, d_in = delta.shape
+    u, s, vh, inv_root = whitened_svd(delta, gram)
     fits = budget // (d_out + d_in)
     useful = int((s > s[0] * 1e-7).sum()) if s.numel() and s[0] > 0 else 0
     rank = min(fits, useful)
@@ -93,6 +107,22 @@ def weighted_topk(delta: LayerDelta, budget: int, options: MethodOptions, gram: 
     The plain method fixes the layout (wavelet, levels, row/column permutations); selection and
     values are then redone in that same coefficient space, so the stored format is unchanged.
     """
+    plain, coeffs, metric, values_key, index_key = weighted_layout(delta, budget, options, gram, method)
+    k = plain.tensors[values_key].numel()
+    score = coeffs.square() * metric.diagonal()[None, :]
+    picked = torch.sort(torch.topk(score.reshape(-1), k, sorted=False).indices).values if k else torch.zeros(0, dtype=torch.long)
+    keep = torch.zeros(coeffs.numel(), dtype=torch.bool)
+    keep[picked] = True
+    fitted = refit_rows(coeffs, keep.reshape(coeffs.shape), metric)
+    tensors = dict(plain.tensors)
+    tensors[values_key] = fitted.reshape(-1)[picked].float()
+    tensors[index_key] = picked.to(plain.tensors[index_key].dtype)
+    error_sq = float((coeffs - fitted).square().sum())  # orthonormal: coefficient error = weight error
+    return replace(plain, tensors=tensors, error_sq=error_sq, notes=plain.notes + ["activation-aware (weighted top-k, refit)"])
+
+
+def weighted_layout(delta: LayerDelta, budget: int, options: MethodOptions, gram: torch.Tensor, method: str):
+    """(plain layer, coefficients K, metric G = W_c C_λ W_cᵀ, value key, index key) in ``method``'s layout."""
     plain = get_method(method).compress(delta, budget, options)
     rows = plain.tensors.get("reorder_rows")
     cols = plain.tensors.get("reorder_cols")
@@ -111,17 +141,19 @@ def weighted_topk(delta: LayerDelta, budget: int, options: MethodOptions, gram: 
     else:
         coeffs = dense
         values_key, index_key = "sparse_values", "sparse_indices"
-    k = plain.tensors[values_key].numel()
-    score = coeffs.square() * metric.diagonal()[None, :]
-    picked = torch.sort(torch.topk(score.reshape(-1), k, sorted=False).indices).values if k else torch.zeros(0, dtype=torch.long)
-    keep = torch.zeros(coeffs.numel(), dtype=torch.bool)
-    keep[picked] = True
-    fitted = refit_rows(coeffs, keep.reshape(coeffs.shape), metric)
-    tensors = dict(plain.tensors)
-    tensors[values_key] = fitted.reshape(-1)[picked].float()
-    tensors[index_key] = picked.to(plain.tensors[index_key].dtype)
-    error_sq = float((coeffs - fitted).square().sum())  # orthonormal: coefficient error = weight error
-    return replace(plain, tensors=tensors, error_sq=error_sq, notes=plain.notes + ["activation-aware (weighted top-k, refit)"])
+    return plain, coeffs, metric, values_key, index_key
+
+
+def weighted_gains(delta: LayerDelta, method: str, options: MethodOptions, gram: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(weighted error removed per step, in the order the activation-aware method takes them; cost per step).
+
+    lora: whitened σ², exact. Top-k: K_ij²·G_jj sorted, the weighted cost of dropping each
+    coefficient alone (the refit only lowers the error further): the allocation's estimate.
+    """
+    if method == "lora":
+        return whitened_svd(delta, gram)[1].square(), delta.shape[0] + delta.shape[1]
+    _, coeffs, metric, _, _ = weighted_layout(delta, delta.shape[0] * delta.shape[1], options, gram, method)
+    return torch.sort((coeffs.square() * metric.diagonal()[None, :]).reshape(-1), descending=True).values, 1
 
 
 def aware_compress(method: str, delta: LayerDelta, budget: int, options: MethodOptions,

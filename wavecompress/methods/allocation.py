@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -206,11 +207,13 @@ def plan_budgets(
     mode: str = "uniform",
     input_stored_values: int = 0,
     fixed_bytes: int = 0,
+    calibration: Any = None,
 ) -> dict[str, Allocation]:
     """{method: Allocation} for each of ``methods`` under ``spec``, one pass over ``layers``.
 
     ``uniform`` gives every layer the same budget (the total split evenly); ``global`` runs the
-    exact greedy over every layer's rate-distortion curve, each method on its own curves.
+    exact greedy over every layer's rate-distortion curve, each method on its own curves
+    (activation-weighted curves for the activation-aware methods when ``calibration`` is given).
     """
     if mode not in ALLOCATIONS:
         raise InputError(f"unknown allocation {mode!r}; choose one of {', '.join(ALLOCATIONS)}")
@@ -226,8 +229,9 @@ def plan_budgets(
         return {m: Allocation(m, mode, totals[m], dict(zip(names, uniform_budgets(totals[m], len(names))))) for m in methods}
     curves: dict[str, list[RDCurve]] = {m: [] for m in methods}
     for delta in layers:
+        gram = calibration.gram(delta.name) if calibration is not None else None
         for m in methods:
-            curves[m].append(rd_curve(delta, m, options, max_cost=totals[m]))
+            curves[m].append(rd_curve(delta, m, options, max_cost=totals[m], gram=gram))
     plans = {}
     for m in methods:
         budgets, error = global_budgets(curves[m], totals[m])

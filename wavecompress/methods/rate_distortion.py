@@ -199,11 +199,29 @@ def sampled_curve(delta: LayerDelta, method: str, options: MethodOptions, max_co
                    np.zeros(len(costs), dtype=np.int64), float(hull[-1][1]))
 
 
-def rd_curve(delta: LayerDelta, method: str, options: MethodOptions | None = None, max_cost: int | None = None) -> RDCurve:
-    """The rate-distortion curve of ``method`` on ``delta`` up to ``max_cost`` stored values."""
+def weighted_curve(delta: LayerDelta, method: str, options: MethodOptions, max_cost: int, gram: torch.Tensor) -> RDCurve:
+    """Activation-weighted curve (error ‖(ΔW−ΔŴ)C^{1/2}‖²) of an activation-aware method, for allocation."""
+    from .activation_aware import useful_steps, weighted_gains
+
+    gains, cost = weighted_gains(delta, method, options, gram)
+    gains = gains.double().numpy()
+    steps = min(useful_steps(gains) if method == "lora" else len(gains), max_cost // cost)
+    return RDCurve(delta.name, method, delta.shape, float(gains.sum()), np.full(steps, cost, dtype=np.int64),
+                   gains[:steps].copy(), np.zeros(steps, dtype=np.int64), float(gains[steps:].sum()))
+
+
+def rd_curve(delta: LayerDelta, method: str, options: MethodOptions | None = None, max_cost: int | None = None,
+             gram: torch.Tensor | None = None) -> RDCurve:
+    """The rate-distortion curve of ``method`` on ``delta`` up to ``max_cost`` stored values.
+
+    With ``gram`` (C = XᵀX/n) and an activation-aware method, the curve is in activation-weighted
+    error, the quantity that method minimises (methods/activation_aware.py).
+    """
     options = options or MethodOptions()
     full = delta.shape[0] * delta.shape[1]
     max_cost = full * 2 if max_cost is None else max(int(max_cost), 1)
+    if gram is not None and method in ("lora", "waveft", "sparse"):
+        return weighted_curve(delta, method, options, max_cost, gram)
     if method in ("waveft", "sparse"):
         return _topk_curve(delta, method, options, max_cost)
     if method == "lora":
