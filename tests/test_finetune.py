@@ -242,3 +242,45 @@ def test_bad_inputs_are_one_line_errors(trained, tmp_path: Path) -> None:
     wrong = CliRunner().invoke(main, ["finetune", str(out), "--teacher", str(other_lora), "--base-model", str(base_dir),
                                       "--data", str(data_file), "--out", str(tmp_path / "o")])
     assert wrong.exit_code == 2 and "not in the teacher adapter" in wrong.output
+
+
+def test_convert_with_finetune_steps_in_one_go(trained, tmp_path: Path) -> None:
+    lora_dir, base_dir, data_file, _, _ = trained
+    out = tmp_path / "one-go"
+    result = CliRunner().invoke(main, ["convert", str(lora_dir), "--budget", "48", "--method", "wara", "--quiet", "--out", str(out),
+                                       "--finetune-steps", "15", "--finetune-data", str(data_file), "--base-model", str(base_dir),
+                                       "--finetune-lr", "2e-3"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    note = next(n for n in json.loads((out / "wavecompress_report.json").read_text())["notes"] if n.startswith("finetune: 15 steps"))
+    before, after = (float(v) for v in note.split("texts ")[1].split(";")[0].split(" -> "))
+    assert after < before
+    refused = CliRunner().invoke(main, ["convert", str(lora_dir), "--budget", "48", "--out", str(tmp_path / "x"), "--finetune-steps", "5"])
+    assert refused.exit_code == 2 and "--finetune-data" in refused.output
+
+
+def test_gradient_checkpointing_path_trains_exactly_like_the_merged_weight_path(trained) -> None:
+    lora_dir, _, _, tokenizer, held_out = trained
+    compressed = wc.compress(lora_dir, budget=48, method="waveft")
+    runs = [finetune(compressed, tiny_classifier(), tokenizer, held_out, steps=3, lr=2e-3, progress=False, gradient_checkpointing=flag)
+            for flag in (False, True)]
+    assert runs[0].losses == pytest.approx(runs[1].losses, rel=1e-4)
+    for merged, hooked, start in zip(runs[0].layers, runs[1].layers, compressed.layers):
+        a, b, s0 = merged.tensors["waveft_spectrum"], hooked.tensors["waveft_spectrum"], start.tensors["waveft_spectrum"]
+        # Adam moves every value by about lr per step, so tiny gradient differences show only far below that.
+        assert float((a - b).abs().max()) < 5e-4
+        assert float((a - s0).abs().median()) > 2e-3
+
+
+def test_a_lora_output_fine_tunes_and_stays_a_plain_peft_lora(trained, tmp_path: Path) -> None:
+    lora_dir, _, _, tokenizer, held_out = trained
+    compressed = tmp_path / "svd"
+    wc.compress(lora_dir, budget=200, method="lora").save(compressed)
+    result = finetune(compressed, tiny_classifier(), tokenizer, held_out, teacher=lora_dir, steps=10, lr=2e-3, progress=False)
+    assert result.after.distill_loss < result.before.distill_loss
+    out = result.save(tmp_path / "svd-ft")
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    rebuilt = wc.reconstruct(out)  # read back through the PEFT LoRA reader: scaling 1, same ranks
+    for layer in result.layers:
+        expected = layer.tensors["lora_B.weight"] @ layer.tensors["lora_A.weight"]
+        assert torch.allclose(rebuilt[layer.name], expected, atol=1e-6)
+    assert kl_teacher_student(lora_dir, rebuilt, tokenizer, held_out) < kl_teacher_student(lora_dir, wc.reconstruct(compressed), tokenizer, held_out)
