@@ -7,6 +7,7 @@ weight (biases, norms, embeddings, buffers, tensors on one side only) is reporte
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 
 from ..errors import InputError
 from .adapter_deltas import AdapterDeltas, LazyLayers, SkippedLayer
-from .checkpoints import Checkpoint, looks_like_embedding
+from .checkpoints import Checkpoint, float32_difference, looks_like_embedding
 from .layer_delta import LayerDelta
 from .safetensors_reader import check_finite
 
@@ -71,10 +72,11 @@ def _one_d_reason(base: Checkpoint, tuned: Checkpoint, key: str) -> str:
 
 def _factory(base: Checkpoint, tuned: Checkpoint, key: str, module: str, transpose: bool) -> Callable[[], LayerDelta | None]:
     def build() -> LayerDelta | None:
-        delta = tuned.get_float32(key)
-        base.subtract_into(delta, key)
-        check_finite(tuned.path, f"{key} (tuned − base)", delta)
-        if not bool(delta.any()):
+        delta = float32_difference(tuned, base, key)
+        norm = float(torch.linalg.vector_norm(delta))  # also catches NaN/Inf on either side
+        if not math.isfinite(norm):
+            check_finite(tuned.path, f"{key} (tuned − base)", delta)
+        if norm == 0:
             return None
         if transpose:
             delta = delta.T.contiguous()
