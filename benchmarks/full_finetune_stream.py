@@ -10,7 +10,7 @@ subprocess so peak memory is its own:
 - ``stream``: ``read_full_finetune`` — every ΔW formed in float32, one at a time (the input stage);
 - ``convert`` (optional): the whole pipeline, ``wavecompress.compress`` + ``save``.
 
-Peak memory is sampled from /proc every 2 ms after imports (anonymous RSS — what the process
+Read and stream run on one thread each. Peak memory is sampled from /proc every 2 ms after imports (anonymous RSS — what the process
 allocates — and total RSS, which also counts mapped file pages). Printed as ratios against the
 read phase of the same run and against the largest single tensor (bf16 bytes on disk).
 Goal (issue 5): stream time ≤ 2× read, stream peak ≤ 3× the largest tensor.
@@ -136,7 +136,9 @@ def run_phase(phase: str, base: Path, tuned: Path, budget: int, method: str, con
     from wavecompress.deltas import Checkpoint, read_full_finetune
     from wavecompress.deltas.full_finetune import filter_layers
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    # read and stream on one thread each (the reader's block ops never fan out; a threaded clone on
+    # busy cores measured the machine's contention, not the read); convert uses every core.
+    torch.set_num_threads(1 if phase != "convert" else max(1, os.cpu_count() or 1))
     result: dict = {"phase": phase}
     with PeakMemory() as memory:
         started = time.perf_counter()

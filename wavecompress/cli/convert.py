@@ -100,7 +100,9 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
 
     INPUT is a PEFT LoRA folder, or its adapter_model.safetensors with adapter_config.json beside
     it, or a folder written by wavecompress, or a Hub repo id owner/name[@revision] (downloaded
-    through the huggingface_hub cache; HF_HUB_OFFLINE=1 reads the cache only).
+    through the huggingface_hub cache; HF_HUB_OFFLINE=1 reads the cache only). Also: a PEFT DoRA
+    folder (with --base), a PEFT LoHa/LoKr folder, a single-file kohya / LyCORIS / diffusers LoRA
+    (.safetensors; ss_*/modelspec.* metadata is kept), or a full fine-tune: --base BASE --tuned TUNED.
 
     \b
     Examples:

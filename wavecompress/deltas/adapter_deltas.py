@@ -41,7 +41,9 @@ class LazyLayers(Sequence):
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
             return LazyLayers(self.entries[index], self.skipped, self.none_reason)
-        return self.entries[index][3]()
+        name, shape, _, factory = self.entries[index]
+        layer = factory()
+        return layer if layer is not None else LayerDelta.from_dense(name, torch.zeros(shape))
 
     def __iter__(self) -> Iterator[LayerDelta]:
         for name, _, _, factory in self.entries:

@@ -150,7 +150,3 @@ def read_full_finetune(
         metadata={},
     )
 
-
-def dense_reference(base: Checkpoint, tuned: Checkpoint, key: str) -> torch.Tensor:
-    """W_tuned − W_base of one tensor, read whole (for checks and benchmarks)."""
-    return tuned.get(key).float() - base.get(key).float()
