@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import weakref
 from pathlib import Path
 
 import pytest
@@ -58,9 +59,13 @@ def test_sharded_pair_streams_exact_deltas_and_skips_the_rest(sharded_pair) -> N
     assert isinstance(deltas.layers, LazyLayers) and deltas.kind == "full-finetune"
     names = deltas.layers.names
     assert len(names) == 2 * 6 + 1 and all(n.endswith(LINEAR) for n in names)
+    alive = []
     for layer in deltas.layers:
+        assert all(ref() is None for ref in alive)  # the previous layer's ΔW is gone: one at a time
         reference = tuned_sd[layer.name + ".weight"] - base_sd[layer.name + ".weight"]
         torch.testing.assert_close(layer.to_dense(), reference, rtol=0, atol=1e-6)
+        alive.append(weakref.ref(layer.dense))
+        del layer
     skipped = {s.name: s.reason for s in deltas.skipped}
     assert "embedding" in skipped["embeddings.word_embeddings.weight"]
     assert skipped["encoder.layer.0.output.LayerNorm.weight"].startswith("1-D tensor, not a layer (changed")
