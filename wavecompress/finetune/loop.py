@@ -1,9 +1,10 @@
 """The distillation loop: train a compressed adapter's stored values to match the original adapter.
 
-Teacher = base model + original adapter, student = the same base model + compressed adapter
-(both through forward hooks on one model copy, see ``injection``). Only the student's float
-stored values train (AdamW, linear warm-up then linear decay); supports, indices and
-permutations stay fixed. Objective: KL(teacher ‖ student) on logits, or hidden-state MSE for a
+Teacher = base model + original adapter (forward hooks adding the factored update), student = the
+same base model run with W + ΔŴ through ``torch.func.functional_call`` (hooks instead under
+gradient checkpointing, which re-runs the forward in backward): one copy of the base model, whose
+weights never change. Only the student's float stored values train (AdamW, linear warm-up then
+linear decay); supports, indices and permutations stay fixed. Objective: KL(teacher ‖ student) on logits, or hidden-state MSE for a
 bare encoder, plus an optional supervised cross-entropy when the data has class labels.
 Before and after, the teacher-student loss on held-out texts and the Frobenius error against the
 original ΔW are measured the same way.
@@ -106,7 +107,7 @@ class _Session:
         self.injector = DeltaInjector(model, shapes)
         self.teacher_updates = {name: layer_update(delta, device) for name, delta in teacher.items()}
         self.checkpointing = config.gradient_checkpointing and config.steps > 0
-        self.cache: dict[int, torch.Tensor] = {}
+        self.cache: dict[int, tuple[str, torch.Tensor]] = {}
         self.cached_elements = 0
 
     def forward(self, updates, batch: dict[str, torch.Tensor]) -> tuple[str, torch.Tensor]:
