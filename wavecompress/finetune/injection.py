@@ -1,9 +1,10 @@
 """Add a layer update to a frozen base model without touching its weights: forward hooks.
 
 For each adapted module (``nn.Linear``, or transformers' ``Conv1D`` whose weight is stored
-transposed) a hook adds ``x @ ΔWᵀ`` to the module's output. The same hooks serve the teacher
-(the original adapter, kept factored: ``(x @ Aᵀ) @ (sB)ᵀ``) and the student (a dense ΔŴ formed
-once per step), so one copy of the base model runs both.
+transposed) a hook adds ``x @ ΔWᵀ`` to the module's output. The hooks serve the teacher (the
+original adapter, kept factored: ``(x @ Aᵀ) @ (sB)ᵀ``) and, under gradient checkpointing, the
+student (a dense ΔŴ formed once per step); otherwise the student runs with ``merged_weights``
+(W + ΔŴ, one matmul per layer). One copy of the base model serves both.
 """
 
 from __future__ import annotations
