@@ -123,13 +123,60 @@ def synthesis(c: torch.Tensor, wavelet: str, levels: int) -> torch.Tensor:
     return _pywt_synthesis(c, wavelet, levels)
 
 
+def _haar_analysis_into(x: torch.Tensor, levels: int, dim: int) -> torch.Tensor:
+    """Haar analysis along ``dim`` written straight into one output (no concatenation, no transposes).
+
+    Same operations in the same order as :func:`_haar_analysis`, so bit-identical; not for autograd.
+    """
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    approx, size = x, x.shape[dim]
+    for level in range(levels):
+        half = size // 2
+        pairs = approx.unflatten(dim, (half, 2))
+        even, odd = pairs.select(dim + 1, 0), pairs.select(dim + 1, 1)
+        detail = out.narrow(dim, half, half)
+        torch.sub(even, odd, out=detail).mul_(_INV_SQRT2)
+        if level == levels - 1:
+            torch.add(even, odd, out=out.narrow(dim, 0, half)).mul_(_INV_SQRT2)
+        else:
+            approx = torch.add(even, odd).mul_(_INV_SQRT2)
+        size = half
+    return out
+
+
+def _haar_synthesis_into(c: torch.Tensor, levels: int, dim: int) -> torch.Tensor:
+    """Inverse of :func:`_haar_analysis_into` (bit-identical to :func:`_haar_synthesis`)."""
+    n = c.shape[dim]
+    approx = c.narrow(dim, 0, n >> levels)
+    for lv in range(levels, 0, -1):
+        size = n >> lv
+        detail = c.narrow(dim, size, size)
+        shape = list(c.shape)
+        shape[dim] = 2 * size
+        out = torch.empty(shape, dtype=c.dtype, device=c.device)
+        pairs = out.unflatten(dim, (size, 2))
+        torch.add(approx, detail, out=pairs.select(dim + 1, 0)).mul_(_INV_SQRT2)
+        torch.sub(approx, detail, out=pairs.select(dim + 1, 1)).mul_(_INV_SQRT2)
+        approx = out
+    return approx
+
+
+def _fast_haar(x: torch.Tensor, wavelet: str, levels: tuple[int, int]) -> bool:
+    """Use the in-place 2-D Haar: Haar, both axes transformed, and no autograd graph to keep."""
+    return wavelet in _HAAR_NAMES and min(levels) > 0 and not (torch.is_grad_enabled() and x.requires_grad)
+
+
 def analysis2d(x: torch.Tensor, wavelet: str, levels: tuple[int, int]) -> torch.Tensor:
     """Separable 2-D orthonormal DWT: rows (dim 0) to levels[0], columns (dim 1) to levels[1]."""
+    if x.shape[0] % (2 ** levels[0]) == 0 and x.shape[1] % (2 ** levels[1]) == 0 and _fast_haar(x, wavelet, levels):
+        return _haar_analysis_into(_haar_analysis_into(x, levels[0], 0), levels[1], 1)
     rows_done = analysis(x, wavelet, levels[0])
     return analysis(rows_done.T, wavelet, levels[1]).T.contiguous()
 
 
 def synthesis2d(c: torch.Tensor, wavelet: str, levels: tuple[int, int]) -> torch.Tensor:
     """Inverse of :func:`analysis2d`."""
+    if c.shape[0] % (2 ** levels[0]) == 0 and c.shape[1] % (2 ** levels[1]) == 0 and _fast_haar(c, wavelet, levels):
+        return _haar_synthesis_into(_haar_synthesis_into(c, levels[1], 1), levels[0], 0)
     cols_done = synthesis(c.T, wavelet, levels[1]).T
     return synthesis(cols_done, wavelet, levels[0]).contiguous()
