@@ -8,7 +8,7 @@ SVD (``full_matrices=False``), the fastest dense variant, so the ratio is not ag
 Both sides use the rank wavecompress picks for the budget (r·(d_out+d_in) ≤ budget), and each
 side's error ‖ΔW − ΔŴ‖/‖ΔW‖ is measured the same way, in float64 against the merged ΔW.
 
-    python benchmarks/resize_vs_dense_svd.py --quick     # TinyLlama-1.1B shapes, 1 decoder layer
+    python benchmarks/resize_vs_dense_svd.py --quick     # TinyLlama-1.1B shapes, 1 decoder layer, thin SVD only
     python benchmarks/resize_vs_dense_svd.py             # Llama-2-7B shapes, 1 decoder layer
     python benchmarks/resize_vs_dense_svd.py --layers 4 --new-rank 8
 """
@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-full", action="store_true", help="skip the full_matrices=True reference (slowest)")
     args = parser.parse_args()
+    args.no_full = args.no_full or args.quick  # --quick: the thin dense SVD only (faster, so the stricter reference)
     torch.set_num_threads(args.threads)
     shapes = TINYLLAMA_SHAPES if args.quick else LLAMA2_7B_SHAPES
     budget = args.new_rank * max(sum(shape) for shape in shapes.values())
