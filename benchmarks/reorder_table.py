@@ -144,9 +144,10 @@ def accuracy_table(adapter: Path, budgets: list[int], quick: bool) -> None:
     print(f"\nheld-out accuracy on {len(test)} BBC test examples ({time.perf_counter() - start:.0f}s for the references)")
     print(f"  original LoRA through PEFT {peft_acc:.4f}; merged W+ΔW {merged_acc:.4f}; classifier only (ΔW = 0) {zero_acc:.4f}")
     configs = [("lora", "lora", False), ("waveft plain L1", "waveft", False), ("waveft svd L5", "waveft", "svd"),
-               ("wara plain L3", "wara", False), ("wara svd L3", "wara", "svd")]
+               ("waveft greedy L5", "waveft", "greedy"), ("wara plain L3", "wara", False), ("wara svd L3", "wara", "svd"),
+               ("wara greedy L3", "wara", "greedy")]
     if quick:
-        configs = [c for c in configs if c[0] != "waveft plain L1"]
+        configs = [c for c in configs if c[0] in ("lora", "wara plain L3", "wara greedy L3")]
     header = f"  {'method':18s}" + "".join(f"{'b=' + str(b):>16s}" for b in budgets)
     print(header)
     with tempfile.TemporaryDirectory() as tmp:

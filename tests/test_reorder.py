@@ -111,7 +111,7 @@ def test_permutations_round_trip_through_save_and_reconstruct(tmp_path, method: 
     assert len(perm_keys) == 2 * len(result.layers)
     assert all(tensors[k].dtype == torch.int16 for k in perm_keys)
     config = json.loads((saved / "adapter_config.json").read_text())
-    assert all(meta["reorder"] == "svd" for meta in config["layers"].values())
+    assert all(meta["reorder"] == "greedy" for meta in config["layers"].values())
     expected = result.to_deltas()
     rebuilt = wc.reconstruct(saved)
     assert set(rebuilt) == set(expected)
@@ -163,8 +163,26 @@ def test_cli_no_reorder_and_order_by(tmp_path) -> None:
     assert plain.exit_code == 0, plain.output
     assert "wara-reordered" in plain.output
     assert not any(k.endswith("reorder_rows") for k in load_file(str(tmp_path / "plain" / "adapter_model.safetensors")))
-    greedy = runner.invoke(cli, ["convert", str(lora_dir), "--budget", "150", "--method", "wara", "--order-by", "greedy",
+    greedy = runner.invoke(cli, ["convert", str(lora_dir), "--budget", "150", "--method", "wara", "--order-by", "fiedler",
                                  "--out", str(tmp_path / "greedy")])
     assert greedy.exit_code == 0, greedy.output
     config = json.loads((tmp_path / "greedy" / "adapter_config.json").read_text())
-    assert {meta["reorder"] for meta in config["layers"].values()} == {"greedy"}
+    assert {meta["reorder"] for meta in config["layers"].values()} == {"fiedler"}
+
+
+def test_greedy_is_the_nearest_neighbour_chain_and_falls_back_to_svd_on_large_layers(monkeypatch) -> None:
+    from wavecompress.methods import wavelet_domain
+    from wavecompress.transforms.reorder import greedy_order, svd_order
+
+    features = torch.randn(40, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    current = int(svd_order(features)[0])
+    chain, left = [current], set(range(40)) - {current}
+    while left:
+        current = min(left, key=lambda i: float((features[i] - features[current]).square().sum()))
+        chain.append(current)
+        left.remove(current)
+    assert greedy_order(features).tolist() == chain
+    mixed = LayerDelta.from_factors("l", *shuffled(*smooth_factors()))
+    monkeypatch.setattr(wavelet_domain, "GREEDY_MAX_SIZE", 150)
+    layer = get_method("waveft").compress(mixed, 300, MethodOptions(reorder="greedy"))
+    assert layer.meta["reorder"] == "svd"
