@@ -147,7 +147,7 @@ def accuracy_table(adapter: Path, budgets: list[int], quick: bool) -> None:
                ("waveft greedy L5", "waveft", "greedy"), ("wara plain L3", "wara", False), ("wara svd L3", "wara", "svd"),
                ("wara greedy L3", "wara", "greedy")]
     if quick:
-        configs = [c for c in configs if c[0] in ("lora", "wara plain L3", "wara greedy L3")]
+        configs = [c for c in configs if c[0] in ("lora", "waveft greedy L5", "wara plain L3", "wara greedy L3")]
     header = f"  {'method':18s}" + "".join(f"{'b=' + str(b):>16s}" for b in budgets)
     print(header)
     with tempfile.TemporaryDirectory() as tmp:
