@@ -126,3 +126,10 @@ def test_reconstruct_command_writes_dense_deltas(tmp_path: Path, lora_dir: Path)
     assert result.exit_code == 0
     with safe_open(str(tmp_path / "d.safetensors"), "pt") as reader:
         assert torch.allclose(reader.get_tensor("encoder.layer.0.attention.self.query"), wc.reconstruct(out)["encoder.layer.0.attention.self.query"])
+
+
+def test_reading_an_output_back_counts_only_trainable_values(tmp_path: Path, lora_dir: Path) -> None:
+    out = tmp_path / "o"
+    assert run("convert", str(lora_dir), "--budget", "300", "--method", "waveft", "--out", str(out)).exit_code == 0
+    report = json.loads((out / "wavecompress_report.json").read_text())
+    assert wc.load_deltas(out).stored_values == report["overall"]["waveft"]["stored_values"]

@@ -37,7 +37,7 @@ def read_wavecompress_adapter(config: dict[str, Any], weights_path: Path) -> Ada
             dense = method.reconstruct(own, meta, shape)
         except (KeyError, ValueError, RuntimeError, IndexError) as exc:
             raise InputError(f"{weights_path}: layer {name} cannot be rebuilt ({exc})") from None
-        stored = sum(v.numel() for k, v in own.items() if not k.endswith("_indices"))
+        stored = sum(v.numel() for v in own.values() if v.is_floating_point())  # indices and permutations are not values
         layers.append(LayerDelta.from_dense(name, dense, stored_values=stored))
     passthrough = {key: value for key, value in tensors.items() if key not in claimed}
     return AdapterDeltas(
