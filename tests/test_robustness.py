@@ -143,3 +143,21 @@ def test_killed_conversion_leaves_no_partial_output(tmp_path: Path, sig: int) ->
     assert rerun.returncode == 0, rerun.stderr
     assert sorted(p.name for p in out.iterdir()) == OUTPUT_FILES
     assert not leftovers(out)
+
+
+def test_allow_nonfinite_skips_and_lists_the_poisoned_layer(tmp_path: Path, lora_dir: Path) -> None:
+    weights = lora_dir / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    key = next(k for k in sorted(tensors) if "layer.1.attention.self.value.lora_B" in k)
+    tensors[key][3, 1] = float("inf")
+    save_file(tensors, str(weights))
+    out = tmp_path / "out"
+    refused = CliRunner().invoke(main, ["convert", str(lora_dir), "--budget", "100", "--out", str(out)])
+    assert refused.exit_code == 2 and key in refused.output and not out.exists()
+    result = CliRunner().invoke(main, ["convert", str(lora_dir), "--budget", "100", "--out", str(out), "--allow-nonfinite"])
+    assert result.exit_code == 0, result.output
+    assert "skipped encoder.layer.1.attention.self.value: non-finite values" in result.output
+    report = json.loads((out / "wavecompress_report.json").read_text())
+    assert [layer["name"] for layer in report["layers"]] == [
+        "encoder.layer.0.attention.self.query", "encoder.layer.0.attention.self.value", "encoder.layer.1.attention.self.query"]
+    assert report["skipped"] == [{"name": "encoder.layer.1.attention.self.value", "reason": "non-finite values (NaN/Inf) in its LoRA factors"}]

@@ -47,3 +47,19 @@ def default_output(input_path: Path, method: str, budget: int) -> Path:
 debug_option = click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
 
 
+
+
+def allow_nonfinite_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --allow-nonfinite: skip (and list) LoRA layers holding NaN/Inf instead of refusing the input."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, allow_nonfinite: bool = False, **kwargs: Any) -> Any:
+        from ..deltas.safetensors_reader import skip_nonfinite_layers
+
+        with skip_nonfinite_layers(allow_nonfinite):
+            return command(*args, **kwargs)
+
+    return click.option(
+        "--allow-nonfinite", is_flag=True,
+        help="Skip LoRA layers whose factors hold NaN/Inf (listed as skipped) instead of refusing the input.",
+    )(wrapper)

@@ -13,7 +13,7 @@ from ..formats.atomic import atomic_write_bytes
 from ..hardware import cuda_fallback_note
 from ..hub import check_push_target, push_after_save
 from ..methods.options import DEFAULT_LEVELS, DEFAULT_LEVELS_REORDERED, DEFAULT_REORDER, REORDER_CHOICES
-from .common import debug_option, default_output, friendly_errors
+from .common import allow_nonfinite_option, debug_option, default_output, friendly_errors
 
 OUTPUT_METHODS = ["waveft", "wara", "lora", "waveft-seeded"]
 
@@ -84,6 +84,7 @@ OUTPUT_METHODS = ["waveft", "wara", "lora", "waveft-seeded"]
 @click.option("--finetune-lr", "finetune_lr", type=float, default=1e-3, show_default=True, help="Learning rate for --finetune-steps.")
 @click.option("--finetune-device", "finetune_device", default="auto", show_default=True,
               help="Device for --finetune-steps: auto (CUDA when available), cpu, cuda, cuda:N.")
+@allow_nonfinite_option
 @debug_option
 @friendly_errors
 def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: int | None, out_dir: Path | None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 from ..errors import InputError
 from .adapter_deltas import AdapterDeltas, SkippedLayer
 from .layer_delta import LayerDelta
-from .safetensors_reader import check_finite, read_safetensors
+from .safetensors_reader import NonFiniteError, check_finite, nonfinite_layers_skipped, read_safetensors
 
 PREFIX = "base_model.model."
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<kind>A|B|embedding_A|embedding_B|magnitude_vector)(?:\.(?P<adapter>[^.]+))?(?:\.weight)?$")
@@ -108,8 +109,15 @@ def read_peft_lora(config: dict[str, Any], weights_path: Path, base: str | Path 
             )
         if not lora_a.is_floating_point() or not lora_b.is_floating_point():
             raise InputError(f"{weights_path}: tensor {a_key} has non-float dtype {lora_a.dtype}")
-        check_finite(weights_path, a_key, lora_a)
-        check_finite(weights_path, b_key, lora_b)
+        try:
+            check_finite(weights_path, a_key, lora_a)
+            check_finite(weights_path, b_key, lora_b)
+        except NonFiniteError as exc:
+            if not nonfinite_layers_skipped():
+                raise
+            warnings.warn(f"skipping {module}: {exc}", stacklevel=2)
+            skipped.append(SkippedLayer(module, "non-finite values (NaN/Inf) in its LoRA factors"))
+            continue
         scale = lora_scaling(config, module, rank)
         layers.append(
             LayerDelta.from_factors(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -54,8 +57,30 @@ def read_json(path: Path) -> dict:
     return data
 
 
+_SKIP_NONFINITE = contextvars.ContextVar("wavecompress_skip_nonfinite", default=False)
+
+
+class NonFiniteError(InputError):
+    """A tensor holds NaN/Inf values."""
+
+
+@contextlib.contextmanager
+def skip_nonfinite_layers(enabled: bool = True) -> Iterator[None]:
+    """Within this block, readers that support it skip layers with NaN/Inf values (with a warning)."""
+    token = _SKIP_NONFINITE.set(enabled)
+    try:
+        yield
+    finally:
+        _SKIP_NONFINITE.reset(token)
+
+
+def nonfinite_layers_skipped() -> bool:
+    """Whether the caller asked to skip non-finite layers instead of refusing the input."""
+    return _SKIP_NONFINITE.get()
+
+
 def check_finite(path: Path, key: str, tensor: torch.Tensor) -> None:
     """Refuse NaN/Inf values: a diverged run's adapter would poison every method silently."""
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
-        raise InputError(f"{path}: tensor {key} has {bad} non-finite values (NaN/Inf)")
+        raise NonFiniteError(f"{path}: tensor {key} has {bad} non-finite values (NaN/Inf)")
