@@ -161,3 +161,25 @@ def test_allow_nonfinite_skips_and_lists_the_poisoned_layer(tmp_path: Path, lora
     assert [layer["name"] for layer in report["layers"]] == [
         "encoder.layer.0.attention.self.query", "encoder.layer.0.attention.self.value", "encoder.layer.1.attention.self.query"]
     assert report["skipped"] == [{"name": "encoder.layer.1.attention.self.value", "reason": "non-finite values (NaN/Inf) in its LoRA factors"}]
+
+
+def test_a_70b_sized_layer_converts_in_bounded_memory(tmp_path: Path) -> None:
+    """One 8192×28672 LoRA layer (Llama-70B down_proj shape), with both baselines: peak RSS < 3 GB."""
+    src = tmp_path / "big"
+    src.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    save_file({"base_model.model.mlp.down_proj.lora_A.weight": torch.randn(16, 28672, generator=generator).bfloat16(),
+               "base_model.model.mlp.down_proj.lora_B.weight": torch.randn(8192, 16, generator=generator).bfloat16()},
+              str(src / "adapter_model.safetensors"))
+    (src / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 16, "lora_alpha": 32}))
+    script = (
+        "import resource, sys; from wavecompress.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n    code = exc.code\n"
+        "print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, "convert", str(src), "--budget", "3000", "--out", str(tmp_path / "o"), "--quiet"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    peak_kb = int(done.stdout.split("peak_kb")[-1])
+    assert peak_kb < 3 * 1024 * 1024, f"peak RSS {peak_kb / 1024:.0f} MiB"
+    assert json.loads((tmp_path / "o" / "wavecompress_report.json").read_text())["layers"][0]["shape"] == [8192, 28672]
