@@ -133,3 +133,14 @@ def test_reading_an_output_back_counts_only_trainable_values(tmp_path: Path, lor
     assert run("convert", str(lora_dir), "--budget", "300", "--method", "waveft", "--out", str(out)).exit_code == 0
     report = json.loads((out / "wavecompress_report.json").read_text())
     assert wc.load_deltas(out).stored_values == report["overall"]["waveft"]["stored_values"]
+
+
+def test_lora_output_config_has_only_fields_stock_peft_knows(tmp_path: Path, lora_dir: Path) -> None:
+    from peft import LoraConfig
+
+    out = tmp_path / "o"
+    assert run("convert", str(lora_dir), "--budget", "128", "--method", "lora", "--out", str(out)).exit_code == 0
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert set(config) <= set(LoraConfig(r=1).to_dict()), set(config) - set(LoraConfig(r=1).to_dict())
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as reader:
+        assert json.loads(reader.metadata()["wavecompress.provenance"])["method"] == "lora"

@@ -161,10 +161,13 @@ def commit_message(folder: Path) -> tuple[str, str]:
 
     config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
     prov = config.get("wavecompress") or {}
+    report_path = folder / "wavecompress_report.json"
+    if not prov and report_path.is_file():  # stock-PEFT configs (lora, waveft-seeded) carry no provenance key
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        prov = {"method": report.get("method"), "budget": report.get("budget"), "source": report.get("source")}
     if not prov:
         return f"Upload {config.get('peft_type', 'PEFT')} adapter with wavecompress {__version__}", ""
     summary = f"Add {prov.get('method')} adapter, budget {prov.get('budget')} values/layer"
-    report_path = folder / "wavecompress_report.json"
     description = [f"Converted by wavecompress {prov.get('version', __version__)} from {prov.get('source')} ({prov.get('source_kind')})."]
     if report_path.is_file():
         overall: dict[str, Any] = json.loads(report_path.read_text(encoding="utf-8")).get("overall", {})

@@ -68,7 +68,7 @@ def lora_adapter_config(
             value = value.value
         config[key] = value
     config["peft_type"] = LORA
-    config["wavecompress"] = prov
+    # No extra key: stock PEFT warns about unknown LoraConfig fields. Provenance goes in the weights header.
     return config
 
 

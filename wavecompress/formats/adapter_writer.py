@@ -65,6 +65,8 @@ def write_adapter(
     if report.method == "waveft-seeded":
         # Stock PEFT regenerates locations from the layer shape; keep shapes so wavecompress can read it back alone.
         metadata["wavecompress.shapes"] = json.dumps({layer.name: list(layer.shape) for layer in layers}, sort_keys=True)
+    if report.method in ("waveft-seeded", "lora"):
+        # Configs read by stock PEFT carry no extra keys, so provenance lives in the weights header.
         metadata["wavecompress.provenance"] = json.dumps(provenance(report.method, report.budget, source.source_name, source.kind))
     metadata.update(carried_metadata(source.metadata))  # kohya ss_* / modelspec.* training provenance
     card = render_model_card(report, config, source.config.get("license"), repo=str(out_dir))
