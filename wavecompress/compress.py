@@ -227,8 +227,7 @@ def fit_to_size(source: DeltaSource, spec: BudgetSpec, method: str, wavelet: str
     The total is estimated from the bytes per stored value (values plus indices), then checked
     against the exact serialized size and shrunk until it fits.
     """
-    from .formats.adapter_writer import state_dict
-    from .formats.safetensors_writer import deterministic_bytes
+    from .formats.adapter_writer import serialized_weights
     from .methods.allocation import bytes_per_value, total_values
 
     deltas = as_adapter_deltas(source)
@@ -244,9 +243,7 @@ def fit_to_size(source: DeltaSource, spec: BudgetSpec, method: str, wavelet: str
         tried.add(total)
         result = compress(deltas, None, method, wavelet, levels, (), progress, reorder, budget_total=total,
                           allocate=allocate, calibration=calibration, **(extra or {}))
-        kept = [layer for layer in result.layers if layer.tensors]
-        metadata = {"format": "pt", "wavecompress.method": method, "wavecompress.budget": str(result.report.budget)}
-        size = len(deterministic_bytes(state_dict(kept, deltas.passthrough), metadata)) + 16
+        size = len(serialized_weights(result.layers, deltas, method, result.report.budget))
         if size <= spec.max_bytes:
             if best is None or total > best[1]:
                 best = (result, total, size)

@@ -22,7 +22,7 @@ from ..report import Report
 from .adapter_config import lora_adapter_config, provenance, waveft_seeded_config, wavelet_adapter_config
 from .atomic import atomic_directory
 from .model_card import render_model_card
-from .safetensors_writer import save_deterministic
+from .safetensors_writer import deterministic_bytes
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -54,24 +54,34 @@ def build_config(layers: list[CompressedLayer], source: AdapterDeltas, budget: i
     return wavelet_adapter_config(layers, source.config, prov)
 
 
+def weights_metadata(layers: list[CompressedLayer], source: AdapterDeltas, method: str, budget: Any) -> dict[str, str]:
+    """The safetensors header metadata of an output's weights file."""
+    metadata = {"format": "pt", "wavecompress.method": method, "wavecompress.budget": str(budget)}
+    if method == "waveft-seeded":
+        # Stock PEFT regenerates locations from the layer shape; keep shapes so wavecompress can read it back alone.
+        metadata["wavecompress.shapes"] = json.dumps({layer.name: list(layer.shape) for layer in layers}, sort_keys=True)
+    if method in ("waveft-seeded", "lora"):
+        # Configs read by stock PEFT carry no extra keys, so provenance lives in the weights header.
+        metadata["wavecompress.provenance"] = json.dumps(provenance(method, budget, source.source_name, source.kind))
+    metadata.update(carried_metadata(source.metadata))  # kohya ss_* / modelspec.* training provenance
+    return metadata
+
+
+def serialized_weights(layers: list[CompressedLayer], source: AdapterDeltas, method: str, budget: Any) -> bytes:
+    """Exactly the bytes of ``adapter_model.safetensors`` that :func:`write_adapter` writes."""
+    tensors = state_dict([layer for layer in layers if layer.tensors], source.passthrough)
+    return deterministic_bytes(tensors, weights_metadata(layers, source, method, budget))
+
+
 def write_adapter(
     out_dir: Path, layers: list[CompressedLayer], source: AdapterDeltas, report: Report, force: bool = False
 ) -> Path:
     """Write the folder at ``out_dir`` (all files appear together, or none)."""
     config = build_config(layers, source, report.budget)
-    kept_layers = [layer for layer in layers if layer.tensors]
-    tensors = state_dict(kept_layers, source.passthrough)
-    metadata = {"format": "pt", "wavecompress.method": report.method, "wavecompress.budget": str(report.budget)}
-    if report.method == "waveft-seeded":
-        # Stock PEFT regenerates locations from the layer shape; keep shapes so wavecompress can read it back alone.
-        metadata["wavecompress.shapes"] = json.dumps({layer.name: list(layer.shape) for layer in layers}, sort_keys=True)
-    if report.method in ("waveft-seeded", "lora"):
-        # Configs read by stock PEFT carry no extra keys, so provenance lives in the weights header.
-        metadata["wavecompress.provenance"] = json.dumps(provenance(report.method, report.budget, source.source_name, source.kind))
-    metadata.update(carried_metadata(source.metadata))  # kohya ss_* / modelspec.* training provenance
+    weights = serialized_weights(layers, source, report.method, report.budget)
     card = render_model_card(report, config, source.config.get("license"), repo=str(out_dir))
     with atomic_directory(Path(out_dir), force=force) as staging:
-        save_deterministic(tensors, staging / WEIGHTS_NAME, metadata=metadata)
+        (staging / WEIGHTS_NAME).write_bytes(weights)
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (staging / REPORT_NAME).write_text(report.dumps(), encoding="utf-8")
         (staging / CARD_NAME).write_text(card, encoding="utf-8")

@@ -8,8 +8,6 @@ and offsets are untouched, so any safetensors reader loads the result unchanged.
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import torch
 from safetensors.torch import save
 
@@ -23,7 +21,3 @@ def deterministic_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, st
     text += b" " * ((8 - len(text) % 8) % 8)
     return len(text).to_bytes(8, "little") + text + raw[8 + length :]
 
-
-def save_deterministic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write :func:`deterministic_bytes` to ``path``."""
-    Path(path).write_bytes(deterministic_bytes(tensors, metadata))
