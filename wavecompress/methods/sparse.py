@@ -7,7 +7,7 @@ import torch
 from ..deltas.layer_delta import LayerDelta
 from .compressed_layer import CompressedLayer
 from .options import MethodOptions
-from .topk import scatter_dense, select_topk, select_topk_product
+from .topk import scatter_dense, select_topk, select_topk_product, topk_layer
 
 NAME = "sparse"
 
@@ -16,23 +16,10 @@ def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> Compress
     """Keep the ``budget`` largest entries of ΔW itself (streamed from the factors, never dense)."""
     capacity = delta.shape[0] * delta.shape[1]
     if delta.is_factored:
-        indices, values, dropped = select_topk_product(delta.left, delta.right, min(budget, capacity))
+        selection = select_topk_product(delta.left, delta.right, min(budget, capacity))
     else:
-        indices, values, dropped = select_topk(delta.dense, min(budget, capacity))
-    return CompressedLayer(
-        name=delta.name,
-        shape=delta.shape,
-        method=NAME,
-        tensors={"sparse_values": values.float(), "sparse_indices": indices},
-        meta={},
-        stored_values=values.numel(),
-        index_values=indices.numel(),
-        error_sq=dropped,
-        energy=delta.energy(),
-        budget=budget,
-        budget_clamped=budget > capacity,
-    )
-
+        selection = select_topk(delta.dense, min(budget, capacity))
+    return topk_layer(delta, NAME, ("sparse_values", "sparse_indices"), {}, selection, budget, capacity)
 
 def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int]) -> torch.Tensor:
     return scatter_dense(tensors["sparse_indices"], tensors["sparse_values"].float(), shape)

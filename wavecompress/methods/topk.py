@@ -20,6 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from ..deltas.layer_delta import LayerDelta
+from .compressed_layer import CompressedLayer
+
 from ..hardware import one_thread
 
 # Elements per chunk: a few MB keeps each chunk's passes in cache on CPU; on CUDA fewer, larger
@@ -185,3 +188,24 @@ def scatter_dense(indices: torch.Tensor, values: torch.Tensor, shape: tuple[int,
     dense = torch.zeros(shape[0] * shape[1], dtype=values.dtype, device=values.device)
     dense[indices.long()] = values
     return dense.reshape(shape)
+
+
+def topk_layer(
+    delta: LayerDelta, method: str, keys: tuple[str, str], meta: dict,
+    selection: tuple[torch.Tensor, torch.Tensor, float], budget: int, capacity: int,
+) -> CompressedLayer:
+    """The CompressedLayer of a top-k selection: ``keys`` = (values key, indices key)."""
+    indices, values, dropped = selection
+    return CompressedLayer(
+        name=delta.name,
+        shape=delta.shape,
+        method=method,
+        tensors={keys[0]: values.float(), keys[1]: indices},
+        meta=meta,
+        stored_values=values.numel(),
+        index_values=indices.numel(),
+        error_sq=dropped,
+        energy=delta.energy(),
+        budget=budget,
+        budget_clamped=budget > capacity,
+    )

@@ -12,7 +12,7 @@ from ..deltas.layer_delta import LayerDelta
 from ..transforms import synthesis2d
 from .compressed_layer import CompressedLayer
 from .options import MethodOptions
-from .topk import scatter_dense, select_topk
+from .topk import scatter_dense, select_topk, topk_layer
 from .wavelet_domain import coefficients, compress_reordered, layer_levels, restore_order
 
 NAME = "waveft"
@@ -29,20 +29,9 @@ def _compress_in_order(delta: LayerDelta, budget: int, options: MethodOptions) -
     levels = layer_levels(delta.shape, options.levels_for(NAME))
     coeffs = coefficients(delta, options.wavelet, levels)
     capacity = coeffs.numel()
-    indices, values, dropped = select_topk(coeffs, min(budget, capacity))
-    return CompressedLayer(
-        name=delta.name,
-        shape=delta.shape,
-        method=NAME,
-        tensors={"waveft_spectrum": values.float(), "waveft_indices": indices},
-        meta={"wavelet": options.wavelet, "levels": list(levels)},
-        stored_values=values.numel(),
-        index_values=indices.numel(),
-        error_sq=dropped,
-        energy=delta.energy(),
-        budget=budget,
-        budget_clamped=budget > capacity,
-    )
+    meta = {"wavelet": options.wavelet, "levels": list(levels)}
+    selection = select_topk(coeffs, min(budget, capacity))
+    return topk_layer(delta, NAME, ("waveft_spectrum", "waveft_indices"), meta, selection, budget, capacity)
 
 
 def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int]) -> torch.Tensor:
