@@ -153,7 +153,7 @@ def compress(
     if spec.max_bytes is not None:
         return fit_to_size(source, spec, method, wavelet, levels, baselines, progress, reorder, allocate, calibration,
                            extra={"scaling": scaling, "seed": seed, "device": device})
-    chosen = get_method(method)
+    get_method(method)  # unknown method names fail here, before any work
     options = MethodOptions(wavelet=validate_wavelet(wavelet), levels=levels, reorder=reorder_choice(reorder),
                             scaling=scaling, seed=seed)
     if levels is not None and levels < 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,30 +17,50 @@ from .peft_lora import PREFIX
 from .safetensors_reader import check_finite, read_safetensors
 
 
-def read_wavecompress_adapter(config: dict[str, Any], weights_path: Path) -> AdapterDeltas:
-    """Dense deltas of a top-k WaveFT or WaRA output, plus its passthrough tensors."""
-    method = get_method(METHOD_OF_PEFT_TYPE[config["peft_type"]])
+@dataclass
+class StoredLayer:
+    """One layer of a WAVECOMPRESS_* output as written: its stored tensors and per-layer metadata."""
+
+    name: str
+    shape: tuple[int, int]
+    meta: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+
+def read_stored_layers(
+    config: dict[str, Any], weights_path: Path
+) -> tuple[list[StoredLayer], dict[str, torch.Tensor], dict[str, str]]:
+    """(layers, passthrough tensors, header metadata) of a top-k WaveFT or WaRA output, values checked finite."""
     tensors, metadata = read_safetensors(weights_path)
-    layer_meta = config.get("layers")
-    if not isinstance(layer_meta, dict) or not layer_meta:
+    table = config.get("layers")
+    if not isinstance(table, dict) or not table:
         raise InputError(f"{weights_path.parent / 'adapter_config.json'}: missing the per-layer 'layers' table")
     claimed: set[str] = set()
     layers = []
-    for name in sorted(layer_meta):
-        meta = layer_meta[name]
+    for name in sorted(table):
         prefix = f"{PREFIX}{name}."
         own = {key[len(prefix) :]: tensors[key] for key in tensors if key.startswith(prefix)}
-        claimed.update(prefix + key for key in own)
         for key, value in own.items():
             check_finite(weights_path, prefix + key, value)
-        shape = tuple(int(v) for v in meta["shape"])
-        try:
-            dense = method.reconstruct(own, meta, shape)
-        except (KeyError, ValueError, RuntimeError, IndexError) as exc:
-            raise InputError(f"{weights_path}: layer {name} cannot be rebuilt ({exc})") from None
-        stored = sum(v.numel() for v in own.values() if v.is_floating_point())  # indices and permutations are not values
-        layers.append(LayerDelta.from_dense(name, dense, stored_values=stored))
+        claimed.update(prefix + key for key in own)
+        meta = {key: value for key, value in table[name].items() if key != "shape"}
+        layers.append(StoredLayer(name, tuple(int(v) for v in table[name]["shape"]), meta, own))
     passthrough = {key: value for key, value in tensors.items() if key not in claimed}
+    return layers, passthrough, metadata
+
+
+def read_wavecompress_adapter(config: dict[str, Any], weights_path: Path) -> AdapterDeltas:
+    """Dense deltas of a top-k WaveFT or WaRA output, plus its passthrough tensors."""
+    method = get_method(METHOD_OF_PEFT_TYPE[config["peft_type"]])
+    stored_layers, passthrough, metadata = read_stored_layers(config, weights_path)
+    layers = []
+    for stored in stored_layers:
+        try:
+            dense = method.reconstruct(stored.tensors, stored.meta, stored.shape)
+        except (KeyError, ValueError, RuntimeError, IndexError) as exc:
+            raise InputError(f"{weights_path}: layer {stored.name} cannot be rebuilt ({exc})") from None
+        values = sum(v.numel() for v in stored.tensors.values() if v.is_floating_point())  # not indices/permutations
+        layers.append(LayerDelta.from_dense(stored.name, dense, stored_values=values))
     return AdapterDeltas(
         source=str(weights_path), kind=method.NAME, layers=layers, config=config, passthrough=passthrough, metadata=metadata
     )

@@ -17,8 +17,9 @@ import torch
 
 from ..compress import CompressedAdapter
 from ..deltas import AdapterDeltas, locate_adapter
-from ..deltas.peft_lora import PREFIX, read_peft_lora
-from ..deltas.safetensors_reader import check_finite, read_json, read_safetensors
+from ..deltas.peft_lora import read_peft_lora
+from ..deltas.wavecompress_adapter import read_stored_layers
+from ..deltas.safetensors_reader import read_json
 from ..errors import InputError
 from ..formats.peft_types import LORA, METHOD_OF_PEFT_TYPE
 from ..methods import CompressedLayer
@@ -77,22 +78,8 @@ def read_compressed(path: str | Path) -> CompressedSource:
         method, passthrough = "lora", deltas.passthrough
     elif peft_type in METHOD_OF_PEFT_TYPE:
         method = METHOD_OF_PEFT_TYPE[peft_type]
-        tensors, _ = read_safetensors(weights_path)
-        table = config.get("layers")
-        if not isinstance(table, dict) or not table:
-            raise InputError(f"{config_path}: missing the per-layer 'layers' table")
-        claimed: set[str] = set()
-        layers = []
-        for name in sorted(table):
-            meta = {key: value for key, value in table[name].items() if key != "shape"}
-            prefix = f"{PREFIX}{name}."
-            own = {key[len(prefix):]: tensors[key] for key in tensors if key.startswith(prefix)}
-            for key, value in own.items():
-                check_finite(weights_path, prefix + key, value)
-            claimed.update(prefix + key for key in own)
-            shape = tuple(int(v) for v in table[name]["shape"])
-            layers.append(_layer(name, shape, method, own, meta, 0))
-        passthrough = {key: value for key, value in tensors.items() if key not in claimed}
+        stored_layers, passthrough, _ = read_stored_layers(config, weights_path)
+        layers = [_layer(stored.name, stored.shape, method, stored.tensors, stored.meta, 0) for stored in stored_layers]
     else:
         raise InputError(f"{config_path}: peft_type {peft_type!r} cannot be fine-tuned (use a wavecompress output or a LoRA)")
     budget = int(provenance.get("budget") or (report_json or {}).get("budget") or max(layer.stored_values for layer in layers))
