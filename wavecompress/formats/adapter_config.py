@@ -17,6 +17,32 @@ def carried_fields(source_config: dict[str, Any]) -> dict[str, Any]:
     return {key: source_config.get(key) for key in CARRIED_FIELDS if key in source_config}
 
 
+def peft_model_kwargs(source_config: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of a stock PEFT config that describe the model, taken from the source config."""
+    carried = carried_fields(source_config)
+    return {
+        "modules_to_save": carried.get("modules_to_save"),
+        "fan_in_fan_out": bool(carried.get("fan_in_fan_out", False)),
+        "bias": carried.get("bias", "none"),
+        "task_type": carried.get("task_type"),
+        "base_model_name_or_path": carried.get("base_model_name_or_path"),
+        "revision": carried.get("revision"),
+        "inference_mode": True,
+    }
+
+
+def json_ready(peft_config: Any) -> dict[str, Any]:
+    """A stock PEFT config as a JSON-ready dict: sets sorted into lists, enums as their values."""
+    config = {}
+    for key, value in peft_config.to_dict().items():
+        if isinstance(value, set):
+            value = sorted(value)
+        elif hasattr(value, "value"):
+            value = value.value
+        config[key] = value
+    return config
+
+
 def provenance(method: str, budget: int, source_name: str, source_kind: str) -> dict[str, Any]:
     return {"version": __version__, "method": method, "budget": budget, "source": source_name, "source_kind": source_kind}
 
@@ -45,28 +71,15 @@ def lora_adapter_config(
     kept = [layer for layer in layers if layer.meta["rank"] > 0]
     top = max(layer.meta["rank"] for layer in kept)
     rank_pattern = {re.escape(layer.name): layer.meta["rank"] for layer in kept if layer.meta["rank"] != top}
-    carried = carried_fields(source_config)
     lora = LoraConfig(
         r=top,
         lora_alpha=top,
         target_modules=sorted(layer.name for layer in kept),
         rank_pattern=rank_pattern,
         alpha_pattern=dict(rank_pattern),
-        modules_to_save=carried.get("modules_to_save"),
-        fan_in_fan_out=bool(carried.get("fan_in_fan_out", False)),
-        bias=carried.get("bias", "none"),
-        task_type=carried.get("task_type"),
-        base_model_name_or_path=carried.get("base_model_name_or_path"),
-        revision=carried.get("revision"),
-        inference_mode=True,
+        **peft_model_kwargs(source_config),
     )
-    config = {}
-    for key, value in lora.to_dict().items():
-        if isinstance(value, set):
-            value = sorted(value)
-        elif hasattr(value, "value"):
-            value = value.value
-        config[key] = value
+    config = json_ready(lora)
     config["peft_type"] = LORA
     # No extra key: stock PEFT warns about unknown LoraConfig fields. Provenance goes in the weights header.
     return config
@@ -93,7 +106,6 @@ def waveft_seeded_config(layers: list[CompressedLayer], source_config: dict[str,
     meta = layers[0].meta
     counts = {layer.name: layer.stored_values for layer in layers}
     common = max(Counter(counts.values()).items(), key=lambda item: (item[1], item[0]))[0]  # ties: the larger
-    carried = carried_fields(source_config)
     waveft = WaveFTConfig(
         n_frequency=common,
         scaling=meta["scaling"],
@@ -102,19 +114,6 @@ def waveft_seeded_config(layers: list[CompressedLayer], source_config: dict[str,
         random_loc_seed=meta["seed"],
         n_frequency_pattern={re.escape(name): n for name, n in sorted(counts.items()) if n != common},
         target_modules=sorted(counts),
-        fan_in_fan_out=bool(carried.get("fan_in_fan_out", False)),
-        bias=carried.get("bias", "none"),
-        modules_to_save=carried.get("modules_to_save"),
-        task_type=carried.get("task_type"),
-        base_model_name_or_path=carried.get("base_model_name_or_path"),
-        revision=carried.get("revision"),
-        inference_mode=True,
+        **peft_model_kwargs(source_config),
     )
-    config = {}
-    for key, value in waveft.to_dict().items():
-        if isinstance(value, set):
-            value = sorted(value)
-        elif hasattr(value, "value"):
-            value = value.value
-        config[key] = value
-    return config
+    return json_ready(waveft)
