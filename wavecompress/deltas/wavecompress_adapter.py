@@ -64,8 +64,3 @@ def read_wavecompress_adapter(config: dict[str, Any], weights_path: Path) -> Ada
     return AdapterDeltas(
         source=str(weights_path), kind=method.NAME, layers=layers, config=config, passthrough=passthrough, metadata=metadata
     )
-
-
-def stack_dense(deltas: AdapterDeltas) -> dict[str, torch.Tensor]:
-    """{module name: dense ΔW} for every layer of ``deltas``."""
-    return {layer.name: layer.to_dense() for layer in deltas.layers}
