@@ -144,3 +144,25 @@ def test_lora_output_config_has_only_fields_stock_peft_knows(tmp_path: Path, lor
     assert set(config) <= set(LoraConfig(r=1).to_dict()), set(config) - set(LoraConfig(r=1).to_dict())
     with safe_open(str(out / "adapter_model.safetensors"), "pt") as reader:
         assert json.loads(reader.metadata()["wavecompress.provenance"])["method"] == "lora"
+
+
+def test_single_files_get_the_same_mode_as_output_folders_files(tmp_path: Path, lora_dir: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out, report = tmp_path / "o", tmp_path / "r.json"
+        assert run("convert", str(lora_dir), "--budget", "300", "--out", str(out), "--report", str(report)).exit_code == 0
+        assert run("reconstruct", str(out), "--out", str(tmp_path / "d.safetensors")).exit_code == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [report, tmp_path / "d.safetensors", *out.iterdir()]}
+    assert set(modes.values()) == {0o644}, modes
+
+
+def test_rebudgeting_an_output_says_the_error_is_against_that_lossy_input(tmp_path: Path, lora_dir: Path) -> None:
+    first = wc.compress(lora_dir, budget=300, method="wara").save(tmp_path / "wara")
+    assert not any("lossy input" in note for note in wc.compress(lora_dir, budget=200).report.notes)
+    again = wc.compress(first, budget=200, method="waveft").report
+    assert any("earlier wavecompress output (wara)" in note and "lossy input" in note for note in again.notes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -110,7 +111,10 @@ def test_glob_inputs_and_colliding_output_names(tmp_path: Path, adapters) -> Non
 
 
 def test_ray_backend_with_a_local_instance(tmp_path: Path, adapters) -> None:
-    ray = pytest.importorskip("ray")
+    if os.environ.get("WAVECOMPRESS_REQUIRE_RAY"):  # .ci/run installs the ray extra: the test must run there
+        import ray
+    else:
+        ray = pytest.importorskip("ray")
     folder, _ = adapters
     items = plan([folder / "a0", folder / "a3"], tmp_path / "ray", "waveft", "b300")
     try:

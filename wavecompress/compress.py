@@ -193,8 +193,20 @@ def compress(
         input_stored_values=deltas.stored_values,
     )
     describe_allocation(report, spec, plans[method], calibration)
+    if (note := lossy_input_note(deltas)) is not None:
+        report.notes.append(note)
     report.notes.extend(dict.fromkeys(note for layer in layers for note in layer.notes))  # e.g. waveft-seeded's expected loss
     return CompressedAdapter(source=deltas, layers=layers, report=report, options=options)
+
+
+def lossy_input_note(deltas: AdapterDeltas) -> str | None:
+    """A note when the input is itself a wavecompress output: errors are then relative to that (lossy) input."""
+    metadata = getattr(deltas, "metadata", None) or {}
+    made_by = metadata.get("wavecompress.method") or (deltas.config or {}).get("wavecompress", {}).get("method")
+    if not made_by:
+        return None
+    return (f"input is an earlier wavecompress output ({made_by}): errors are measured against that lossy input, "
+            "not against the adapter it was made from")
 
 
 def load_calibration(calibration: Any) -> Any:

@@ -46,7 +46,7 @@ def atomic_directory(target: Path, force: bool = False) -> Iterator[Path]:
     """
     target = Path(target)
     if target.exists() and not force:
-        raise OutputExistsError(f"{target}: output already exists (use --force to replace it)")
+        raise OutputExistsError(f"{target}: output already exists (pass force=True, e.g. result.save(path, force=True), to replace it)")
     if target.exists() and not target.is_dir():
         raise InputError(f"{target}: exists and is not a folder")
     parent = target.parent
@@ -71,14 +71,22 @@ def atomic_directory(target: Path, force: bool = False) -> Iterator[Path]:
         raise
 
 
+def default_file_mode() -> int:
+    """0666 less the process umask (0644 under the usual 022): what open() would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(target: Path, data: bytes) -> None:
-    """Write a single file via a temporary sibling and rename."""
+    """Write a single file via a temporary sibling and rename; it gets the mode a plain open() would give."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; outputs are meant to be shared like folders' files
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
