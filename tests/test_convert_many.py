@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,7 +83,8 @@ def test_resume_after_a_crash_converts_only_what_is_missing(tmp_path: Path, adap
     assert run("convert-many", str(folder), "--out", str(out), "--budget", BUDGET, "--jobs", "1").exit_code == 0
     # A crash mid-write leaves only a hidden staging folder (the writer renames at the end).
     shutil.rmtree(out / f"a1-waveft-b{BUDGET}")
-    staging = out / f".a1-waveft-b{BUDGET}.tmp-crashed"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    staging = out / f".a1-waveft-b{BUDGET}.tmp-{int(dead.stdout)}-crashed"  # its writer's pid is dead
     staging.mkdir()
     (staging / "adapter_model.safetensors").write_bytes(b"partial")
     before = {k: v for k, v in snapshot(out).items() if "a1-" not in k}
@@ -89,6 +92,7 @@ def test_resume_after_a_crash_converts_only_what_is_missing(tmp_path: Path, adap
     assert result.exit_code == 0, result.output
     assert "1 converted, 3 skipped (already done), 0 failed, of 4" in result.output
     assert is_done(out / f"a1-waveft-b{BUDGET}")
+    assert not staging.exists()  # the rerun removed the dead run's staging folder
     assert {k: v for k, v in snapshot(out).items() if k in before} == before
 
     # A folder in the way that wavecompress did not write is reported, never overwritten.

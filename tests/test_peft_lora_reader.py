@@ -54,7 +54,11 @@ def test_half_precision_inputs_are_computed_in_float32(tmp_path: Path, dtype: to
     deltas = wc.load_deltas(path)
     assert all(layer.left.dtype == torch.float32 for layer in deltas.layers)
     assert deltas.layers[0].info["dtype"] == str(dtype).replace("torch.", "")
-    assert_deltas_match(path, model.float(), atol=1e-3)
+    in_half = peft_delta_weights(model)  # PEFT's ΔW computed in half precision
+    assert_deltas_match(path, model.float())  # float32 maths on the stored factors: agreement is exact (measured 0)
+    # ... and the tolerance above sees half-precision maths (fp16 differs by 2.4e-4, bf16 by 1.9e-3)
+    reference = peft_delta_weights(model)
+    assert max(float((in_half[n] - reference[n]).abs().max()) for n in reference) > 1e-4
 
 
 def test_modules_to_save_tensors_pass_through(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from wavecompress.cli import main
+from wavecompress.formats.atomic import HOLD_STAGING_ENV
 from conftest import make_peft_lora
 
 OUTPUT_FILES = ["README.md", "adapter_config.json", "adapter_model.safetensors", "wavecompress_report.json"]
@@ -109,40 +111,65 @@ def test_two_runs_give_byte_identical_files(tmp_path: Path, lora_dir: Path, meth
     assert first == {name: (out / name).read_bytes() for name in OUTPUT_FILES}
 
 
-def big_lora(path: Path) -> Path:
-    """A LoRA large enough that conversion takes seconds: 48 layers of 512×512, r=16."""
-    generator = torch.Generator().manual_seed(0)
-    tensors = {}
-    for i in range(48):
-        tensors[f"base_model.model.layers.{i}.proj.lora_A.weight"] = torch.randn(16, 512, generator=generator)
-        tensors[f"base_model.model.layers.{i}.proj.lora_B.weight"] = torch.randn(512, 16, generator=generator)
-    path.mkdir()
-    save_file(tensors, str(path / "adapter_model.safetensors"))
-    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 16, "lora_alpha": 16}))
-    return path
+def staging_folders(out: Path) -> list[Path]:
+    return [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.tmp-")]
+
+
+def wait_for_staging(process: subprocess.Popen, out: Path, timeout: float = 120.0) -> Path:
+    """Poll until the writer's ``.<out>.tmp-<pid>-*`` staging folder exists; return it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = staging_folders(out)
+        if found:
+            return found[0]
+        assert process.poll() is None, f"the run ended before staging appeared: {process.stderr.read()}"
+        time.sleep(0.01)
+    raise AssertionError("no staging folder appeared")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_killed_conversion_leaves_no_partial_output(tmp_path: Path, sig: int) -> None:
-    src = big_lora(tmp_path / "big")
+def test_killed_conversion_leaves_no_partial_output(tmp_path: Path, lora_dir: Path, sig: int) -> None:
+    """The signal is sent as soon as the staging folder appears, while it is written or waiting for
+    its rename (held open by the test-only WAVECOMPRESS_TEST_HOLD_STAGING), so it races the write."""
     out = tmp_path / "out"
-    command = [sys.executable, "-c", "from wavecompress.cli import main; main()", "convert", str(src),
-               "--budget", "3000", "--method", "wara", "--out", str(out)]
-    for delay in (0.5, 2.0, 4.0):
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(delay)
-        process.send_signal(sig)
-        process.wait(timeout=60)
-        assert not out.exists() or sorted(p.name for p in out.iterdir()) == OUTPUT_FILES
-        if out.exists():  # the run finished before the signal: start again from nothing
-            break
-        if sig == signal.SIGTERM:
-            assert not leftovers(out), "SIGTERM must clean up the staging folder"
-    # A rerun after any kill completes and removes what a SIGKILLed run could not.
-    rerun = subprocess.run(command + ["--force"], capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-c", "from wavecompress.cli import main; main()", "convert", str(lora_dir),
+               "--budget", "300", "--method", "wara", "--out", str(out)]
+    env = {**os.environ, HOLD_STAGING_ENV: "60"}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    staging = wait_for_staging(process, out)
+    assert staging.exists() and process.poll() is None and not out.exists()  # sent while staging exists
+    process.send_signal(sig)
+    process.wait(timeout=60)
+    assert process.returncode == (128 + sig if sig == signal.SIGTERM else -sig), process.stderr.read()
+    assert not out.exists(), "no partial output"
+    if sig == signal.SIGTERM:
+        assert not staging.exists() and not leftovers(out), "SIGTERM must clean up the staging folder"
+    else:
+        assert staging.exists() and staging_folders(out) == [staging]  # SIGKILL cannot clean up
+    # A rerun completes and removes the dead run's staging folder.
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert sorted(p.name for p in out.iterdir()) == OUTPUT_FILES
-    assert not leftovers(out)
+    assert not staging.exists() and not leftovers(out)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(child.stdout)
+
+
+def test_rerun_removes_stale_staging_of_dead_runs_only(tmp_path: Path, lora_dir: Path) -> None:
+    out = tmp_path / "out"
+    stale = tmp_path / f".out.tmp-{dead_pid()}-x"
+    live = tmp_path / f".out.tmp-{os.getpid()}-y"  # a run still in progress (this process) is left alone
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_bytes(b"partial")
+    result = CliRunner().invoke(main, ["convert", str(lora_dir), "--budget", "100", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in out.iterdir()) == OUTPUT_FILES
 
 
 def test_allow_nonfinite_skips_and_lists_the_poisoned_layer(tmp_path: Path, lora_dir: Path) -> None:
@@ -164,7 +191,9 @@ def test_allow_nonfinite_skips_and_lists_the_poisoned_layer(tmp_path: Path, lora
 
 
 def test_a_70b_sized_layer_converts_in_bounded_memory(tmp_path: Path) -> None:
-    """One 8192×28672 LoRA layer (Llama-70B down_proj shape), with both baselines: peak RSS < 3 GB."""
+    """One 8192×28672 LoRA layer (Llama-70B down_proj shape), with both baselines: the peak RSS above a
+    process that only imports the CLI stays below 1.25 dense float32 copies of ΔW (940 MB; measured
+    1.09): never two dense copies at once. The dense weight-domain baseline needs one."""
     src = tmp_path / "big"
     src.mkdir()
     generator = torch.Generator().manual_seed(0)
@@ -172,14 +201,15 @@ def test_a_70b_sized_layer_converts_in_bounded_memory(tmp_path: Path) -> None:
                "base_model.model.mlp.down_proj.lora_B.weight": torch.randn(8192, 16, generator=generator).bfloat16()},
               str(src / "adapter_model.safetensors"))
     (src / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 16, "lora_alpha": 32}))
-    script = (
-        "import resource, sys; from wavecompress.cli import main\n"
-        "try:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n    code = exc.code\n"
-        "print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)\n"
-    )
+    report = "print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    script = ("import resource, sys; from wavecompress.cli import main\n"
+              "try:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n    code = exc.code\n" + report + "sys.exit(code)\n")
+    floor = subprocess.run([sys.executable, "-c", "import resource; import wavecompress.cli\n" + report],
+                           capture_output=True, text=True, timeout=120, check=True)
     done = subprocess.run([sys.executable, "-c", script, "convert", str(src), "--budget", "3000", "--out", str(tmp_path / "o"), "--quiet"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    peak_kb = int(done.stdout.split("peak_kb")[-1])
-    assert peak_kb < 3 * 1024 * 1024, f"peak RSS {peak_kb / 1024:.0f} MiB"
+    above_kb = int(done.stdout.split("peak_kb")[-1]) - int(floor.stdout.split("peak_kb")[-1])
+    dense_kb = 8192 * 28672 * 4 / 1024
+    assert above_kb < 1.25 * dense_kb, f"peak {above_kb / dense_kb:.2f}× one dense float32 ΔW above the import floor"
     assert json.loads((tmp_path / "o" / "wavecompress_report.json").read_text())["layers"][0]["shape"] == [8192, 28672]

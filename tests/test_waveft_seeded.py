@@ -38,8 +38,9 @@ def test_families_are_those_peft_can_use() -> None:
     assert set(peft_wavelets()) == both - {"coif5"}
     assert {"db1", "db10", "sym2", "sym10", "coif1", "coif4"} <= set(peft_wavelets())
     # coif5: PEFT's taps (48) disagree with its padding table (30): its own get_delta_weight has the wrong shape.
-    with pytest.raises(Exception):
-        assert peft_layer((8, 6), "coif5", 5, 1.0, 0, torch.ones(5)).get_delta_weight("default").shape == (8, 6)
+    # (PEFT returns an empty 0×0 delta here; if it ever gets the shape right, coif5 can be allowed.)
+    wrong = tuple(peft_layer((8, 6), "coif5", 5, 1.0, 0, torch.ones(5)).get_delta_weight("default").shape)
+    assert wrong != (8, 6), wrong
     with pytest.raises(InputError, match="coif5"):
         check_peft_wavelet("coif5")
     with pytest.raises(InputError, match="haar"):

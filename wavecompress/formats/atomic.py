@@ -6,10 +6,16 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import InputError, OutputExistsError
+
+# Test-only: seconds to wait after the staging folder is complete and before it is renamed, so a
+# test can deliver a signal while the staging folder provably exists (tests/test_robustness.py).
+# Never set it in normal use: it only slows the final rename.
+HOLD_STAGING_ENV = "WAVECOMPRESS_TEST_HOLD_STAGING"
 
 
 def staging_prefix(target: Path) -> str:
@@ -36,6 +42,13 @@ def remove_stale_staging(target: Path) -> None:
             shutil.rmtree(candidate, ignore_errors=True)
 
 
+def _test_hold_before_rename() -> None:
+    """Sleep ``$WAVECOMPRESS_TEST_HOLD_STAGING`` seconds (test-only; unset means no wait)."""
+    seconds = os.environ.get(HOLD_STAGING_ENV)
+    if seconds:
+        time.sleep(float(seconds))
+
+
 @contextlib.contextmanager
 def atomic_directory(target: Path, force: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary folder next to ``target``; on success it becomes ``target``.
@@ -58,6 +71,7 @@ def atomic_directory(target: Path, force: bool = False) -> Iterator[Path]:
         raise InputError(f"{target}: cannot create output folder ({exc.strerror})") from None
     try:
         yield staging
+        _test_hold_before_rename()
         os.chmod(staging, 0o755)
         if target.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=parent))
