@@ -261,7 +261,9 @@ def test_convert_with_finetune_steps_in_one_go(trained, tmp_path: Path) -> None:
 def test_gradient_checkpointing_path_trains_exactly_like_the_merged_weight_path(trained) -> None:
     lora_dir, _, _, tokenizer, held_out = trained
     compressed = wc.compress(lora_dir, budget=48, method="waveft")
-    runs = [finetune(compressed, tiny_classifier(), tokenizer, held_out, steps=3, lr=2e-3, progress=False, gradient_checkpointing=flag)
+    # fp32 on every device: CUDA's default bf16 autocast rounds the two paths differently (~1% in the loss).
+    runs = [finetune(compressed, tiny_classifier(), tokenizer, held_out, steps=3, lr=2e-3, progress=False, gradient_checkpointing=flag,
+                     mixed_precision=False)
             for flag in (False, True)]
     assert runs[0].losses == pytest.approx(runs[1].losses, rel=1e-4)
     for merged, hooked, start in zip(runs[0].layers, runs[1].layers, compressed.layers):

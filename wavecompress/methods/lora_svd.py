@@ -44,5 +44,5 @@ def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> Compress
 
 def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int]) -> torch.Tensor:
     if not tensors:
-        return torch.zeros(shape)
+        return torch.zeros(shape)  # rank 0: nothing stored, so no device to follow (the default device)
     return tensors["lora_B.weight"].float() @ tensors["lora_A.weight"].float()

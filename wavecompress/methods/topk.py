@@ -186,7 +186,7 @@ def select_topk_product(left: torch.Tensor, right: torch.Tensor, k: int) -> tupl
 def scatter_dense(indices: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """A dense matrix with ``values`` at flat ``indices`` and zeros elsewhere."""
     dense = torch.zeros(shape[0] * shape[1], dtype=values.dtype, device=values.device)
-    dense[indices.long()] = values
+    dense[indices.to(values.device, torch.long)] = values
     return dense.reshape(shape)
 
 

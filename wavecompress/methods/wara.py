@@ -9,16 +9,18 @@ with the largest σ²/cost that still fits. From a LoRA's factors each block is
 
 from __future__ import annotations
 
+import functools
 import heapq
 
 import torch
 
 from ..deltas.layer_delta import LayerDelta
-from ..transforms import analysis2d, band_slices, synthesis2d
+from ..transforms import analysis2d, band_slices, synthesis
+from ..transforms.reorder import unpermute
 from .compressed_layer import CompressedLayer
 from .lowrank import dense_svd, factored_svd, split_factors, tail_energy
 from .options import MethodOptions
-from .wavelet_domain import compress_reordered, layer_levels, restore_order, transformed_factors
+from .wavelet_domain import compress_reordered, layer_levels, transformed_factors
 
 NAME = "wara"
 _RELATIVE_ZERO = 1e-7
@@ -97,7 +99,7 @@ def _compress_in_order(delta: LayerDelta, budget: int, options: MethodOptions) -
             pieces += [p.reshape(-1), q.reshape(-1)]
             bands.append([band[0], band[1], rank])
             stored += rank * costs[band]
-    factors = torch.cat(pieces) if pieces else torch.zeros(0)
+    factors = torch.cat(pieces) if pieces else torch.zeros(0, device=_device_of(delta))
     return CompressedLayer(
         name=delta.name,
         shape=delta.shape,
@@ -111,6 +113,10 @@ def _compress_in_order(delta: LayerDelta, budget: int, options: MethodOptions) -
         budget=budget,
         budget_clamped=exhausted and stored < budget,
     )
+
+
+def _device_of(delta: LayerDelta) -> torch.device:
+    return (delta.left if delta.is_factored else delta.dense).device
 
 
 def unpack_bands(
@@ -134,10 +140,59 @@ def unpack_bands(
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _factor_layout(levels: tuple[int, int], bands: tuple[tuple[int, int, int], ...], shape: tuple[int, int],
+                   numel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather maps (d_out × R, R × d_in) from the packed vector (plus a trailing zero slot at
+    ``numel``) to the block factors P_all, Q_all whose product is the whole coefficient matrix."""
+    row_bands = band_slices(shape[0], levels[0])
+    col_bands = band_slices(shape[1], levels[1])
+    total_rank = sum(rank for _, _, rank in bands)
+    left = torch.full((shape[0], total_rank), numel, dtype=torch.int64)
+    right = torch.full((total_rank, shape[1]), numel, dtype=torch.int64)
+    offset = column = 0
+    for i, j, rank in bands:
+        rows, cols = row_bands[i], col_bands[j]
+        n_rows, n_cols = rows.stop - rows.start, cols.stop - cols.start
+        left[rows, column : column + rank] = torch.arange(offset, offset + n_rows * rank).reshape(n_rows, rank)
+        offset += n_rows * rank
+        right[column : column + rank, cols] = torch.arange(offset, offset + rank * n_cols).reshape(rank, n_cols)
+        offset += rank * n_cols
+        column += rank
+    if offset != numel:
+        raise ValueError(f"wara_factors holds {numel} values but the band ranks need {offset}")
+    return left, right
+
+
+@functools.lru_cache(maxsize=256)
+def _layout_on(levels, bands, shape, numel, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    left, right = _factor_layout(levels, bands, shape, numel)
+    return left.to(device), right.to(device)
+
+
+def reconstruct_factors(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, R) with ΔŴ = L @ Rᵀ (d_out × R_total, d_in × R_total), on the stored tensors' device.
+
+    Bands do not overlap, so the coefficient matrix is P_all @ Q_all with each band's P and Q
+    placed in its rows/columns; the synthesis and permutations act on the factors, never on a
+    d_out × d_in matrix: a few kernels per layer, differentiable in the stored values."""
+    factors = tensors["wara_factors"].float().reshape(-1)
+    levels = tuple(int(v) for v in meta["levels"])
+    bands = tuple(tuple(int(v) for v in band) for band in meta["bands"])
+    left_map, right_map = _layout_on(levels, bands, tuple(shape), factors.numel(), factors.device)
+    padded = torch.cat([factors, factors.new_zeros(1)])
+    left = synthesis(padded[left_map], meta["wavelet"], levels[0])
+    right = synthesis(padded[right_map].T, meta["wavelet"], levels[1])
+    rows, cols = tensors.get("reorder_rows"), tensors.get("reorder_cols")
+    if rows is not None:
+        left = unpermute(left, rows, None)
+    if cols is not None:
+        right = unpermute(right, cols, None)
+    return left, right
+
+
 def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int]) -> torch.Tensor:
-    """Dense ΔŴ: fill each band with P @ Q, inverse transform, then undo stored permutations."""
-    factors = tensors["wara_factors"].float()
-    coeffs = torch.zeros(shape, dtype=factors.dtype)
-    for rows, cols, p, q in unpack_bands(factors, meta, shape):
-        coeffs[rows, cols] = p @ q
-    return restore_order(synthesis2d(coeffs, meta["wavelet"], tuple(meta["levels"])), tensors)
+    """Dense ΔŴ (float32, on the stored tensors' device): band factors synthesised, permutations
+    undone, then one product."""
+    left, right = reconstruct_factors(tensors, meta, shape)
+    return left @ right.T

@@ -12,6 +12,7 @@ not for accuracy; the report says so.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -114,11 +115,24 @@ def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, 
     seed = int(meta.get("seed", DEFAULT_SEED))
     d_out, d_in = shape
     if not meta.get("use_idwt", True):
-        generator = torch.Generator().manual_seed(seed)
-        flat = torch.randperm(d_out * d_in, generator=generator)[: spectrum.numel()].to(spectrum.device)
+        flat = _seeded_flat(d_out * d_in, spectrum.numel(), seed, spectrum.device)
         dense = spectrum.new_zeros(d_out * d_in)
         dense[flat] = spectrum
         return dense.reshape(shape) * scaling
-    geometry = PeftWaveGeometry.of(tuple(shape), meta.get("wavelet", "db1"))
-    rows, cols = geometry.seeded_positions(spectrum.numel(), seed)
+    geometry = PeftWaveGeometry.of(tuple(int(v) for v in shape), meta.get("wavelet", "db1"))
+    rows, cols = _seeded_positions(geometry, spectrum.numel(), seed, spectrum.device)
     return geometry.synthesis(geometry.scatter(spectrum, rows, cols)) * scaling
+
+
+@functools.lru_cache(maxsize=64)
+def _seeded_flat(numel: int, n: int, seed: int, device: torch.device) -> torch.Tensor:
+    """PEFT's ``randperm(d_out*d_in)[:n]`` for ``seed`` on ``device`` (computed once, not per step)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(numel, generator=generator)[:n].to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def _seeded_positions(geometry: PeftWaveGeometry, n: int, seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The padded (rows, cols) of the seeded support on ``device`` (computed once per layer shape)."""
+    rows, cols = geometry.seeded_positions(n, seed)
+    return rows.to(device), cols.to(device)

@@ -23,6 +23,8 @@ Permutations are orthogonal maps, so errors measured on M are errors on ΔW.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 
@@ -66,7 +68,7 @@ def _canonical_sign(vector: torch.Tensor) -> torch.Tensor:
 def svd_order(features: torch.Tensor) -> torch.Tensor:
     """Sort by the leading singular vector (first feature column); ties keep the original order."""
     if features.shape[1] == 0:
-        return torch.arange(features.shape[0])
+        return torch.arange(features.shape[0], device=features.device)
     return torch.sort(_canonical_sign(features[:, 0]), stable=True).indices
 
 
@@ -126,16 +128,39 @@ def order(features: torch.Tensor, ordering: str) -> torch.Tensor:
 
 
 def unpermute(matrix: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None) -> torch.Tensor:
-    """ΔW from the reordered matrix M = ΔW[rows][:, cols] (index_select: differentiable in M)."""
+    """ΔW from the reordered matrix M = ΔW[rows][:, cols] (index_select: differentiable in M).
+
+    Permutations are moved to ``matrix``'s device; their validated inverses are cached, so a
+    training step pays no host sync for the check."""
     if rows is not None:
-        matrix = matrix.index_select(0, inverse_permutation(rows, matrix.shape[0], "reorder_rows"))
+        matrix = matrix.index_select(0, cached_inverse(rows.to(matrix.device), matrix.shape[0], "reorder_rows"))
     if cols is not None:
-        matrix = matrix.index_select(1, inverse_permutation(cols, matrix.shape[1], "reorder_cols"))
+        matrix = matrix.index_select(1, cached_inverse(cols.to(matrix.device), matrix.shape[1], "reorder_cols"))
     return matrix
 
 
+_INVERSES: dict[int, tuple[weakref.ref, int, int, torch.Tensor]] = {}
+
+
+def cached_inverse(perm: torch.Tensor, n: int, label: str = "permutation") -> torch.Tensor:
+    """:func:`inverse_permutation`, remembered for as long as ``perm`` lives unchanged (same object
+    and version): fixed buffers are checked once, not on every forward pass."""
+    entry = _INVERSES.get(id(perm))
+    if entry is not None and entry[0]() is perm and entry[1] == perm._version and entry[2] == n:
+        return entry[3]
+    inverse = inverse_permutation(perm, n, label)
+    if len(_INVERSES) > 4096:
+        for key in [k for k, v in _INVERSES.items() if v[0]() is None]:
+            del _INVERSES[key]
+    try:
+        _INVERSES[id(perm)] = (weakref.ref(perm), perm._version, n, inverse)
+    except TypeError:  # not weak-referenceable: just do not cache
+        pass
+    return inverse
+
+
 def inverse_permutation(perm: torch.Tensor, n: int, label: str = "permutation") -> torch.Tensor:
-    """argsort of ``perm`` (int64), after checking it is a permutation of range(n)."""
+    """argsort of ``perm`` (int64, on its device), after checking it is a permutation of range(n)."""
     perm = perm.long().reshape(-1)
     if perm.numel() != n or not torch.equal(torch.sort(perm).values, torch.arange(n, device=perm.device)):
         raise ValueError(f"{label} is not a permutation of {n} indices")
