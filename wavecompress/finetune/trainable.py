@@ -17,10 +17,12 @@ from torch import nn
 from ..errors import InputError
 from ..kernels import select_backend, sparse_haar_synthesis
 from ..methods import CompressedLayer, get_method
+from ..methods.index_codec import GAPS_SUFFIX, stored_indices
 
 KERNEL_CHOICES = ("auto", "triton", "torch", "off")
 _HAAR = ("db1", "haar")
-_FUSED_TENSORS = {"waveft_spectrum", "waveft_indices", "reorder_rows", "reorder_cols"}
+_INDEX_KEYS = ("waveft_indices", "waveft" + GAPS_SUFFIX)  # plain (earlier files) or gap-coded
+_FUSED_TENSORS = {"waveft_spectrum", *_INDEX_KEYS, "reorder_rows", "reorder_cols"}
 _FUSED_META = {"wavelet", "levels", "reorder"}
 
 
@@ -35,7 +37,8 @@ def fused_eligible(layer: CompressedLayer) -> bool:
     return (
         layer.method == "waveft"
         and layer.meta.get("wavelet") in _HAAR
-        and {"waveft_spectrum", "waveft_indices"} <= set(layer.tensors)
+        and "waveft_spectrum" in layer.tensors
+        and any(key in layer.tensors for key in _INDEX_KEYS)
         and set(layer.tensors) <= _FUSED_TENSORS
         and set(layer.meta) <= _FUSED_META
     )
@@ -66,6 +69,8 @@ class TrainableDelta(nn.Module):
             for key, axis in (("reorder_rows", 0), ("reorder_cols", 1)):
                 if key in layer.tensors:
                     _check_permutation(layer.tensors[key], self.shape[axis], f"{layer.name}.{key}")
+            # The kernel reads int flat indices: decode the stored (possibly gap-coded) ones once.
+            self.register_buffer("fused_indices", stored_indices(layer.tensors, "waveft"), persistent=False)
         self._reconstruct = get_method(layer.method).reconstruct
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -89,7 +94,7 @@ class TrainableDelta(nn.Module):
         backend = self.backend(device)
         if backend is not None:
             return sparse_haar_synthesis(
-                tensors["waveft_spectrum"], tensors["waveft_indices"], self.shape, tuple(self.meta["levels"]),
+                tensors["waveft_spectrum"], self.fused_indices, self.shape, tuple(self.meta["levels"]),
                 tensors.get("reorder_rows"), tensors.get("reorder_cols"), backend=backend,
             )
         with torch.device(device):  # methods allocate with factory defaults; keep them on our device
