@@ -79,7 +79,7 @@ def test_push_creates_the_repo_in_one_commit_with_byte_identical_files(hub: Fake
     for name in ["adapter_config.json", "adapter_model.safetensors", "wavecompress_report.json"]:
         assert files[name] == local[name], name
     card = local["README.md"].decode()
-    assert f'reconstruct("{out}")' in card
+    assert 'reconstruct("out")' in card and str(tmp_path) not in card  # the folder's name, not the absolute path
     assert files["README.md"].decode() == retarget_card(card, "alice/tiny-waveft")  # only the loading code changes
     assert 'wavecompress.reconstruct("alice/tiny-waveft")' in files["README.md"].decode()
 
@@ -195,9 +195,11 @@ def test_push_failure_after_convert_keeps_the_local_output(source: Path, tmp_pat
 
 
 def test_retarget_card_points_every_loading_snippet_at_the_repo() -> None:
-    from wavecompress.formats.model_card import _LOADING
+    from wavecompress.formats.model_card import _LOADING, _ONE_CALL, _ONE_CALL_STOCK
 
-    for method, snippet in _LOADING.items():
+    snippets = dict(_LOADING, one_call=_ONE_CALL.replace("{peft_type}", "X"), stock=_ONE_CALL_STOCK)
+    for method, snippet in snippets.items():
+        snippet = snippet.replace("{base}", "base_model")
         local = snippet.format(repo="out/some-local-folder")
         pushed = retarget_card(local, "alice/x")
         assert "out/some-local-folder" not in pushed, method

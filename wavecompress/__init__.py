@@ -5,6 +5,7 @@
 >>> result.report.relative_error, result.report.overall()["lora"].relative_error
 >>> result.save("out/wara")
 >>> deltas = wavecompress.reconstruct("out/wara")   # {module name: dense ΔŴ}
+>>> model = wavecompress.load_adapter(base_model, "out/wara")   # a PeftModel, for every output format
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from .compress import CompressedAdapter, compress
 from .deltas import AdapterDeltas, LayerDelta, load_deltas
 from .errors import InputError, WavecompressError
-from .peft_integration import load_peft_model, register as register_with_peft
+from .peft_integration import load_adapter, load_peft_model, register as register_with_peft
 from .peft_integration.hook import register_when_peft_is_imported
 from .report import Report
 
@@ -42,6 +43,7 @@ __all__ = [
     "WavecompressError",
     "__version__",
     "compress",
+    "load_adapter",
     "load_deltas",
     "load_peft_model",
     "reconstruct",

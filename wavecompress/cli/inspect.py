@@ -106,7 +106,19 @@ def describe_adapter(path: str | Path) -> dict[str, Any]:
         "bytes": sum(row["bytes"] for row in layers),
         "config": {k: v for k, v in config.items() if k != "layers"},
         "metadata": metadata,
+        "load": loading_line(peft_type, path),
     }
+
+
+def loading_line(peft_type: Any, path: Path) -> str | None:
+    """How to load this adapter in Python (None for single files that PEFT does not load)."""
+    if not isinstance(peft_type, str) or peft_type not in _TYPES:
+        return None
+    folder = path.parent if path.is_file() else path
+    line = f"import wavecompress; model = wavecompress.load_adapter(base_model, {str(folder)!r})"
+    if peft_type.startswith("WAVECOMPRESS_"):
+        line += f"  (without `import wavecompress` PEFT stops with KeyError: {peft_type!r})"
+    return line
 
 
 def _numel(shape: list[int]) -> int:
@@ -135,6 +147,8 @@ def _layer_shape(module: str, parts: dict, layer_table: dict, shapes: dict, conf
 def format_description(info: dict[str, Any], show_config: bool = True) -> str:
     """Human-readable text of :func:`describe_adapter`'s result."""
     lines = [f"adapter: {info['path']}", f"type: {info['peft_type']} — {info['type']}"]
+    if info.get("load"):
+        lines.append(f"load: {info['load']}")
     if info["base_model"]:
         lines.append(f"base model: {info['base_model']}")
     lines.append(f"layers: {len(info['layers'])}; stored values {info['stored_values']}, index values {info['index_values']}, "

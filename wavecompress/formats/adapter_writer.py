@@ -79,7 +79,9 @@ def write_adapter(
     """Write the folder at ``out_dir`` (all files appear together, or none)."""
     config = build_config(layers, source, report.budget)
     weights = serialized_weights(layers, source, report.method, report.budget)
-    card = render_model_card(report, config, source.config.get("license"), repo=str(out_dir))
+    # The card names the folder as the user gave it, never an absolute local path (the card travels).
+    card_path = str(out_dir) if not Path(out_dir).is_absolute() else Path(out_dir).name
+    card = render_model_card(report, config, source.config.get("license"), repo=card_path)
     with atomic_directory(Path(out_dir), force=force) as staging:
         (staging / WEIGHTS_NAME).write_bytes(weights)
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -9,19 +9,34 @@ import yaml
 
 from ..report import Report
 
+# First block for every type: the one-call loader (works for every format wavecompress writes).
+_ONE_CALL = """```python
+import wavecompress  # needed for this adapter type: without it PEFT stops with KeyError: '{peft_type}'
+model = wavecompress.load_adapter({base}, "{repo}")  # a PeftModel; .merge_and_unload() works too
+```"""
+_ONE_CALL_STOCK = """```python
+import wavecompress  # optional for this type; one call for every format wavecompress writes
+model = wavecompress.load_adapter({base}, "{repo}")  # a PeftModel
+```"""
 _LOADING = {
-    "lora": """```python
+    "lora": """Stock PEFT loads it as well, without wavecompress:
+
+```python
 from peft import PeftModel
 model = PeftModel.from_pretrained(base_model, "{repo}")
 ```""",
-    "waveft": """```python
-import wavecompress  # registers this adapter type with PEFT; stock PEFT alone refuses it
+    "waveft": """Or through PEFT directly (after `import wavecompress`, which registers the type), and the dense deltas:
+
+```python
+import wavecompress
 from peft import PeftModel
-model = PeftModel.from_pretrained(base_model, "{repo}")  # merge_and_unload() works too
-dense_deltas = wavecompress.reconstruct("{repo}")  # or just {{module name: ΔW}}
+model = PeftModel.from_pretrained(base_model, "{repo}")
+dense_deltas = wavecompress.reconstruct("{repo}")  # {{module name: ΔW}}
 ```""",
-    "waveft-seeded": """```python
-from peft import PeftModel  # stock PEFT WaveFT: no wavecompress needed
+    "waveft-seeded": """Stock PEFT WaveFT loads it as well, without wavecompress:
+
+```python
+from peft import PeftModel
 model = PeftModel.from_pretrained(base_model, "{repo}")
 ```""",
 }
@@ -33,7 +48,7 @@ _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 # Inputs read from the Hub carry the source "hf://owner/name@commit" (huggingface_hub's URI form).
 _HUB_SOURCE = re.compile(r"^hf://(?P<repo>[^@\s]+/[^@\s]+)(?:@(?P<revision>\S+))?$")
 # The quoted location in the loading snippets of _LOADING.
-_LOAD_TARGET = re.compile(r'(from_pretrained\(base_model, |wavecompress\.reconstruct\()"[^"\n]*"')
+_LOAD_TARGET = re.compile(r'(from_pretrained\(base_model, |wavecompress\.reconstruct\(|load_adapter\([^,\n]+, )"[^"\n]*"')
 
 
 def _provenance_lines(source: str, base_model: Any) -> list[str]:
@@ -53,6 +68,15 @@ def _provenance_lines(source: str, base_model: Any) -> list[str]:
 def retarget_card(card: str, repo: str) -> str:
     """The same card with its loading code pointed at ``repo`` (used when pushing to the Hub)."""
     return _LOAD_TARGET.sub(lambda m: f'{m[1]}"{repo}"', card)
+
+
+def _loading_blocks(method: str, config: dict[str, Any], repo: str) -> list[str]:
+    """The one-call loader first, then the plain-PEFT way; ``base_model`` named by its Hub id when known."""
+    base_model = config.get("base_model_name_or_path")
+    base = f'"{base_model}"' if base_model and _HUB_ID.match(str(base_model)) else "base_model"
+    peft_type = config.get("peft_type", "")
+    first = _ONE_CALL if str(peft_type).startswith("WAVECOMPRESS_") else _ONE_CALL_STOCK
+    return [first.format(base=base, repo=repo, peft_type=peft_type), "", _LOADING[method].format(repo=repo)]
 
 
 def render_model_card(report: Report, config: dict[str, Any], source_license: str | None = None, repo: str = "PATH") -> str:
@@ -85,7 +109,7 @@ def render_model_card(report: Report, config: dict[str, Any], source_license: st
         "",
         "## How to load it",
         "",
-        _LOADING[method].format(repo=repo),
+        *_loading_blocks(method, config, repo),
         "",
     ]
     return "\n".join(front) + "\n\n" + "\n".join(body)

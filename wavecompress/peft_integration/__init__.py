@@ -44,4 +44,6 @@ def load_peft_model(model: Any, path: str | Path, **kwargs: Any) -> Any:
     return PeftModel.from_pretrained(model, str(path), **kwargs)
 
 
-__all__ = ["load_peft_model", "register"]
+from .loader import LOADING_HINT, load_adapter  # noqa: E402 - after register, which it uses
+
+__all__ = ["LOADING_HINT", "load_adapter", "load_peft_model", "register"]

@@ -1,0 +1,92 @@
+"""One call that loads any adapter wavecompress writes or reads into a PeftModel.
+
+``wavecompress.load_adapter(base_model, path)`` registers the WAVECOMPRESS_* adapter types with PEFT
+and calls ``PeftModel.from_pretrained``; it works the same for WaRA / top-k WaveFT outputs, LoRA
+outputs and exports, stock-PEFT WaveFT and any stock PEFT LoRA. ``base_model`` may be a model or a
+model folder / Hub id, built with the head the adapter's ``task_type`` implies.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import InputError
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+LOADING_HINT = "import wavecompress; model = wavecompress.load_adapter(base_model, {path!r})"
+
+
+@contextmanager
+def quiet_head_initialisation() -> Iterator[None]:
+    """Silence transformers' "newly initialized … MISSING" report while a model with a head is built:
+    the head comes from the adapter's saved modules (modules_to_save), loaded right after."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
+def _head_passthrough(weights: Path) -> dict[str, Any]:
+    """{key: tensor-like with .shape} of the weights that are not adapter factors (e.g. a classifier head)."""
+    from safetensors import safe_open
+
+    class _Spec:
+        def __init__(self, shape: list[int]) -> None:
+            self.shape = tuple(shape)
+
+        def dim(self) -> int:
+            return len(self.shape)
+
+    out = {}
+    with safe_open(str(weights), framework="pt") as reader:
+        for key in reader.keys():
+            if "lora_" not in key and "waveft" not in key and "wara" not in key and "kept_" not in key:
+                out[key] = _Spec(reader.get_slice(key).get_shape())
+    return out
+
+
+def build_base_model(name: str | Path, adapter: str | Path) -> Any:
+    """The base model ``name`` with the head the adapter at ``adapter`` was trained with (its task_type)."""
+    from ..finetune.model_loading import load_base_model
+
+    folder = Path(adapter)
+    config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")) if (folder / CONFIG_NAME).is_file() else {}
+    weights = folder / WEIGHTS_NAME
+    heads = _head_passthrough(weights) if weights.is_file() else {}
+    with quiet_head_initialisation():
+        return load_base_model(str(name), config.get("task_type"), heads)
+
+
+def load_adapter(base_model: Any, path: str | Path, **kwargs: Any) -> Any:
+    """``PeftModel.from_pretrained(base_model, path, **kwargs)`` for every adapter type wavecompress knows.
+
+    ``base_model``: an ``nn.Module``, or a model folder / Hub id (then built with the adapter's head).
+    ``path``: an output folder (WaRA, top-k WaveFT, LoRA, stock WaveFT), any PEFT LoRA, or a Hub repo id.
+    Extra keyword arguments go to PEFT (``is_trainable=True``, ``adapter_name=...``).
+    """
+    from . import register
+
+    local = Path(path)
+    if local.exists():
+        if local.is_file():
+            local = local.parent
+        if not (local / CONFIG_NAME).is_file():
+            raise InputError(f"{local}: no {CONFIG_NAME} here; load_adapter needs an adapter folder")
+        if not (local / WEIGHTS_NAME).is_file():
+            raise InputError(f"{local}: no {WEIGHTS_NAME} here; load_adapter needs an adapter folder")
+    elif "/" not in str(path) or str(path).startswith((".", "/")):
+        raise InputError(f"{path}: no such adapter folder")
+    if isinstance(base_model, (str, Path)):
+        base_model = build_base_model(base_model, local)
+    register()
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base_model, str(local if local.exists() else path), **kwargs)
