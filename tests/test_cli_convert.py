@@ -110,13 +110,19 @@ def test_existing_output_is_refused_without_force(tmp_path: Path, lora_dir: Path
     assert json.loads((out / "wavecompress_report.json").read_text())["budget"] == 100
 
 
-def test_clamped_budget_is_reported(tmp_path: Path, lora_dir: Path) -> None:
+def test_clamped_budget_is_reported(tmp_path: Path) -> None:
+    lora_dir, peft_model = make_peft_lora(tmp_path / "lora")
     result = run("convert", str(lora_dir), "--budget", "100000", "--method", "wara", "--out", str(tmp_path / "o"))
     assert result.exit_code == 0
     assert "clamped" in result.output
     report = json.loads((tmp_path / "o" / "wavecompress_report.json").read_text())
     assert all(layer["budget_clamped"] for layer in report["layers"])
     assert report["overall"]["wara"]["relative_error"] < 1e-5
+    rebuilt = wc.reconstruct(tmp_path / "o")  # the written files give back every B@A (scaled), not just a reported 0
+    reference = peft_delta_weights(peft_model)
+    assert sorted(rebuilt) == sorted(reference)
+    for name, delta in reference.items():
+        assert float((rebuilt[name] - delta).norm() / delta.norm()) < 1e-5, name
 
 
 def test_reconstruct_command_writes_dense_deltas(tmp_path: Path, lora_dir: Path) -> None:

@@ -22,6 +22,7 @@ from conftest import make_peft_lora, peft_delta_weights, tiny_gpt2
 from wavecompress.cli import main
 from wavecompress.errors import InputError
 from wavecompress.finetune import FinetuneConfig, finetune
+from wavecompress.finetune.data import Example, split_examples
 from wavecompress.finetune.injection import DeltaInjector, layer_update
 from wavecompress.finetune.trainable import TrainableDelta
 
@@ -88,8 +89,8 @@ def train_lora(out_dir: Path, tokenizer, data: list[tuple[str, int]], steps: int
 
 
 @torch.no_grad()
-def kl_teacher_student(lora_dir: Path, deltas: dict[str, torch.Tensor], tokenizer, held_out: list[str]) -> float:
-    """Mean KL(PEFT teacher ‖ base with ΔŴ merged) over ``held_out``, computed without wavecompress.finetune."""
+def teacher_student_logits(lora_dir: Path, deltas: dict[str, torch.Tensor], tokenizer, texts: list[str]):
+    """Logits of PEFT's teacher and of the base with ΔŴ merged (and the trained head), without wavecompress.finetune."""
     from peft import PeftModel
 
     teacher = PeftModel.from_pretrained(tiny_classifier(), str(lora_dir)).eval()
@@ -98,9 +99,14 @@ def kl_teacher_student(lora_dir: Path, deltas: dict[str, torch.Tensor], tokenize
     student.load_state_dict(head, strict=False)
     for name, delta in deltas.items():
         student.get_submodule(name).weight += delta
-    inputs = tokenizer(held_out, return_tensors="pt", padding=True)
-    t = F.log_softmax(teacher(**inputs).logits, -1)
-    s = F.log_softmax(student(**inputs).logits, -1)
+    inputs = tokenizer(texts, return_tensors="pt", padding=True)
+    return teacher(**inputs).logits, student(**inputs).logits
+
+
+def kl_teacher_student(lora_dir: Path, deltas: dict[str, torch.Tensor], tokenizer, held_out: list[str]) -> float:
+    """Mean KL(PEFT teacher ‖ base with ΔŴ merged) over ``held_out``, computed without wavecompress.finetune."""
+    teacher, student = teacher_student_logits(lora_dir, deltas, tokenizer, held_out)
+    t, s = F.log_softmax(teacher, -1), F.log_softmax(student, -1)
     return float((t.exp() * (t - s)).sum(-1).mean())
 
 
@@ -169,9 +175,15 @@ def test_library_finetune_of_wara_in_memory_with_labels(trained) -> None:
     labelled = [(d["text"], d["label"]) for d in data]
     result = finetune(compressed, tiny_classifier(), tokenizer, labelled, steps=25, lr=2e-3, progress=False)
     assert result.after.distill_loss < 0.7 * result.before.distill_loss
-    assert result.before.accuracy is not None and result.after.teacher_accuracy == result.before.teacher_accuracy
-    assert len(result.losses) == 25
+    # accuracies on the held-out split, recomputed with PEFT's teacher and the merged student
+    _, held = split_examples([Example(t, y) for t, y in labelled], FinetuneConfig().eval_size, FinetuneConfig().seed)
+    labels = torch.tensor([example.label for example in held])
     rebuilt = {layer.name: wc.methods.get_method("wara").reconstruct(layer.tensors, layer.meta, layer.shape) for layer in result.layers}
+    for figures, deltas in ((result.before, compressed.to_deltas()), (result.after, rebuilt)):
+        teacher, student = teacher_student_logits(lora_dir, deltas, tokenizer, [example.text for example in held])
+        assert figures.teacher_accuracy == pytest.approx(float((teacher.argmax(-1) == labels).float().mean()), abs=1e-9)
+        assert figures.accuracy == pytest.approx(float((student.argmax(-1) == labels).float().mean()), abs=1e-9)
+    assert len(result.losses) == 25
     kl_before = kl_teacher_student(lora_dir, compressed.to_deltas(), tokenizer, held_out)
     kl_after = kl_teacher_student(lora_dir, rebuilt, tokenizer, held_out)
     assert kl_after < kl_before, (kl_before, kl_after)

@@ -191,7 +191,13 @@ def test_push_failure_after_convert_keeps_the_local_output(source: Path, tmp_pat
     assert line.startswith(f"error: alice/x: cannot reach the Hub at {dead}")
     assert f"the converted adapter is intact at {out}; retry with `wavecompress push {out} alice/x`" in line
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors", "wavecompress_report.json"]
-    assert wc.reconstruct(out)  # complete and readable
+    # complete and readable: its ΔŴ against the source ΔW gives the error its report states
+    rebuilt, report = wc.reconstruct(out), json.loads((out / "wavecompress_report.json").read_text())
+    true = {layer.name: layer.to_dense().double() for layer in wc.load_deltas(source).layers}
+    assert sorted(rebuilt) == sorted(true) and len(true) == 4
+    error = sum(float((true[n] - rebuilt[n].double()).square().sum()) for n in true)
+    energy = sum(float(d.square().sum()) for d in true.values())
+    assert report["overall"][report["method"]]["relative_error"] == pytest.approx((error / energy) ** 0.5, rel=1e-5)
 
 
 def test_retarget_card_points_every_loading_snippet_at_the_repo() -> None:

@@ -111,6 +111,8 @@ def test_budget_larger_than_the_layer_is_clamped_and_exact(method: str) -> None:
     layer = get_method(method).compress(LayerDelta.from_factors("l", b, a), 10_000, MethodOptions())
     assert layer.budget_clamped
     assert layer.stored_values <= 16 * 12
+    rebuilt = get_method(method).reconstruct(layer.tensors, layer.meta, layer.shape)
+    assert relative_error(b @ a, rebuilt) < 1e-5  # the stored tensors give back B@A, not just a reported 0
     assert layer.relative_error < 1e-5
 
 
