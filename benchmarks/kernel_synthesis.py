@@ -92,6 +92,7 @@ def main() -> None:
     header = f"{'levels':>7} {'perm':>5} {'k':>9} | {'copy ms':>8} {'ref ms':>8} {'ref/copy':>8}"
     if kernel:
         header += f" {'kernel ms':>9} {'kern/copy':>9} {'ref/kern':>8} {'max|diff|':>9}"
+    summary: list[tuple[str, float, float]] = []
     for direction in ("forward", "backward"):
         print(f"\n{direction}: " + ("ΔŴ from the spectrum" if direction == "forward" else "∂L/∂spectrum from ∂L/∂ΔŴ"))
         print(header)
@@ -110,7 +111,15 @@ def main() -> None:
                     ker_ms = timer(device, ker_fn, repeats)
                     diff = float((ker_fn() - ref_fn()).abs().max())
                     line += f" {ker_ms:9.3f} {ker_ms / copy_ms:9.2f} {ref_ms / ker_ms:8.2f} {diff:9.2e}"
+                    scale = float(ref_fn().abs().max()) or 1.0
+                    summary.append((f"kernel {direction} / copy, {shape[0]}x{shape[1]}, {levels[0]} levels{', permuted' if permuted else ''}, k={k}",
+                                    ker_ms / copy_ms, diff / scale))
                 print(line)
+    worst = max((rel for _, _, rel in summary), default=None)
+    if worst is not None:
+        print(f"\nSUMMARY|kernel vs torch reference, worst relative difference|{worst:.1e}|<= 1e-5|{'pass' if worst <= 1e-5 else 'fail'}")
+    for label, ratio, _ in summary:
+        print(f"SUMMARY|{label}|{ratio:.2f}x||info")
 
 
 if __name__ == "__main__":

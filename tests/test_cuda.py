@@ -117,3 +117,28 @@ def test_a_few_finetune_steps_on_cuda_match_the_cpu(lora_dir: Path, tmp_path: Pa
             assert moved > 1e-4, (label, key)  # training really moved the values
             # Adam moves every value by about lr per step; CPU/GPU rounding shows only far below that.
             assert float((gpu_layer.tensors[key] - value).abs().max()) < 5e-4, (label, cpu_layer.name, key)
+
+
+@pytest.mark.parametrize("shape,levels,permuted,k", [
+    ((64, 96), (1, 1), False, 300),
+    ((256, 512), (5, 5), True, 3000),
+    ((4096, 4096), (5, 5), True, 3000),
+    ((11008, 4096), (1, 1), False, 450_000),
+])
+def test_triton_kernels_on_cuda_match_the_torch_reference(shape, levels, permuted, k) -> None:
+    pytest.importorskip("triton")
+    from wavecompress.kernels import spectrum_grad_reference, synthesis_reference
+    from wavecompress.kernels.haar_triton import spectrum_grad_triton, synthesis_triton
+
+    generator = torch.Generator().manual_seed(k)
+    n = shape[0] * shape[1]
+    indices = torch.randperm(n, generator=generator)[:k].sort().values.to(torch.int32).to(CUDA)
+    values = torch.randn(k, generator=generator).to(CUDA)
+    rows = torch.randperm(shape[0], generator=generator).to(torch.int16).to(CUDA) if permuted else None
+    cols = torch.randperm(shape[1], generator=generator).to(torch.int16).to(CUDA) if permuted else None
+    expected = synthesis_reference(values, indices, shape, levels, rows, cols)
+    got = synthesis_triton(values, indices, shape, levels, rows, cols)
+    assert got.device.type == "cuda" and max_relative(got, expected) < 1e-5
+    grad = torch.randn(shape, generator=generator).to(CUDA)
+    expected_grad = spectrum_grad_reference(grad, indices, levels, rows, cols)
+    assert max_relative(spectrum_grad_triton(grad, indices, shape, levels, rows, cols), expected_grad) < 1e-5

@@ -186,3 +186,19 @@ def test_greedy_is_the_nearest_neighbour_chain_and_falls_back_to_svd_on_large_la
     monkeypatch.setattr(wavelet_domain, "GREEDY_MAX_SIZE", 150)
     layer = get_method("waveft").compress(mixed, 300, MethodOptions(reorder="greedy"))
     assert layer.meta["reorder"] == "svd"
+
+
+@pytest.mark.parametrize("n,duplicates", [(40, 0), (700, 0), (700, 300), (2500, 0)])
+def test_the_device_greedy_walk_gives_the_scanned_chain(n: int, duplicates: int) -> None:
+    """greedy_lists (neighbour lists, the GPU path) and greedy_scan (the CPU path) build the same chain."""
+    from wavecompress.transforms.reorder import greedy_lists, greedy_scan
+
+    generator = torch.Generator().manual_seed(n + duplicates)
+    features = torch.randn(n, 8, generator=generator, dtype=torch.float64) * torch.logspace(0, -2, 8, dtype=torch.float64)
+    features[:duplicates] = features[0]  # exact ties: either order is a nearest-neighbour chain
+    scanned, listed = greedy_scan(features), greedy_lists(features)
+    assert sorted(listed.tolist()) == list(range(n))
+    if duplicates == 0:
+        assert torch.equal(listed, scanned)
+    length = [float((features[o[1:]] - features[o[:-1]]).norm(dim=1).sum()) for o in (scanned, listed)]
+    assert length[1] == pytest.approx(length[0], rel=1e-12)

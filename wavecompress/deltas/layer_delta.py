@@ -22,6 +22,9 @@ class LayerDelta:
     right: torch.Tensor | None = None
     dense: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # Results derived from this delta (its SVD, row/column orderings), computed once and shared by
+    # the method, its other-ordering variant and the baselines. Not copied by dataclasses.replace.
+    cache: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.dense is None and (self.left is None or self.right is None):

@@ -13,10 +13,11 @@ NAME = "lora"
 
 
 def layer_svd(delta: LayerDelta) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SVD of ΔW: from the factors when factored (never a dense SVD of B@A), else dense."""
-    if delta.is_factored:
-        return factored_svd(delta.left, delta.right)
-    return dense_svd(delta.dense)
+    """SVD of ΔW: from the factors when factored (never a dense SVD of B@A), else dense.
+    Computed once per delta (cached on it: the orderings' features reuse it)."""
+    if "svd" not in delta.cache:
+        delta.cache["svd"] = factored_svd(delta.left, delta.right) if delta.is_factored else dense_svd(delta.dense)
+    return delta.cache["svd"]
 
 
 def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> CompressedLayer:

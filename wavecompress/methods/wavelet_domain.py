@@ -8,7 +8,7 @@ import torch
 
 from ..deltas.layer_delta import LayerDelta
 from ..transforms import analysis, analysis2d, axis_levels
-from ..transforms.reorder import GREEDY_MAX_SIZE, ORDERINGS, features_from_dense, features_from_factors, order, permutation_dtype, unpermute
+from ..transforms.reorder import FEATURE_RANK, GREEDY_MAX_SIZE, ORDERINGS, features_from_dense, order, permutation_dtype, unpermute
 from .compressed_layer import CompressedLayer
 from .options import MethodOptions
 
@@ -31,14 +31,34 @@ def coefficients(delta: LayerDelta, wavelet: str, levels: tuple[int, int]) -> to
     return analysis2d(delta.dense, wavelet, levels)
 
 
+def layer_features(delta: LayerDelta) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row features, column features) of ``delta``, cached on it: from its shared factored SVD, or
+    a seeded randomized low-rank SVD when dense (the same whichever method asks first)."""
+    if "features" not in delta.cache:
+        if delta.is_factored:
+            from .lora_svd import layer_svd
+
+            u, s, vh = layer_svd(delta)
+            k = min(FEATURE_RANK, s.numel())
+            delta.cache["features"] = (u[:, :k] * s[:k], vh[:k].T * s[:k])
+        else:
+            delta.cache["features"] = features_from_dense(delta.dense)
+    return delta.cache["features"]
+
+
+def layer_ordering(delta: LayerDelta, ordering: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row permutation, column permutation) of ``delta`` for ``ordering``, computed once per delta."""
+    key = ("ordering", ordering)
+    if key not in delta.cache:
+        row_features, col_features = layer_features(delta)
+        delta.cache[key] = (order(row_features, ordering), order(col_features, ordering))
+    return delta.cache[key]
+
+
 def reorder_delta(delta: LayerDelta, ordering: str) -> tuple[LayerDelta, dict[str, torch.Tensor]]:
     """The delta with rows and columns permuted by ``ordering``, and the permutation tensors
     (``reorder_rows``, ``reorder_cols``; int16 when the size fits) to store beside it."""
-    if delta.is_factored:
-        row_features, col_features = features_from_factors(delta.left, delta.right)
-    else:
-        row_features, col_features = features_from_dense(delta.dense)
-    rows, cols = order(row_features, ordering), order(col_features, ordering)
+    rows, cols = layer_ordering(delta, ordering)
     if delta.is_factored:
         moved = LayerDelta.from_factors(delta.name, delta.left[rows], delta.right[:, cols], **delta.info)
     else:

@@ -34,6 +34,8 @@ FEATURE_RANK = 8
 _DENSE_EIGH_MAX = 2048
 # Greedy costs O(n²·k); above this many rows (or columns) the default falls back to "svd".
 GREEDY_MAX_SIZE = 8192
+# Nearest rows listed per row for the greedy walk (a fallback scan covers the rest exactly).
+GREEDY_NEIGHBOURS = 16
 
 
 def permutation_dtype(n: int) -> torch.dtype:
@@ -96,12 +98,18 @@ def fiedler_order(features: torch.Tensor) -> torch.Tensor:
 
 def greedy_order(features: torch.Tensor) -> torch.Tensor:
     """Nearest-neighbour chain: start at the smallest leading-vector entry, always step to the
-    closest unvisited row."""
+    closest unvisited row. On CPU a scan per step (:func:`greedy_scan`); on a GPU the distances run
+    there, batched (:func:`greedy_lists`). Both give the same chain (up to exact distance ties)."""
     n = features.shape[0]
     if n < 3 or features.shape[1] == 0:
         return svd_order(features)
-    # numpy, swap-remove of visited rows: n tiny steps; torch's per-op threading made this far
-    # slower on a busy CPU.
+    return greedy_scan(features) if features.device.type == "cpu" else greedy_lists(features)
+
+
+def greedy_scan(features: torch.Tensor) -> torch.Tensor:
+    """The greedy chain by an exact scan of the unvisited rows at every step (numpy, swap-remove
+    of visited rows): n tiny steps, the fastest form on a CPU."""
+    n = features.shape[0]
     points = features.detach().double().cpu().numpy().copy()
     ids = np.arange(n)
     first = int(svd_order(features)[0])
@@ -116,15 +124,73 @@ def greedy_order(features: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(order)
 
 
+def greedy_lists(features: torch.Tensor) -> torch.Tensor:
+    """The greedy chain from neighbour lists computed batched on the features' device.
+
+    :func:`nearest_lists` gives each row its ``GREEDY_NEIGHBOURS`` nearest rows (exactly ranked in
+    float64); the walk only reads them. When every listed neighbour is visited the unvisited rows
+    are scanned exactly, and the lists are rebuilt over the unvisited rows each time their number
+    halves.
+    """
+    n = features.shape[0]
+    first = int(svd_order(features)[0])
+    points = features.detach().double()
+    host = points.cpu().numpy()
+    lists = nearest_lists(points, points, GREEDY_NEIGHBOURS).numpy().tolist()
+    visited = bytearray(n)
+    visited[first] = 1
+    order, current = [first], first
+    live, built = np.arange(n), n  # candidate rows for exact scans; unvisited count at the last build
+    for remaining in range(n - 1, 0, -1):
+        step = next((j for j in lists[current] if not visited[j]), -1)
+        if step < 0 and 2 * remaining <= built and remaining > GREEDY_NEIGHBOURS:
+            live = np.flatnonzero(np.frombuffer(bytes(visited), dtype=np.uint8) == 0)
+            queries = np.append(live, current)
+            fresh = nearest_lists(points[torch.from_numpy(queries).to(points.device)],
+                                  points[torch.from_numpy(live).to(points.device)], GREEDY_NEIGHBOURS)
+            for row, neighbours in zip(queries.tolist(), live[fresh.numpy()].tolist()):
+                lists[row] = neighbours
+            built = remaining
+            step = next((j for j in lists[current] if not visited[j]), -1)
+        if step < 0:
+            candidates = live[np.frombuffer(bytes(visited), dtype=np.uint8)[live] == 0]
+            step = int(candidates[np.square(host[candidates] - host[current]).sum(1).argmin()])
+        visited[step] = 1
+        order.append(step)
+        current = step
+    return torch.tensor(order, dtype=torch.int64)
+
+
+def nearest_lists(queries: torch.Tensor, pool: torch.Tensor, k: int, block: int = 2048) -> torch.Tensor:
+    """For every query row, the indices (CPU int64, nearest first) of its ``k`` nearest pool rows.
+
+    Candidates come from a float32 distance matrix in row blocks (matrix products, on the
+    tensors' device), twice as many as needed; they are then ranked by exact float64 distances.
+    """
+    k = min(k, pool.shape[0])
+    wide = min(2 * k, pool.shape[0])
+    centre = pool.mean(0)
+    pool32, queries32 = (pool - centre).float(), (queries - centre).float()
+    pool_sq = pool32.square().sum(1)
+    picked = []
+    for start in range(0, queries.shape[0], block):
+        chunk = queries32[start : start + block]
+        dist = torch.addmm(pool_sq[None, :] + chunk.square().sum(1, keepdim=True), chunk, pool32.T, alpha=-2)
+        picked.append(torch.topk(dist, wide, dim=1, largest=False, sorted=False).indices)
+    candidates = torch.cat(picked)
+    exact = (pool[candidates] - queries[:, None]).square().sum(2)
+    ranked = torch.sort(exact, dim=1, stable=True).indices[:, :k]
+    return torch.gather(candidates, 1, ranked).cpu()
+
+
 _ORDER_FUNCTIONS = {"svd": svd_order, "fiedler": fiedler_order, "greedy": greedy_order}
 
 
 def order(features: torch.Tensor, ordering: str) -> torch.Tensor:
     """The permutation (int64) that ``ordering`` gives for these row features."""
-    try:
-        return _ORDER_FUNCTIONS[ordering](features)
-    except KeyError:
-        raise ValueError(f"unknown ordering {ordering!r}; choose one of {', '.join(ORDERINGS)}") from None
+    if ordering not in _ORDER_FUNCTIONS:
+        raise ValueError(f"unknown ordering {ordering!r}; choose one of {', '.join(ORDERINGS)}")
+    return _ORDER_FUNCTIONS[ordering](features).to(features.device)
 
 
 def unpermute(matrix: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None) -> torch.Tensor:
