@@ -201,9 +201,11 @@ def test_push_failure_after_convert_keeps_the_local_output(source: Path, tmp_pat
 
 
 def test_retarget_card_points_every_loading_snippet_at_the_repo() -> None:
-    from wavecompress.formats.model_card import _LOADING, _ONE_CALL, _ONE_CALL_STOCK
+    from wavecompress.formats.model_card import _ONE_CALL, _ONE_CALL_STOCK
+    from wavecompress.methods import all_methods
 
-    snippets = dict(_LOADING, one_call=_ONE_CALL.replace("{peft_type}", "X"), stock=_ONE_CALL_STOCK)
+    snippets = {m.name: m.card_snippet for m in all_methods()}
+    snippets.update(one_call=_ONE_CALL.replace("{peft_type}", "X"), stock=_ONE_CALL_STOCK)
     for method, snippet in snippets.items():
         snippet = snippet.replace("{base}", "base_model")
         local = snippet.format(repo="out/some-local-folder")

@@ -21,12 +21,13 @@ import numpy as np
 
 from .compress import DeltaSource, as_adapter_deltas, reorder_choice
 from .errors import InputError
-from .methods import get_method
-from .methods.options import MethodOptions, REORDERABLE
+from .methods import all_methods, get_method
+from .methods.options import MethodOptions
 from .methods.rate_distortion import RDCurve, rd_curve
 from .transforms import validate_wavelet
 
-DEFAULT_METHODS = ("waveft", "wara", "lora", "sparse")
+# Every method with its own exact curve (Method.rd_curve): waveft, wara, lora, sparse.
+DEFAULT_METHODS = tuple(m.name for m in all_methods() if m.rd_curve is not None)
 THRESHOLDS = (0.10, 0.05, 0.01)
 TABLE_BUDGETS = (256, 768, 3000, 8192, 32768)
 PNG_NAME, CSV_NAME, JSON_NAME = "rate_distortion.png", "rate_distortion.csv", "rate_distortion.json"
@@ -131,7 +132,7 @@ def analyze(source: DeltaSource, methods: Sequence[str] = DEFAULT_METHODS, wavel
     variants: dict[str, tuple[str, MethodOptions]] = {m: (m, options) for m in methods}
     if plain_variants and options.reorder:
         for m in methods:
-            if m in REORDERABLE:
+            if get_method(m).reorderable:
                 variants[f"{m}-plain"] = (m, MethodOptions(wavelet=options.wavelet, levels=levels, reorder=None))
     curves: dict[str, list[RDCurve]] = {v: [] for v in variants}
     groups: dict[str, list[str]] = {}

@@ -13,11 +13,10 @@ from typing import Any
 import pywt
 
 from .methods.options import MethodOptions
+from .methods.registry import get_method, method_names
 from .transforms import axis_levels
 
-AUTO_METHODS = ("waveft", "wara", "lora")
 WAVELET_FAMILIES = ("db1", "db2", "db3", "db4", "sym4", "coif1", "coif2")
-WAVELET_METHODS = ("waveft", "wara")
 
 
 def fitting_wavelets(shapes: list[tuple[int, int]], levels: int | None, method: str) -> list[str]:
@@ -48,11 +47,11 @@ def compress_auto(source: Any, budget: int | None, method: str, wavelet: str, le
     from .compress import as_adapter_deltas, compress
 
     deltas = as_adapter_deltas(source)
-    methods = AUTO_METHODS if method == "auto" else (method,)
+    methods = method_names(auto=True) if method == "auto" else (method,)
     shapes = [tuple(shape) for shape in getattr(deltas.layers, "shapes", {}).values()] or [layer.shape for layer in deltas.layers]
     trials: list[tuple[float, str, str]] = []
     for name in methods:
-        families = fitting_wavelets(shapes, levels, name) if wavelet == "auto" and name in WAVELET_METHODS else [
+        families = fitting_wavelets(shapes, levels, name) if wavelet == "auto" and get_method(name).wavelet else [
             "db1" if wavelet == "auto" else wavelet]
         for family in families:
             trial = compress(deltas, budget, name, family, levels, (), False, reorder, **budget_kwargs)
@@ -61,7 +60,7 @@ def compress_auto(source: Any, budget: int | None, method: str, wavelet: str, le
     result = compress(deltas, budget, best_method, best_wavelet, levels, baselines, progress, reorder, **budget_kwargs)
     measure = "activation-weighted" if result.report.overall()[best_method].activation_relative_error is not None else "relative"
     several = len({t[2] for t in trials}) > 1
-    tried = ", ".join(f"{m}/{w} {e:.4f}" if several and m in WAVELET_METHODS else f"{m} {e:.4f}" for e, m, w in sorted(trials))
-    choice = best_method + (f" with {best_wavelet}" if best_method in WAVELET_METHODS else "")
+    tried = ", ".join(f"{m}/{w} {e:.4f}" if several and get_method(m).wavelet else f"{m} {e:.4f}" for e, m, w in sorted(trials))
+    choice = best_method + (f" with {best_wavelet}" if get_method(best_method).wavelet else "")
     result.report.notes.append(f"auto: chose {choice}, the lowest overall {measure} error at this budget ({tried})")
     return result

@@ -18,7 +18,7 @@ from .hardware import layer_to_cpu, layer_to_device, resolve_device
 from .methods import BASELINES, CompressedLayer, MethodOptions, get_method
 from .methods.activation_aware import aware_compress, with_activation_error
 from .methods.allocation import Allocation, BudgetSpec, budget_spec, plan_budgets
-from .methods.options import DEFAULT_REORDER, REORDER_CHOICES, REORDERABLE
+from .methods.options import DEFAULT_REORDER, REORDER_CHOICES
 from .report import LayerReport, MethodSummary, Report
 from .transforms import validate_wavelet
 
@@ -177,7 +177,7 @@ def compress(
                 continue
             other = aware_compress(name, delta, plans[name].budget_of(delta.name), options, gram)
             others[name] = with_activation_error(MethodSummary.of(other), delta, other, gram)
-        if method in REORDERABLE:
+        if get_method(method).reorderable:
             variant, summary = order_variant(method, delta, budget, options)
             others[variant] = summary
         layers.append(kept)

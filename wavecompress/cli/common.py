@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from ..errors import WavecompressError
+from ..methods.registry import all_methods, method_names
 
 
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -45,6 +46,36 @@ def default_output(input_path: Path, method: str, budget: int) -> Path:
 
 
 debug_option = click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+
+
+class MethodChoice(click.Choice):
+    """``--method``: a registered output method or ``auto``, read from the registry when parsed
+    (so a method registered after the CLI was imported is accepted too)."""
+
+    def __init__(self) -> None:
+        super().__init__([], case_sensitive=True)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return (*method_names(output=True), "auto")
+
+    @choices.setter
+    def choices(self, value: object) -> None:  # click.Choice.__init__ assigns; the registry is the source
+        pass
+
+
+def method_help() -> str:
+    """One clause per output method (its description), then auto."""
+    return "; ".join(f"{m.name}: {m.description}" for m in all_methods() if m.output) + "; auto: try each, keep the lowest error."
+
+
+def levels_help() -> str:
+    """--levels help with each wavelet method's default depths."""
+    wavelet = [m for m in all_methods() if m.wavelet]
+    plain = ", ".join(f"{m.default_levels} for {m.name}" for m in wavelet)
+    reordered = " and ".join(str(m.default_levels_reordered) for m in wavelet)
+    return (f"Decomposition depth per axis (default: {plain}; {reordered} when reordered); "
+            "reduced per axis until the size divides by 2^levels.")
 
 
 

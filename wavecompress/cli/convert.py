@@ -12,10 +12,8 @@ from ..errors import InputError
 from ..formats.atomic import atomic_write_bytes
 from ..hardware import cuda_fallback_note
 from ..hub import check_push_target, push_after_save
-from ..methods.options import DEFAULT_LEVELS, DEFAULT_LEVELS_REORDERED, DEFAULT_REORDER, REORDER_CHOICES
-from .common import allow_nonfinite_option, debug_option, default_output, friendly_errors
-
-OUTPUT_METHODS = ["waveft", "wara", "lora", "waveft-seeded"]
+from ..methods.options import DEFAULT_REORDER, REORDER_CHOICES
+from .common import MethodChoice, allow_nonfinite_option, debug_option, default_output, friendly_errors, levels_help, method_help
 
 
 @click.command()
@@ -29,15 +27,10 @@ OUTPUT_METHODS = ["waveft", "wara", "lora", "waveft-seeded"]
 @click.option("--allocate", type=click.Choice(["uniform", "global"]), default="uniform", show_default=True,
               help="uniform: the same budget in every layer; global: split the total by error removed per stored value "
               "(exact greedy over each layer's rate-distortion curve).")
-@click.option("--method", type=click.Choice(OUTPUT_METHODS + ["auto"]), default="waveft", show_default=True,
-              help="waveft: top-k wavelet coefficients; wara: low-rank wavelet subbands; lora: truncated SVD; "
-              "auto: try each, keep the lowest error.")
+@click.option("--method", type=MethodChoice(), default="waveft", show_default=True, help=method_help())
 @click.option("--wavelet", default="db1", show_default=True,
               help="Orthogonal wavelet family (db1 = Haar, dbN, symN, coifN), or auto (try those that fit the shapes).")
-@click.option("--levels", type=int, default=None,
-              help=f"Decomposition depth per axis (default: {DEFAULT_LEVELS['waveft']} for waveft, {DEFAULT_LEVELS['wara']} for wara; "
-              f"{DEFAULT_LEVELS_REORDERED['waveft']} and {DEFAULT_LEVELS_REORDERED['wara']} when reordered); "
-              "reduced per axis until the size divides by 2^levels.")
+@click.option("--levels", type=int, default=None, help=levels_help())
 @click.option("--reorder/--no-reorder", default=True, show_default=True,
               help="Permute rows and columns into a smooth order (from the delta) before the wavelet transform "
               "(waveft, wara; stored as int16/int32 permutations). The other ordering is always reported beside it.")

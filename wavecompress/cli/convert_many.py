@@ -10,8 +10,7 @@ import click
 from ..batch import BACKENDS, ItemResult, available_cores, exit_code, find_inputs, format_summary, plan, run_batch
 from ..hardware import cuda_fallback_note
 from ..methods.options import DEFAULT_REORDER, REORDER_CHOICES
-from .common import debug_option, friendly_errors
-from .convert import OUTPUT_METHODS
+from .common import MethodChoice, debug_option, friendly_errors, method_help
 
 
 def _progress(result: ItemResult) -> None:
@@ -34,8 +33,8 @@ def _progress(result: ItemResult) -> None:
               help="Or: each adapter_model.safetensors at most this big (2MB, 500kB, 1MiB), indices included.")
 @click.option("--allocate", type=click.Choice(["uniform", "global"]), default="uniform", show_default=True,
               help="uniform: the same budget in every layer; global: split the total by error removed per stored value.")
-@click.option("--method", type=click.Choice(OUTPUT_METHODS + ["auto"]), default="waveft", show_default=True,
-              help="waveft, wara, lora, waveft-seeded or auto (as in convert).")
+@click.option("--method", type=MethodChoice(), default="waveft", show_default=True,
+              help=method_help())
 @click.option("--wavelet", default="db1", show_default=True, help="Orthogonal wavelet family (db1 = Haar, dbN, symN, coifN) or auto.")
 @click.option("--levels", type=int, default=None, help="Decomposition depth per axis (as in convert).")
 @click.option("--reorder/--no-reorder", default=True, show_default=True,

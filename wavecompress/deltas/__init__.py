@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
-from ..formats.peft_types import LORA, METHOD_OF_PEFT_TYPE, WAVEFT
+from ..formats.peft_types import LORA, WAVEFT
+from ..methods.registry import method_of_peft_type
 from ..hub import card_license, download_adapter, hub_reference
 from .adapter_deltas import AdapterDeltas, LazyLayers, SkippedLayer
 from .checkpoints import Checkpoint
@@ -106,7 +107,7 @@ def _read_adapter(path: str | Path, base: str | Path | None = None) -> AdapterDe
         return read_peft_lycoris(config, weights_path)
     if peft_type == WAVEFT:
         return read_peft_waveft(config, weights_path, base)
-    if peft_type in METHOD_OF_PEFT_TYPE:
+    if method_of_peft_type(peft_type) is not None:  # a wavecompress format (stock types are read above)
         return read_wavecompress_adapter(config, weights_path)
     raise InputError(f"{config_path}: unsupported peft_type {peft_type!r} (supported: LORA and wavecompress outputs)")
 

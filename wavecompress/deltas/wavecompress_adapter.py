@@ -9,8 +9,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..formats.peft_types import METHOD_OF_PEFT_TYPE
-from ..methods import get_method
+from ..methods.registry import method_of_peft_type
 from .adapter_deltas import AdapterDeltas
 from .layer_delta import LayerDelta
 from .peft_lora import PREFIX
@@ -51,7 +50,7 @@ def read_stored_layers(
 
 def read_wavecompress_adapter(config: dict[str, Any], weights_path: Path) -> AdapterDeltas:
     """Dense deltas of a top-k WaveFT or WaRA output, plus its passthrough tensors."""
-    method = get_method(METHOD_OF_PEFT_TYPE[config["peft_type"]])
+    method = method_of_peft_type(config["peft_type"])
     stored_layers, passthrough, metadata = read_stored_layers(config, weights_path)
     layers = []
     for stored in stored_layers:
@@ -62,5 +61,5 @@ def read_wavecompress_adapter(config: dict[str, Any], weights_path: Path) -> Ada
         values = sum(v.numel() for v in stored.tensors.values() if v.is_floating_point())  # not indices/permutations
         layers.append(LayerDelta.from_dense(stored.name, dense, stored_values=values))
     return AdapterDeltas(
-        source=str(weights_path), kind=method.NAME, layers=layers, config=config, passthrough=passthrough, metadata=metadata
+        source=str(weights_path), kind=method.name, layers=layers, config=config, passthrough=passthrough, metadata=metadata
     )

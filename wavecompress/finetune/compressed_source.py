@@ -21,8 +21,8 @@ from ..deltas.peft_lora import read_peft_lora
 from ..deltas.wavecompress_adapter import read_stored_layers
 from ..deltas.safetensors_reader import read_json
 from ..errors import InputError
-from ..formats.peft_types import LORA, METHOD_OF_PEFT_TYPE
-from ..methods import CompressedLayer
+from ..formats.peft_types import LORA
+from ..methods import CompressedLayer, method_of_peft_type
 
 REPORT_NAME = "wavecompress_report.json"
 
@@ -68,16 +68,17 @@ def read_compressed(path: str | Path) -> CompressedSource:
     peft_type = config.get("peft_type")
     provenance = config.get("wavecompress") if isinstance(config.get("wavecompress"), dict) else {}
     report_json = _read_report_json(config_path.parent)
+    writer = method_of_peft_type(peft_type)
     if peft_type == LORA:
         deltas = read_peft_lora(config, weights_path)
         layers = []
         for delta in deltas.layers:
             rank = delta.left.shape[1]
             tensors = {"lora_A.weight": delta.right.contiguous(), "lora_B.weight": delta.left.contiguous()}
-            layers.append(_layer(delta.name, delta.shape, "lora", tensors, {"rank": rank}, 0))
-        method, passthrough = "lora", deltas.passthrough
-    elif peft_type in METHOD_OF_PEFT_TYPE:
-        method = METHOD_OF_PEFT_TYPE[peft_type]
+            layers.append(_layer(delta.name, delta.shape, method_of_peft_type(LORA).name, tensors, {"rank": rank}, 0))
+        method, passthrough = method_of_peft_type(LORA).name, deltas.passthrough
+    elif writer is not None and not writer.stock_peft:
+        method = writer.name
         stored_layers, passthrough, _ = read_stored_layers(config, weights_path)
         layers = [_layer(stored.name, stored.shape, method, stored.tensors, stored.meta, 0) for stored in stored_layers]
     else:

@@ -7,7 +7,8 @@ from typing import Any
 
 from .. import __version__
 from ..methods.compressed_layer import CompressedLayer
-from .peft_types import LORA, PEFT_TYPE_OF_METHOD
+from ..errors import InputError
+from .peft_types import LORA
 
 # Source config fields that describe the model rather than the adapter type; copied verbatim.
 CARRIED_FIELDS = ("base_model_name_or_path", "revision", "task_type", "modules_to_save", "fan_in_fan_out", "bias")
@@ -48,11 +49,11 @@ def provenance(method: str, budget: int, source_name: str, source_kind: str) -> 
 
 
 def wavelet_adapter_config(
-    layers: list[CompressedLayer], source_config: dict[str, Any], prov: dict[str, Any]
+    layers: list[CompressedLayer], source_config: dict[str, Any], prov: dict[str, Any], peft_type: str
 ) -> dict[str, Any]:
-    """Config of a top-k WaveFT or WaRA output: per-layer shape and method metadata under ``layers``."""
-    method = layers[0].method
-    config: dict[str, Any] = {"peft_type": PEFT_TYPE_OF_METHOD[method], "inference_mode": True}
+    """Config of a wavecompress-format output (top-k WaveFT, WaRA, ...): per-layer shape, method
+    metadata and stored tensor specs under ``layers``."""
+    config: dict[str, Any] = {"peft_type": peft_type, "inference_mode": True}
     config.update(carried_fields(source_config))
     config["target_modules"] = sorted(layer.name for layer in layers)
     config["layers"] = {
@@ -69,6 +70,9 @@ def lora_adapter_config(
     from peft import LoraConfig
 
     kept = [layer for layer in layers if layer.meta["rank"] > 0]
+    if not kept:
+        smallest = min(sum(layer.shape) for layer in layers)
+        raise InputError(f"budget {prov['budget']} is below one LoRA rank in every layer (rank 1 costs at least {smallest} values)")
     top = max(layer.meta["rank"] for layer in kept)
     rank_pattern = {re.escape(layer.name): layer.meta["rank"] for layer in kept if layer.meta["rank"] != top}
     lora = LoraConfig(

@@ -18,10 +18,12 @@ from ..deltas.kohya import carried_metadata
 from ..deltas.peft_lora import PREFIX
 from ..errors import InputError
 from ..methods.compressed_layer import CompressedLayer
+from ..methods.registry import get_method
 from ..report import Report
 from .adapter_config import lora_adapter_config, provenance, waveft_seeded_config, wavelet_adapter_config
 from .atomic import atomic_directory
 from .model_card import render_model_card
+from .peft_types import LORA, WAVEFT
 from .safetensors_writer import deterministic_bytes
 
 CONFIG_NAME = "adapter_config.json"
@@ -41,26 +43,25 @@ def state_dict(layers: list[CompressedLayer], passthrough: dict[str, torch.Tenso
 
 
 def build_config(layers: list[CompressedLayer], source: AdapterDeltas, budget: int) -> dict[str, Any]:
-    method = layers[0].method
-    prov = provenance(method, budget, source.source_name, source.kind)
-    if method == "lora":
-        kept = [layer for layer in layers if layer.meta["rank"] > 0]
-        if not kept:
-            smallest = min(sum(layer.shape) for layer in layers)
-            raise InputError(f"budget {budget} is below one LoRA rank in every layer (rank 1 costs at least {smallest} values)")
-        return lora_adapter_config(kept, source.config, prov)
-    if method == "waveft-seeded":
+    """adapter_config.json for the method's output format (its ``peft_type``): stock LoRA, stock WaveFT,
+    or a wavecompress format with a per-layer table."""
+    method = get_method(layers[0].method)
+    prov = provenance(method.name, budget, source.source_name, source.kind)
+    if method.peft_type == LORA:
+        return lora_adapter_config(layers, source.config, prov)
+    if method.peft_type == WAVEFT:
         return waveft_seeded_config(layers, source.config)
-    return wavelet_adapter_config(layers, source.config, prov)
+    return wavelet_adapter_config(layers, source.config, prov, method.peft_type)
 
 
 def weights_metadata(layers: list[CompressedLayer], source: AdapterDeltas, method: str, budget: Any) -> dict[str, str]:
     """The safetensors header metadata of an output's weights file."""
     metadata = {"format": "pt", "wavecompress.method": method, "wavecompress.budget": str(budget)}
-    if method == "waveft-seeded":
+    found = get_method(method)
+    if found.peft_type == WAVEFT:
         # Stock PEFT regenerates locations from the layer shape; keep shapes so wavecompress can read it back alone.
         metadata["wavecompress.shapes"] = json.dumps({layer.name: list(layer.shape) for layer in layers}, sort_keys=True)
-    if method in ("waveft-seeded", "lora"):
+    if found.stock_peft:
         # Configs read by stock PEFT carry no extra keys, so provenance lives in the weights header.
         metadata["wavecompress.provenance"] = json.dumps(provenance(method, budget, source.source_name, source.kind))
     metadata.update(carried_metadata(source.metadata))  # kohya ss_* / modelspec.* training provenance

@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from ..methods.registry import get_method
 from ..report import Report
 
 # First block for every type: the one-call loader (works for every format wavecompress writes).
@@ -18,36 +19,12 @@ _ONE_CALL_STOCK = """```python
 import wavecompress  # optional for this type; one call for every format wavecompress writes
 model = wavecompress.load_adapter({base}, "{repo}")  # a PeftModel
 ```"""
-_LOADING = {
-    "lora": """Stock PEFT loads it as well, without wavecompress:
-
-```python
-from peft import PeftModel
-model = PeftModel.from_pretrained(base_model, "{repo}")
-```""",
-    "waveft": """Or through PEFT directly (after `import wavecompress`, which registers the type), and the dense deltas:
-
-```python
-import wavecompress
-from peft import PeftModel
-model = PeftModel.from_pretrained(base_model, "{repo}")
-dense_deltas = wavecompress.reconstruct("{repo}")  # {{module name: ΔW}}
-```""",
-    "waveft-seeded": """Stock PEFT WaveFT loads it as well, without wavecompress:
-
-```python
-from peft import PeftModel
-model = PeftModel.from_pretrained(base_model, "{repo}")
-```""",
-}
-_LOADING["wara"] = _LOADING["waveft"]
-
 
 # A Hub model id: name or owner/name (no local paths, no URLs).
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 # Inputs read from the Hub carry the source "hf://owner/name@commit" (huggingface_hub's URI form).
 _HUB_SOURCE = re.compile(r"^hf://(?P<repo>[^@\s]+/[^@\s]+)(?:@(?P<revision>\S+))?$")
-# The quoted location in the loading snippets of _LOADING.
+# The quoted location in the loading snippets (these and Method.card_snippet).
 _LOAD_TARGET = re.compile(r'(from_pretrained\(base_model, |wavecompress\.reconstruct\(|load_adapter\([^,\n]+, )"[^"\n]*"')
 
 
@@ -75,14 +52,15 @@ def _loading_blocks(method: str, config: dict[str, Any], repo: str) -> list[str]
     base_model = config.get("base_model_name_or_path")
     base = f'"{base_model}"' if base_model and _HUB_ID.match(str(base_model)) else "base_model"
     peft_type = config.get("peft_type", "")
-    first = _ONE_CALL if str(peft_type).startswith("WAVECOMPRESS_") else _ONE_CALL_STOCK
-    return [first.format(base=base, repo=repo, peft_type=peft_type), "", _LOADING[method].format(repo=repo)]
+    found = get_method(method)
+    first = _ONE_CALL_STOCK if found.stock_peft else _ONE_CALL
+    return [first.format(base=base, repo=repo, peft_type=peft_type), "", found.card_snippet.format(repo=repo)]
 
 
 def render_model_card(report: Report, config: dict[str, Any], source_license: str | None = None, repo: str = "PATH") -> str:
     """The card text for an output folder: front matter, source, budget, report table, loading code."""
     method = report.method
-    tags = ["wavecompress", "peft", "waveft" if method == "waveft" else method]
+    tags = ["wavecompress", "peft", method]
     meta: dict[str, Any] = {"library_name": "peft"}
     base_model = config.get("base_model_name_or_path")
     if base_model and _HUB_ID.match(str(base_model)):  # the Hub only accepts repo ids here

@@ -1,25 +1,28 @@
-"""Compression methods. Each module has ``NAME``, ``compress(delta, budget, options)`` and
-``reconstruct(tensors, meta, shape)``; methods never touch files."""
+"""Compression methods. Each module builds one :class:`~.registry.Method` (``compress(delta, budget,
+options)``, ``reconstruct(tensors, meta, shape)``, flags, curve, card snippet) and registers it once;
+look one up with :func:`get_method`. Methods never touch files."""
 
 from __future__ import annotations
 
-from types import ModuleType
-
-from ..errors import InputError
-from . import lora_svd, sparse, wara, waveft_seeded, waveft_topk
+# Registration order is the order of CLI choices and report columns.
+from . import waveft_topk  # noqa: I001
+from . import wara
+from . import lora_svd
+from . import sparse
+from . import waveft_seeded
 from .compressed_layer import CompressedLayer
 from .options import MethodOptions
+from .registry import ActivationAware, Method, all_methods, get_method, method_names, method_of_peft_type, register_method
 
-METHODS: dict[str, ModuleType] = {m.NAME: m for m in (waveft_topk, wara, lora_svd, sparse, waveft_seeded)}
-BASELINES = ("lora", "sparse")
-
-
-def get_method(name: str) -> ModuleType:
-    """The method module called ``name``, or InputError listing the known ones."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise InputError(f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}") from None
+# Reported beside every output at the same budget, unless the caller names others.
+BASELINES = method_names(baseline=True)
 
 
-__all__ = ["BASELINES", "METHODS", "CompressedLayer", "MethodOptions", "get_method"]
+def __getattr__(name: str):
+    if name == "METHODS":  # {name: Method}, live (includes methods registered later)
+        return {m.name: m for m in all_methods()}
+    raise AttributeError(name)
+
+
+__all__ = ["BASELINES", "ActivationAware", "CompressedLayer", "Method", "MethodOptions", "all_methods",
+           "get_method", "method_names", "method_of_peft_type", "register_method"]

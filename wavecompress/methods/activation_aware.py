@@ -4,7 +4,7 @@ The error a model feels is on its inputs: ‖(ΔW − ΔŴ)Xᵀ‖² = n·tr(E C
 few hundred tokens is rank-deficient, so the optimisation uses C + λ·mean(diag C)·I (λ = 1%, as
 GPTQ does) and the report measures the undamped C.
 
-- ``lora``: whitened SVD. With S = C_λ^{1/2}, the best rank-r fit of ΔW S is a truncated SVD
+- ``lora`` (methods/lora_svd.py): whitened SVD. With S = C_λ^{1/2}, the best rank-r fit of ΔW S is a truncated SVD
   U_r Σ_r V_rᵀ, so ΔŴ = U_r Σ_r V_rᵀ S⁻¹: stored as a plain LoRA, B = U_r Σ_r^{1/2},
   A = Σ_r^{1/2} V_rᵀ S⁻¹.
 - top-k (``waveft``, ``sparse``): in coefficient space ΔW = W_rᵀ K W_c with orthonormal W_r, W_c, so
@@ -12,23 +12,28 @@ GPTQ does) and the report measures the undamped C.
   selected by K_ij²·G_jj (the weighted cost of dropping each alone), then each row's kept values
   are refitted by least squares: x_J = K_J + G_JJ⁻¹ G_J,J̄ K_J̄.
 - other methods (WaRA): compressed as usual; both error measures are still reported.
+
+Each method names its variant in its registration (``Method.activation_aware``); this module
+holds the shared maths and never branches on a method's name.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
 
 from ..deltas.layer_delta import LayerDelta
-from ..transforms import analysis2d
-from . import get_method
+from ..errors import InputError
 from .compressed_layer import CompressedLayer
-from .lowrank import factored_svd, split_factors
+from .lowrank import factored_svd
 from .options import MethodOptions
+from .registry import ActivationAware, Compress, get_method
 
 DAMPING = 0.01
-AWARE_METHODS = ("lora", "waveft", "sparse")
+# (ΔW reordered, C_λ reordered, layer meta) → (coefficients K, metric G) in the method's basis.
+WeightedSpace = Callable[[torch.Tensor, torch.Tensor, dict], tuple[torch.Tensor, torch.Tensor]]
 
 
 def damped(gram: torch.Tensor, damping: float = DAMPING) -> torch.Tensor:
@@ -44,7 +49,8 @@ def weighted_error_sq(error: torch.Tensor, gram: torch.Tensor) -> float:
     return float(((error @ gram.double()) * error).sum())
 
 
-def _dense_error_sq(delta: LayerDelta, rebuilt: torch.Tensor) -> float:
+def dense_error_sq(delta: LayerDelta, rebuilt: torch.Tensor) -> float:
+    """‖ΔW − ΔŴ‖²_F in float64, from the dense matrices."""
     return float((delta.to_dense().double() - rebuilt.double()).square().sum())
 
 
@@ -66,31 +72,6 @@ def whitened_svd(delta: LayerDelta, gram: torch.Tensor):
     return u, s, vh, inv_root
 
 
-def useful_steps(squares) -> int:
-    """Ranks worth storing: σ > 1e-7·σ_max (the same rule as the plain SVD baseline)."""
-    import numpy as np
-
-    squares = np.asarray(squares)
-    return int((squares > squares[0] * 1e-14).sum()) if len(squares) and squares[0] > 0 else 0
-
-
-def whitened_lora(delta: LayerDelta, budget: int, options: MethodOptions, gram: torch.Tensor) -> CompressedLayer:
-    """The rank-r LoRA minimising ‖(ΔW − BA) C_λ^{1/2}‖, r the largest rank that fits ``budget``."""
-    d_out, d_in = delta.shape
-    u, s, vh, inv_root = whitened_svd(delta, gram)
-    fits = budget // (d_out + d_in)
-    useful = int((s > s[0] * 1e-7).sum()) if s.numel() and s[0] > 0 else 0
-    rank = min(fits, useful)
-    lora_b, lora_a = split_factors(u, s, inv_root(vh), rank)
-    tensors = {"lora_A.weight": lora_a, "lora_B.weight": lora_b} if rank else {}
-    rebuilt = lora_b.double() @ lora_a.double() if rank else torch.zeros(delta.shape, dtype=torch.float64)
-    return CompressedLayer(
-        name=delta.name, shape=delta.shape, method="lora", tensors=tensors, meta={"rank": rank},
-        stored_values=rank * (d_out + d_in), index_values=0, error_sq=_dense_error_sq(delta, rebuilt),
-        energy=delta.energy(), budget=budget, budget_clamped=fits > useful, notes=["activation-aware (whitened SVD)"],
-    )
-
-
 def refit_rows(coeffs: torch.Tensor, keep: torch.Tensor, metric: torch.Tensor) -> torch.Tensor:
     """Kept values per row minimising Σ_i (k_i − x_i) G (k_i − x_i)ᵀ with x_i supported on ``keep``."""
     out = torch.zeros_like(coeffs)
@@ -101,31 +82,12 @@ def refit_rows(coeffs: torch.Tensor, keep: torch.Tensor, metric: torch.Tensor) -
     return out
 
 
-def weighted_topk(delta: LayerDelta, budget: int, options: MethodOptions, gram: torch.Tensor, method: str) -> CompressedLayer:
-    """Top-k ``method`` (waveft or sparse) with weighted selection and a least-squares refit.
-
-    The plain method fixes the layout (wavelet, levels, row/column permutations); selection and
-    values are then redone in that same coefficient space, so the stored format is unchanged.
-    """
-    plain, coeffs, metric, values_key, index_key = weighted_layout(delta, budget, options, gram, method)
-    k = plain.tensors[values_key].numel()
-    score = coeffs.square() * metric.diagonal()[None, :]
-    picked = torch.sort(torch.topk(score.reshape(-1), k, sorted=False).indices).values if k else torch.zeros(0, dtype=torch.long)
-    keep = torch.zeros(coeffs.numel(), dtype=torch.bool)
-    keep[picked] = True
-    fitted = refit_rows(coeffs, keep.reshape(coeffs.shape), metric)
-    tensors = dict(plain.tensors)
-    tensors[values_key] = fitted.reshape(-1)[picked].float()
-    tensors[index_key] = picked.to(plain.tensors[index_key].dtype)
-    error_sq = float((coeffs - fitted).square().sum())  # orthonormal: coefficient error = weight error
-    return replace(plain, tensors=tensors, error_sq=error_sq, notes=plain.notes + ["activation-aware (weighted top-k, refit)"])
-
-
-def weighted_layout(delta: LayerDelta, budget: int, options: MethodOptions, gram: torch.Tensor, method: str):
-    """(plain layer, coefficients K, metric G = W_c C_λ W_cᵀ, value key, index key) in ``method``'s layout."""
-    plain = get_method(method).compress(delta, budget, options)
-    rows = plain.tensors.get("reorder_rows")
-    cols = plain.tensors.get("reorder_cols")
+def weighted_layout(delta: LayerDelta, budget: int, options: MethodOptions, gram: torch.Tensor, plain: Compress,
+                    space: WeightedSpace) -> tuple[CompressedLayer, torch.Tensor, torch.Tensor]:
+    """(plain layer, coefficients K, metric G = W_c C_λ W_cᵀ) in the plain method's layout."""
+    layer = plain(delta, budget, options)
+    rows = layer.tensors.get("reorder_rows")
+    cols = layer.tensors.get("reorder_cols")
     dense = delta.to_dense().double()
     metric = damped(gram)
     if rows is not None:
@@ -133,37 +95,53 @@ def weighted_layout(delta: LayerDelta, budget: int, options: MethodOptions, gram
     if cols is not None:
         dense = dense[:, cols.long()]
         metric = metric[cols.long()][:, cols.long()]
-    if method == "waveft":
-        levels = tuple(plain.meta["levels"])
-        coeffs = analysis2d(dense, plain.meta["wavelet"], levels)
-        metric = analysis2d(metric, plain.meta["wavelet"], (levels[1], levels[1]))
-        values_key, index_key = "waveft_spectrum", "waveft_indices"
-    else:
-        coeffs = dense
-        values_key, index_key = "sparse_values", "sparse_indices"
-    return plain, coeffs, metric, values_key, index_key
+    coeffs, metric = space(dense, metric, layer.meta)
+    return layer, coeffs, metric
 
 
-def weighted_gains(delta: LayerDelta, method: str, options: MethodOptions, gram: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(weighted error removed per step, in the order the activation-aware method takes them; cost per step).
+def topk_variant(plain: Compress, values_key: str, indices_key: str, space: WeightedSpace) -> ActivationAware:
+    """The activation-aware variant of a top-k method in an orthonormal basis (``space``).
 
-    lora: whitened σ², exact. Top-k: K_ij²·G_jj sorted, the weighted cost of dropping each
-    coefficient alone (the refit only lowers the error further): the allocation's estimate.
+    The plain method fixes the layout (wavelet, levels, row/column permutations); selection and
+    values are then redone in that same coefficient space, so the stored format is unchanged.
     """
-    if method == "lora":
-        return whitened_svd(delta, gram)[1].square(), delta.shape[0] + delta.shape[1]
-    _, coeffs, metric, _, _ = weighted_layout(delta, delta.shape[0] * delta.shape[1], options, gram, method)
-    return torch.sort((coeffs.square() * metric.diagonal()[None, :]).reshape(-1), descending=True).values, 1
+
+    def compress(delta: LayerDelta, budget: int, options: MethodOptions, gram: torch.Tensor) -> CompressedLayer:
+        layer, coeffs, metric = weighted_layout(delta, budget, options, gram, plain, space)
+        k = layer.tensors[values_key].numel()
+        score = coeffs.square() * metric.diagonal()[None, :]
+        picked = torch.sort(torch.topk(score.reshape(-1), k, sorted=False).indices).values if k else torch.zeros(0, dtype=torch.long)
+        keep = torch.zeros(coeffs.numel(), dtype=torch.bool)
+        keep[picked] = True
+        fitted = refit_rows(coeffs, keep.reshape(coeffs.shape), metric)
+        tensors = dict(layer.tensors)
+        tensors[values_key] = fitted.reshape(-1)[picked].float()
+        tensors[indices_key] = picked.to(layer.tensors[indices_key].dtype)
+        error_sq = float((coeffs - fitted).square().sum())  # orthonormal: coefficient error = weight error
+        return replace(layer, tensors=tensors, error_sq=error_sq, notes=layer.notes + ["activation-aware (weighted top-k, refit)"])
+
+    def gains(delta: LayerDelta, options: MethodOptions, gram: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """K_ij²·G_jj sorted: the weighted cost of dropping each coefficient alone (the refit only
+        lowers the error further), the allocation's estimate; one stored value per step."""
+        _, coeffs, metric = weighted_layout(delta, delta.shape[0] * delta.shape[1], options, gram, plain, space)
+        ordered = torch.sort((coeffs.square() * metric.diagonal()[None, :]).reshape(-1), descending=True).values
+        return ordered, 1, ordered.numel()
+
+    return ActivationAware(compress=compress, gains=gains)
+
+
+def weighted_gains(delta: LayerDelta, method: str, options: MethodOptions, gram: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """(weighted error removed per step in the order ``method``'s aware variant takes them, cost per step, useful steps)."""
+    return get_method(method).activation_aware.gains(delta, options, gram)
 
 
 def aware_compress(method: str, delta: LayerDelta, budget: int, options: MethodOptions,
                    gram: torch.Tensor | None = None) -> CompressedLayer:
     """``method`` on ``delta``; activation-aware when ``gram`` (C = XᵀX/n) is given and the method has a variant."""
-    if gram is None or method not in AWARE_METHODS:
+    variant = get_method(method).activation_aware
+    if gram is None or variant is None:
         return get_method(method).compress(delta, budget, options)
     if gram.shape != (delta.shape[1], delta.shape[1]):
-        from ..errors import InputError
-
         raise InputError(f"calibration for layer {delta.name}: second moment is {tuple(gram.shape)}, "
                          f"the layer has {delta.shape[1]} inputs")
     tensor = delta.dense if delta.dense is not None else delta.left
@@ -171,9 +149,7 @@ def aware_compress(method: str, delta: LayerDelta, budget: int, options: MethodO
         from ..hardware import layer_to_device
 
         delta = layer_to_device(delta, torch.device("cpu"))
-    if method == "lora":
-        return whitened_lora(delta, budget, options, gram)
-    return weighted_topk(delta, budget, options, gram, method)
+    return variant.compress(delta, budget, options, gram)
 
 
 def activation_errors(delta: LayerDelta, layer: CompressedLayer, gram: torch.Tensor) -> tuple[float, float]:

@@ -34,3 +34,12 @@ def split_factors(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, rank: int)
 def tail_energy(s: torch.Tensor, rank: int) -> float:
     """Σ_{i≥rank} σ_i²: the squared Frobenius error of the rank-``rank`` truncation."""
     return float(s[rank:].double().square().sum())
+
+
+# Singular values below this fraction of the largest are numerical noise, not worth a stored rank.
+RELATIVE_ZERO = 1e-7
+
+
+def useful_rank(s: torch.Tensor) -> int:
+    """Ranks worth storing: σ_i > RELATIVE_ZERO·σ_0 (none when ΔW is zero)."""
+    return int((s > s[0] * RELATIVE_ZERO).sum()) if s.numel() and s[0] > 0 else 0

@@ -1,13 +1,13 @@
-"""Options shared by the methods, with per-method defaults."""
+"""Options shared by the methods; each method's default depths live in its registration."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-DEFAULT_LEVELS = {"waveft": 1, "wara": 3}
-# Depths measured best once rows and columns are reordered (benchmarks/reorder_table.py):
-# a reordered delta is smooth, so deeper approximation bands pay off.
-DEFAULT_LEVELS_REORDERED = {"waveft": 5, "wara": 3}
+if TYPE_CHECKING:
+    from .registry import Method
+
 # Row/column ordering used by default (greedy measured best on the MiniLM fixture, see
 # benchmarks/reorder_table.py); "best" tries every ordering
 # per layer and keeps the lowest error.
@@ -27,10 +27,12 @@ class MethodOptions:
     scaling: float | None = None
     seed: int | None = None
 
-    def levels_for(self, method: str) -> int:
+    def levels_for(self, method: "Method | str") -> int:
+        """The decomposition depth: ``levels`` if given, else the method's default for this ordering."""
         if self.levels is not None:
             return self.levels
-        defaults = DEFAULT_LEVELS_REORDERED if self.reorder else DEFAULT_LEVELS
-        return defaults.get(method, 1)
-# Methods whose stored format carries row/column permutations (stock-seeded WaveFT cannot).
-REORDERABLE = ("waveft", "wara")
+        if isinstance(method, str):
+            from .registry import get_method
+
+            method = get_method(method)
+        return method.default_levels_reordered if self.reorder else method.default_levels

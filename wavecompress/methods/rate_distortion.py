@@ -4,11 +4,12 @@ A curve is a sequence of *steps* (cost in stored values, error removed) in the o
 compressor takes them, grouped so that a step that does not fit blocks the rest of its group. Each
 curve comes from the method itself, so it matches what ``compress`` stores:
 
-- top-k in an orthonormal basis (``waveft``, ``sparse``): the squared kept coefficients in
-  decreasing order, one value each (sorted coefficient energies give the curve for free);
-- truncated SVD (``lora``): σ_i², each costing d_out + d_in;
-- WaRA: the greedy's own σ²/cost sequence over subbands (cost rows_i + cols_j per rank-1 term);
-- any other method: a sampled curve (its compressor at a grid of budgets), lower convex hull.
+- top-k in an orthonormal basis (``waveft``, ``sparse``; :func:`topk_curve`): the squared kept
+  coefficients in decreasing order, one value each (sorted coefficient energies give the curve for free);
+- truncated SVD (``lora``, in methods/lora_svd.py): σ_i², each costing d_out + d_in;
+- WaRA (methods/wara.py): the greedy's own σ²/cost sequence over subbands (cost rows_i + cols_j per rank-1 term);
+- any method without its own (``Method.rd_curve`` None): a sampled curve (its compressor at a grid
+  of budgets), lower convex hull.
 
 Within a group the gain per cost never increases, so taking steps in decreasing gain/cost order is
 the exact greedy for convex curves (:mod:`wavecompress.methods.allocation`).
@@ -16,15 +17,14 @@ the exact greedy for convex curves (:mod:`wavecompress.methods.allocation`).
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..deltas.layer_delta import LayerDelta
-from . import get_method
 from .options import MethodOptions
+from .registry import Method, get_method
 
 
 @dataclass
@@ -78,9 +78,6 @@ class RDCurve:
             return int(self._cumulative[steps])
         return int(self.costs[self.taken(budget)].sum())
 
-    def relative_error_at(self, budget: int) -> float:
-        return (self.error_sq_at(budget) / self.energy) ** 0.5 if self.energy > 0 else 0.0
-
 
 def greedy_take(costs: np.ndarray, groups: np.ndarray, order: np.ndarray, budget: int) -> np.ndarray:
     """Take steps in ``order`` while they fit; a step that does not fit blocks its group for good.
@@ -116,56 +113,14 @@ def greedy_take(costs: np.ndarray, groups: np.ndarray, order: np.ndarray, budget
     return taken
 
 
-_VALUES_KEY = {"waveft": "waveft_spectrum", "sparse": "sparse_values"}
-
-
-def _topk_curve(delta: LayerDelta, method: str, options: MethodOptions, max_cost: int) -> RDCurve:
+def topk_curve(delta: LayerDelta, options: MethodOptions, max_cost: int, method: Method) -> RDCurve:
+    """Top-k in an orthonormal basis: the squared kept values (``method.values_key``) in decreasing order."""
     full = delta.shape[0] * delta.shape[1]
-    layer = get_method(method).compress(delta, min(full, max_cost), options)
-    values = layer.tensors[_VALUES_KEY[method]]
+    layer = method.compress(delta, min(full, max_cost), options)
+    values = layer.tensors[method.values_key]
     gains = np.sort(values.double().square().numpy())[::-1].copy()
-    return RDCurve(delta.name, method, delta.shape, layer.energy, np.ones(len(gains), dtype=np.int64), gains,
+    return RDCurve(delta.name, method.name, delta.shape, layer.energy, np.ones(len(gains), dtype=np.int64), gains,
                    np.zeros(len(gains), dtype=np.int64), max(layer.error_sq, 0.0))
-
-
-def _lora_curve(delta: LayerDelta, options: MethodOptions, max_cost: int) -> RDCurve:
-    from .lora_svd import layer_svd
-
-    _, s, _ = layer_svd(delta)
-    cost = delta.shape[0] + delta.shape[1]
-    useful = int((s > s[0] * 1e-7).sum()) if s.numel() and s[0] > 0 else 0
-    steps = min(useful, max_cost // cost)
-    squares = s.double().square().numpy()
-    return RDCurve(delta.name, "lora", delta.shape, delta.energy(), np.full(steps, cost, dtype=np.int64),
-                   squares[:steps].copy(), np.zeros(steps, dtype=np.int64), float(squares[steps:].sum()))
-
-
-def _wara_curve(delta: LayerDelta, options: MethodOptions, max_cost: int) -> RDCurve:
-    from .wara import compress as wara_compress
-    from .wara import unpack_bands
-
-    layer = wara_compress(delta, max_cost, options)
-    bands = unpack_bands(layer.tensors["wara_factors"].double(), layer.meta, layer.shape)
-    sequences = []
-    for (i, j, _rank), (rows, cols, p, q) in zip(layer.meta["bands"], bands):
-        # Balanced factors P = U√S, Q = √S Vh, so σ_k = ‖P[:, k]‖·‖Q[k, :]‖.
-        sigma = (p.norm(dim=0) * q.norm(dim=1)).numpy()
-        cost = (rows.stop - rows.start) + (cols.stop - cols.start)
-        sequences.append(((i, j), np.sort(sigma)[::-1] ** 2, cost))
-    # Replay the greedy's order: next σ² / cost across bands, ties broken by band like wara.allocate_ranks.
-    heap = [(-seq[0] / cost, band, 0, n) for n, (band, seq, cost) in enumerate(sequences) if len(seq)]
-    heapq.heapify(heap)
-    costs, gains, groups = [], [], []
-    while heap:
-        _, band, k, n = heapq.heappop(heap)
-        _, seq, cost = sequences[n]
-        costs.append(cost)
-        gains.append(seq[k])
-        groups.append(n)
-        if k + 1 < len(seq):
-            heapq.heappush(heap, (-seq[k + 1] / cost, band, k + 1, n))
-    return RDCurve(delta.name, "wara", delta.shape, layer.energy, np.asarray(costs, dtype=np.int64),
-                   np.asarray(gains, dtype=np.float64), np.asarray(groups, dtype=np.int64), max(layer.error_sq, 0.0))
 
 
 def sampled_curve(delta: LayerDelta, method: str, options: MethodOptions, max_cost: int, points: int = 24) -> RDCurve:
@@ -201,11 +156,9 @@ def sampled_curve(delta: LayerDelta, method: str, options: MethodOptions, max_co
 
 def weighted_curve(delta: LayerDelta, method: str, options: MethodOptions, max_cost: int, gram: torch.Tensor) -> RDCurve:
     """Activation-weighted curve (error ‖(ΔW−ΔŴ)C^{1/2}‖²) of an activation-aware method, for allocation."""
-    from .activation_aware import useful_steps, weighted_gains
-
-    gains, cost = weighted_gains(delta, method, options, gram)
+    gains, cost, useful = get_method(method).activation_aware.gains(delta, options, gram)
     gains = gains.double().numpy()
-    steps = min(useful_steps(gains) if method == "lora" else len(gains), max_cost // cost)
+    steps = min(useful, max_cost // cost)
     return RDCurve(delta.name, method, delta.shape, float(gains.sum()), np.full(steps, cost, dtype=np.int64),
                    gains[:steps].copy(), np.zeros(steps, dtype=np.int64), float(gains[steps:].sum()))
 
@@ -214,18 +167,16 @@ def rd_curve(delta: LayerDelta, method: str, options: MethodOptions | None = Non
              gram: torch.Tensor | None = None) -> RDCurve:
     """The rate-distortion curve of ``method`` on ``delta`` up to ``max_cost`` stored values.
 
-    With ``gram`` (C = XᵀX/n) and an activation-aware method, the curve is in activation-weighted
+    The method's own curve (``Method.rd_curve``), else one sampled from its compressor. With
+    ``gram`` (C = XᵀX/n) and an activation-aware method, the curve is in activation-weighted
     error, the quantity that method minimises (methods/activation_aware.py).
     """
     options = options or MethodOptions()
     full = delta.shape[0] * delta.shape[1]
     max_cost = full * 2 if max_cost is None else max(int(max_cost), 1)
-    if gram is not None and method in ("lora", "waveft", "sparse"):
+    found = get_method(method)
+    if gram is not None and found.activation_aware is not None:
         return weighted_curve(delta, method, options, max_cost, gram)
-    if method in ("waveft", "sparse"):
-        return _topk_curve(delta, method, options, max_cost)
-    if method == "lora":
-        return _lora_curve(delta, options, max_cost)
-    if method == "wara":
-        return _wara_curve(delta, options, max_cost)
+    if found.rd_curve is not None:
+        return found.rd_curve(delta, options, max_cost)
     return sampled_curve(delta, method, options, max_cost)

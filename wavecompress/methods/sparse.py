@@ -5,11 +5,15 @@ from __future__ import annotations
 import torch
 
 from ..deltas.layer_delta import LayerDelta
+from .activation_aware import topk_variant
 from .compressed_layer import CompressedLayer
 from .options import MethodOptions
+from .rate_distortion import RDCurve, topk_curve
+from .registry import Method, register_method
 from .topk import scatter_dense, select_topk, select_topk_product, topk_layer
 
 NAME = "sparse"
+VALUES_KEY, INDICES_KEY = "sparse_values", "sparse_indices"
 
 
 def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> CompressedLayer:
@@ -19,7 +23,35 @@ def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> Compress
         selection = select_topk_product(delta.left, delta.right, min(budget, capacity))
     else:
         selection = select_topk(delta.dense, min(budget, capacity))
-    return topk_layer(delta, NAME, ("sparse_values", "sparse_indices"), {}, selection, budget, capacity)
+    return topk_layer(delta, NAME, (VALUES_KEY, INDICES_KEY), {}, selection, budget, capacity)
+
 
 def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int]) -> torch.Tensor:
-    return scatter_dense(tensors["sparse_indices"], tensors["sparse_values"].float(), shape)
+    return scatter_dense(tensors[INDICES_KEY], tensors[VALUES_KEY].float(), shape)
+
+
+def weighted_space(dense: torch.Tensor, metric: torch.Tensor, meta: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight domain is the identity basis: (ΔW, C) unchanged."""
+    return dense, metric
+
+
+def rd_curve(delta: LayerDelta, options: MethodOptions, max_cost: int) -> RDCurve:
+    """Squared kept entries in decreasing order, one stored value each."""
+    return topk_curve(delta, options, max_cost, METHOD)
+
+
+# Not an output: a baseline in every report (its peft_type names it, nothing writes it).
+METHOD = register_method(Method(
+    name=NAME,
+    peft_type="WAVECOMPRESS_SPARSE",
+    compress=compress,
+    reconstruct=reconstruct,
+    tensor_keys=(VALUES_KEY, INDICES_KEY),
+    values_key=VALUES_KEY,
+    indices_key=INDICES_KEY,
+    rd_curve=rd_curve,
+    activation_aware=topk_variant(compress, VALUES_KEY, INDICES_KEY, weighted_space),
+    output=False,
+    baseline=True,
+    description="weight-domain top-k (SHiRA-style)",
+))

@@ -12,18 +12,21 @@ from __future__ import annotations
 import functools
 import heapq
 
+import numpy as np
 import torch
 
 from ..deltas.layer_delta import LayerDelta
 from ..transforms import analysis2d, band_slices, synthesis
 from ..transforms.reorder import unpermute
 from .compressed_layer import CompressedLayer
-from .lowrank import dense_svd, factored_svd, split_factors, tail_energy
+from .lowrank import RELATIVE_ZERO, dense_svd, factored_svd, split_factors, tail_energy
 from .options import MethodOptions
+from .rate_distortion import RDCurve
+from .registry import Method, register_method
 from .wavelet_domain import compress_reordered, layer_levels, transformed_factors
 
 NAME = "wara"
-_RELATIVE_ZERO = 1e-7
+FACTORS_KEY = "wara_factors"
 
 
 def _band_svds(delta: LayerDelta, wavelet: str, levels: tuple[int, int]) -> dict[tuple[int, int], tuple]:
@@ -48,7 +51,7 @@ def allocate_ranks(
 ) -> tuple[dict[tuple[int, int], int], bool]:
     """Greedy ranks by σ²/cost under ``budget``; also whether every useful σ fit (budget clamped)."""
     top = max((float(s[0]) for s in singular_values.values() if s.numel()), default=0.0)
-    floor = top * _RELATIVE_ZERO
+    floor = top * RELATIVE_ZERO
     ranks = {band: 0 for band in singular_values}
     heap = []
     for band, s in singular_values.items():
@@ -79,7 +82,7 @@ def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> Compress
 
 def _compress_in_order(delta: LayerDelta, budget: int, options: MethodOptions) -> CompressedLayer:
     """WaRA of ``delta`` as given (no reordering)."""
-    levels = layer_levels(delta.shape, options.levels_for(NAME))
+    levels = layer_levels(delta.shape, options.levels_for(METHOD))
     svds = _band_svds(delta, options.wavelet, levels)
     row_bands = band_slices(delta.shape[0], levels[0])
     col_bands = band_slices(delta.shape[1], levels[1])
@@ -104,7 +107,7 @@ def _compress_in_order(delta: LayerDelta, budget: int, options: MethodOptions) -
         name=delta.name,
         shape=delta.shape,
         method=NAME,
-        tensors={"wara_factors": factors},
+        tensors={FACTORS_KEY: factors},
         meta={"wavelet": options.wavelet, "levels": list(levels), "bands": bands},
         stored_values=stored,
         index_values=0,
@@ -176,7 +179,7 @@ def reconstruct_factors(tensors: dict[str, torch.Tensor], meta: dict, shape: tup
     Bands do not overlap, so the coefficient matrix is P_all @ Q_all with each band's P and Q
     placed in its rows/columns; the synthesis and permutations act on the factors, never on a
     d_out × d_in matrix: a few kernels per layer, differentiable in the stored values."""
-    factors = tensors["wara_factors"].float().reshape(-1)
+    factors = tensors[FACTORS_KEY].float().reshape(-1)
     levels = tuple(int(v) for v in meta["levels"])
     bands = tuple(tuple(int(v) for v in band) for band in meta["bands"])
     left_map, right_map = _layout_on(levels, bands, tuple(shape), factors.numel(), factors.device)
@@ -196,3 +199,45 @@ def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, 
     undone, then one product."""
     left, right = reconstruct_factors(tensors, meta, shape)
     return left @ right.T
+
+
+def rd_curve(delta: LayerDelta, options: MethodOptions, max_cost: int) -> RDCurve:
+    """The greedy's own σ²/cost sequence over subbands (cost rows_i + cols_j per rank-1 term)."""
+    layer = compress(delta, max_cost, options)
+    bands = unpack_bands(layer.tensors[FACTORS_KEY].double(), layer.meta, layer.shape)
+    sequences = []
+    for (i, j, _rank), (rows, cols, p, q) in zip(layer.meta["bands"], bands):
+        # Balanced factors P = U√S, Q = √S Vh, so σ_k = ‖P[:, k]‖·‖Q[k, :]‖.
+        sigma = (p.norm(dim=0) * q.norm(dim=1)).numpy()
+        cost = (rows.stop - rows.start) + (cols.stop - cols.start)
+        sequences.append(((i, j), np.sort(sigma)[::-1] ** 2, cost))
+    # Replay the greedy's order: next σ² / cost across bands, ties broken by band like allocate_ranks.
+    heap = [(-seq[0] / cost, band, 0, n) for n, (band, seq, cost) in enumerate(sequences) if len(seq)]
+    heapq.heapify(heap)
+    costs, gains, groups = [], [], []
+    while heap:
+        _, band, k, n = heapq.heappop(heap)
+        _, seq, cost = sequences[n]
+        costs.append(cost)
+        gains.append(seq[k])
+        groups.append(n)
+        if k + 1 < len(seq):
+            heapq.heappush(heap, (-seq[k + 1] / cost, band, k + 1, n))
+    return RDCurve(delta.name, NAME, delta.shape, layer.energy, np.asarray(costs, dtype=np.int64),
+                   np.asarray(gains, dtype=np.float64), np.asarray(groups, dtype=np.int64), max(layer.error_sq, 0.0))
+
+
+METHOD = register_method(Method(
+    name=NAME,
+    peft_type="WAVECOMPRESS_WARA",
+    compress=compress,
+    reconstruct=reconstruct,
+    tensor_keys=(FACTORS_KEY,),
+    rd_curve=rd_curve,
+    reorderable=True,
+    wavelet=True,
+    default_levels=3,
+    default_levels_reordered=3,
+    auto=True,
+    description="low-rank wavelet subbands",
+))

@@ -22,8 +22,10 @@ from ..deltas.layer_delta import LayerDelta
 from ..transforms.peft_geometry import PeftWaveGeometry, check_peft_wavelet
 from .compressed_layer import CompressedLayer
 from .options import MethodOptions
+from .registry import Method, register_method
 
 NAME = "waveft-seeded"
+SPECTRUM_KEY = "waveft_spectrum"
 DEFAULT_SCALING = 25.0  # PEFT WaveFTConfig defaults
 DEFAULT_SEED = 777
 _LSQR_TOL = 1e-10
@@ -96,7 +98,7 @@ def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> Compress
         name=delta.name,
         shape=delta.shape,
         method=NAME,
-        tensors={"waveft_spectrum": values.float().contiguous()},
+        tensors={SPECTRUM_KEY: values.float().contiguous()},
         meta={"wavelet": family, "scaling": scaling, "seed": seed, "use_idwt": True},
         stored_values=n,
         index_values=0,
@@ -110,7 +112,7 @@ def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> Compress
 
 def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int]) -> torch.Tensor:
     """ΔŴ exactly as PEFT's ``WaveFTLayer.get_delta_weight`` computes it (float32, same locations)."""
-    spectrum = tensors["waveft_spectrum"].float()
+    spectrum = tensors[SPECTRUM_KEY].float()
     scaling = float(meta.get("scaling", DEFAULT_SCALING))
     seed = int(meta.get("seed", DEFAULT_SEED))
     d_out, d_in = shape
@@ -136,3 +138,22 @@ def _seeded_positions(geometry: PeftWaveGeometry, n: int, seed: int, device: tor
     """The padded (rows, cols) of the seeded support on ``device`` (computed once per layer shape)."""
     rows, cols = geometry.seeded_positions(n, seed)
     return rows.to(device), cols.to(device)
+
+
+# Stock PEFT's own WaveFT: values only, at locations PEFT regenerates from the seed and shape.
+METHOD = register_method(Method(
+    name=NAME,
+    peft_type="WAVEFT",
+    stock_peft=True,
+    compress=compress,
+    reconstruct=reconstruct,
+    tensor_keys=(SPECTRUM_KEY,),
+    values_key=SPECTRUM_KEY,
+    card_snippet="""Stock PEFT WaveFT loads it as well, without wavecompress:
+
+```python
+from peft import PeftModel
+model = PeftModel.from_pretrained(base_model, "{repo}")
+```""",
+    description="stock PEFT WaveFT (seeded locations, fitted values)",
+))

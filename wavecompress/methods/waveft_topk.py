@@ -9,13 +9,17 @@ from __future__ import annotations
 import torch
 
 from ..deltas.layer_delta import LayerDelta
-from ..transforms import synthesis2d
+from ..transforms import analysis2d, synthesis2d
+from .activation_aware import topk_variant
 from .compressed_layer import CompressedLayer
 from .options import MethodOptions
+from .rate_distortion import RDCurve, topk_curve
+from .registry import Method, register_method
 from .topk import scatter_dense, select_topk, topk_layer
 from .wavelet_domain import coefficients, compress_reordered, layer_levels, restore_order
 
 NAME = "waveft"
+VALUES_KEY, INDICES_KEY = "waveft_spectrum", "waveft_indices"
 
 
 def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> CompressedLayer:
@@ -26,15 +30,46 @@ def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> Compress
 
 def _compress_in_order(delta: LayerDelta, budget: int, options: MethodOptions) -> CompressedLayer:
     """Top-k of the transform of ``delta`` as given (no reordering)."""
-    levels = layer_levels(delta.shape, options.levels_for(NAME))
+    levels = layer_levels(delta.shape, options.levels_for(METHOD))
     coeffs = coefficients(delta, options.wavelet, levels)
     capacity = coeffs.numel()
     meta = {"wavelet": options.wavelet, "levels": list(levels)}
     selection = select_topk(coeffs, min(budget, capacity))
-    return topk_layer(delta, NAME, ("waveft_spectrum", "waveft_indices"), meta, selection, budget, capacity)
+    return topk_layer(delta, NAME, (VALUES_KEY, INDICES_KEY), meta, selection, budget, capacity)
 
 
 def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int]) -> torch.Tensor:
     """Dense ΔŴ from stored spectrum values and flat indices, stored permutations undone."""
-    coeffs = scatter_dense(tensors["waveft_indices"], tensors["waveft_spectrum"].float(), shape)
+    coeffs = scatter_dense(tensors[INDICES_KEY], tensors[VALUES_KEY].float(), shape)
     return restore_order(synthesis2d(coeffs, meta["wavelet"], tuple(meta["levels"])), tensors)
+
+
+def weighted_space(dense: torch.Tensor, metric: torch.Tensor, meta: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(coefficients K, metric W_c C W_cᵀ) of a (reordered) ΔW in this layer's wavelet basis."""
+    levels = tuple(meta["levels"])
+    return analysis2d(dense, meta["wavelet"], levels), analysis2d(metric, meta["wavelet"], (levels[1], levels[1]))
+
+
+def rd_curve(delta: LayerDelta, options: MethodOptions, max_cost: int) -> RDCurve:
+    """Squared kept coefficients in decreasing order, one stored value each."""
+    return topk_curve(delta, options, max_cost, METHOD)
+
+
+METHOD = register_method(Method(
+    name=NAME,
+    peft_type="WAVECOMPRESS_WAVEFT",
+    compress=compress,
+    reconstruct=reconstruct,
+    tensor_keys=(VALUES_KEY, INDICES_KEY),
+    values_key=VALUES_KEY,
+    indices_key=INDICES_KEY,
+    rd_curve=rd_curve,
+    activation_aware=topk_variant(compress, VALUES_KEY, INDICES_KEY, weighted_space),
+    reorderable=True,
+    wavelet=True,
+    default_levels=1,
+    # Depths measured best once rows and columns are reordered (benchmarks/reorder_table.py).
+    default_levels_reordered=5,
+    auto=True,
+    description="top-k wavelet coefficients",
+))

@@ -1,4 +1,5 @@
-"""Load wavecompress adapters (WAVECOMPRESS_WAVEFT, WAVECOMPRESS_WARA) with ``PeftModel.from_pretrained``.
+"""Load wavecompress adapters (WAVECOMPRESS_WAVEFT, WAVECOMPRESS_WARA, any registered method's own
+peft_type) with ``PeftModel.from_pretrained``.
 
 ``import wavecompress`` arranges registration with PEFT's registries the moment ``peft`` is
 imported (or at once if it already is), so::
@@ -20,20 +21,29 @@ _registered = False
 
 
 def register() -> None:
-    """Register the wavecompress peft_types, config classes and tuner with PEFT (idempotent)."""
+    """Register every wavecompress-format method's peft_type, config class and tuner with PEFT,
+    now and for methods registered later (idempotent)."""
     global _registered
     if _registered:
         return
+    from ..methods.registry import on_register
+
+    _registered = True
+    on_register(_register_method)
+
+
+def _register_method(method: Any) -> None:
+    """Make PEFT load ``method``'s own peft_type (stock PEFT formats need nothing)."""
+    if method.stock_peft:
+        return
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 
-    from .config import CONFIG_OF_PEFT_TYPE
+    from .config import config_class
     from .model import PREFIX, WavecompressModel
 
-    for peft_type, config_cls in CONFIG_OF_PEFT_TYPE.items():
-        PEFT_TYPE_TO_CONFIG_MAPPING[peft_type] = config_cls
-        PEFT_TYPE_TO_TUNER_MAPPING[peft_type] = WavecompressModel
-        PEFT_TYPE_TO_PREFIX_MAPPING[peft_type] = PREFIX
-    _registered = True
+    PEFT_TYPE_TO_CONFIG_MAPPING[method.peft_type] = config_class(method.peft_type, method.description)
+    PEFT_TYPE_TO_TUNER_MAPPING[method.peft_type] = WavecompressModel
+    PEFT_TYPE_TO_PREFIX_MAPPING[method.peft_type] = PREFIX
 
 
 def load_peft_model(model: Any, path: str | Path, **kwargs: Any) -> Any:

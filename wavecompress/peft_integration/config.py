@@ -1,4 +1,5 @@
-"""PEFT config classes for wavecompress's own adapter types (WAVECOMPRESS_WAVEFT, WAVECOMPRESS_WARA).
+"""PEFT config classes for wavecompress's own adapter types (WAVECOMPRESS_WAVEFT, WAVECOMPRESS_WARA, ...):
+one subclass per registered method's peft_type, made by :func:`config_class`.
 
 The per-layer table ``layers`` (shape, method metadata and the names, shapes and dtypes of the stored
 tensors) is all the tuner needs to build layers before PEFT loads the weights.
@@ -11,8 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from peft.config import PeftConfig
-
-from ..formats.peft_types import WARA, WAVEFT_TOPK
 
 STORED_TENSORS = "stored_tensors"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -71,22 +70,22 @@ class WavecompressConfig(PeftConfig):
         return config
 
 
-@dataclass
-class WavecompressWaveFTConfig(WavecompressConfig):
-    """Top-k WaveFT: stored coefficient values and their indices (positions stock PEFT cannot regenerate)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.peft_type = WAVEFT_TOPK
+_CLASSES: dict[str, type[WavecompressConfig]] = {}
 
 
-@dataclass
-class WavecompressWaRAConfig(WavecompressConfig):
-    """WaRA: low-rank factors per wavelet subband."""
+def config_class(peft_type: str, description: str = "") -> type[WavecompressConfig]:
+    """The config class of ``peft_type`` (made once; a module attribute, so instances pickle)."""
+    if peft_type not in _CLASSES:
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.peft_type = WARA
+        def __post_init__(self) -> None:
+            WavecompressConfig.__post_init__(self)
+            self.peft_type = peft_type
 
-
-CONFIG_OF_PEFT_TYPE = {WAVEFT_TOPK: WavecompressWaveFTConfig, WARA: WavecompressWaRAConfig}
+        name = "WavecompressConfig_" + "".join(c if c.isalnum() else "_" for c in peft_type)
+        cls = dataclass(type(name, (WavecompressConfig,), {
+            "__post_init__": __post_init__, "__module__": __name__, "__qualname__": name,
+            "__doc__": f"Config of a {peft_type} adapter written by wavecompress{': ' + description if description else ''}.",
+        }))
+        globals()[name] = cls
+        _CLASSES[peft_type] = cls
+    return _CLASSES[peft_type]
