@@ -22,7 +22,7 @@ import numpy as np
 
 from ..deltas.layer_delta import LayerDelta
 from ..errors import InputError
-from . import get_method
+from .registry import get_method
 from .options import MethodOptions
 from .rate_distortion import RDCurve, greedy_take, rd_curve
 
