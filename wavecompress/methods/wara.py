@@ -19,7 +19,8 @@ from ..deltas.layer_delta import LayerDelta
 from ..transforms import analysis2d, band_slices, synthesis
 from ..transforms.reorder import unpermute
 from .compressed_layer import CompressedLayer
-from .lowrank import RELATIVE_ZERO, dense_svd, factored_svd, split_factors, tail_energy
+from ..hardware import SMALL_RANK, one_thread
+from .lowrank import RELATIVE_ZERO, dense_svd, split_factors, tail_energy
 from .options import MethodOptions
 from .rate_distortion import RDCurve
 from .registry import Method, register_method
@@ -35,15 +36,31 @@ def _band_svds(delta: LayerDelta, wavelet: str, levels: tuple[int, int]) -> dict
     svds = {}
     if delta.is_factored:
         left_t, right_t = transformed_factors(delta, wavelet, levels)
-        for i, rows in enumerate(row_bands):
-            for j, cols in enumerate(col_bands):
-                svds[(i, j)] = factored_svd(left_t[rows], right_t[cols].T)
+        return _factored_band_svds(left_t, right_t, row_bands, col_bands)
     else:
         coeffs = analysis2d(delta.dense, wavelet, levels)
         for i, rows in enumerate(row_bands):
             for j, cols in enumerate(col_bands):
                 svds[(i, j)] = dense_svd(coeffs[rows, cols])
     return svds
+
+
+def _factored_band_svds(left_t: torch.Tensor, right_t: torch.Tensor, row_bands: list[slice],
+                        col_bands: list[slice]) -> dict[tuple[int, int], tuple]:
+    """Every band's SVD from one QR per row band and per column band and one batched SVD of the
+    r×r cores (the same maths as :func:`factored_svd` per band, in far fewer calls)."""
+    with one_thread(left_t.shape[1] <= SMALL_RANK):
+        row_qr = [torch.linalg.qr(left_t[rows].double()) for rows in row_bands]
+        col_qr = [torch.linalg.qr(right_t[cols].double()) for cols in col_bands]
+        pairs = [(i, j) for i in range(len(row_bands)) for j in range(len(col_bands))]
+        cores = [row_qr[i][1] @ col_qr[j][1].T for i, j in pairs]
+        if len({tuple(core.shape) for core in cores}) == 1:
+            u, s, vh = torch.linalg.svd(torch.stack(cores))
+            parts = [(u[n], s[n], vh[n]) for n in range(len(pairs))]
+        else:
+            parts = [torch.linalg.svd(core) for core in cores]
+        return {(i, j): (row_qr[i][0] @ u_core, s_core, vh_core @ col_qr[j][0].T)
+                for (i, j), (u_core, s_core, vh_core) in zip(pairs, parts)}
 
 
 def allocate_ranks(
@@ -91,12 +108,15 @@ def _compress_in_order(delta: LayerDelta, budget: int, options: MethodOptions) -
         for i, rows in enumerate(row_bands)
         for j, cols in enumerate(col_bands)
     }
-    ranks, exhausted = allocate_ranks({band: svd[1] for band, svd in svds.items()}, costs, budget)
+    order = sorted(svds)
+    # All singular values to the host in one transfer: the greedy reads them one by one.
+    host = dict(zip(order, torch.cat([svds[band][1] for band in order]).cpu().split([svds[band][1].numel() for band in order])))
+    ranks, exhausted = allocate_ranks(host, costs, budget)
     pieces, bands, error_sq, stored = [], [], 0.0, 0
-    for band in sorted(svds):
+    for band in order:
         u, s, vh = svds[band]
         rank = ranks[band]
-        error_sq += tail_energy(s, rank)
+        error_sq += tail_energy(host[band], rank)
         if rank:
             p, q = split_factors(u, s, vh, rank)
             pieces += [p.reshape(-1), q.reshape(-1)]

@@ -140,25 +140,37 @@ def greedy_lists(features: torch.Tensor) -> torch.Tensor:
     visited = bytearray(n)
     visited[first] = 1
     order, current = [first], first
+    append = order.append
     live, built = np.arange(n), n  # candidate rows for exact scans; unvisited count at the last build
     for remaining in range(n - 1, 0, -1):
-        step = next((j for j in lists[current] if not visited[j]), -1)
-        if step < 0 and 2 * remaining <= built and remaining > GREEDY_NEIGHBOURS:
-            live = np.flatnonzero(np.frombuffer(bytes(visited), dtype=np.uint8) == 0)
-            queries = np.append(live, current)
-            fresh = nearest_lists(points[torch.from_numpy(queries).to(points.device)],
-                                  points[torch.from_numpy(live).to(points.device)], GREEDY_NEIGHBOURS)
-            for row, neighbours in zip(queries.tolist(), live[fresh.numpy()].tolist()):
-                lists[row] = neighbours
-            built = remaining
-            step = next((j for j in lists[current] if not visited[j]), -1)
-        if step < 0:
-            candidates = live[np.frombuffer(bytes(visited), dtype=np.uint8)[live] == 0]
-            step = int(candidates[np.square(host[candidates] - host[current]).sum(1).argmin()])
+        for step in lists[current]:  # the hot loop: plain Python, no generator or call per step
+            if not visited[step]:
+                break
+        else:
+            step, rebuilt = _greedy_jump(current, remaining, lists, visited, points, host, live, built)
+            if rebuilt is not None:
+                live, built = rebuilt, remaining
         visited[step] = 1
-        order.append(step)
+        append(step)
         current = step
     return torch.tensor(order, dtype=torch.int64)
+
+
+def _greedy_jump(current: int, remaining: int, lists: list, visited: bytearray, points: torch.Tensor, host: np.ndarray,
+                 live: np.ndarray, built: int) -> tuple[int, np.ndarray | None]:
+    """(nearest unvisited row to ``current`` once its list is used up, the rows the lists were
+    rebuilt over or None): a rebuild of every unvisited row's list when their number has halved
+    since the last build, else an exact scan of the rows unvisited at the last build."""
+    if 2 * remaining <= built and remaining > GREEDY_NEIGHBOURS:
+        live = np.flatnonzero(np.frombuffer(bytes(visited), dtype=np.uint8) == 0)
+        queries = np.append(live, current)
+        fresh = nearest_lists(points[torch.from_numpy(queries).to(points.device)],
+                              points[torch.from_numpy(live).to(points.device)], GREEDY_NEIGHBOURS)
+        for row, neighbours in zip(queries.tolist(), live[fresh.numpy()].tolist()):
+            lists[row] = neighbours
+        return next(j for j in lists[current] if not visited[j]), live
+    candidates = live[np.frombuffer(bytes(visited), dtype=np.uint8)[live] == 0]
+    return int(candidates[np.square(host[candidates] - host[current]).sum(1).argmin()]), None
 
 
 def nearest_lists(queries: torch.Tensor, pool: torch.Tensor, k: int, block: int = 2048) -> torch.Tensor:
