@@ -9,11 +9,13 @@ import click
 from ..compress import compress
 from ..deltas import AdapterDeltas, load_deltas, read_full_finetune
 from ..errors import InputError
+from ..finetune import defaults as FINETUNE_DEFAULTS
 from ..formats.atomic import atomic_write_bytes
 from ..hardware import cuda_fallback_note
 from ..hub import check_push_target, push_after_save
 from ..methods.options import DEFAULT_REORDER, REORDER_CHOICES
 from .common import MethodChoice, allow_nonfinite_option, debug_option, default_output, friendly_errors, levels_help, method_help
+from .finetune import STEPS as FINETUNE_STEPS
 
 
 @click.command()
@@ -69,12 +71,15 @@ from .common import MethodChoice, allow_nonfinite_option, debug_option, default_
               help="Also save the collected second moments here (reuse with --calibration FILE.safetensors).")
 @click.option("--device", default="cpu", show_default=True,
               help="Where to compute: cpu, or cuda / cuda:N (falls back to the CPU with a note when CUDA is missing).")
-@click.option("--finetune-steps", "finetune_steps", type=int, default=0, show_default=True,
-              help="Then fine-tune the stored values for this many steps by distillation from INPUT "
-              "(needs --finetune-data; base model: --base-model or the adapter's base_model_name_or_path).")
+@click.option("--finetune-steps", "finetune_steps", type=FINETUNE_STEPS, default=None,
+              help="Then fine-tune the stored values for this many steps (or auto) by distillation from INPUT, keeping the "
+              f"best on held-out texts (needs --finetune-data; 0 = off) [default with --finetune-data: {FINETUNE_DEFAULTS.STEPS}]; "
+              "base model: --base-model or the adapter's base_model_name_or_path.")
 @click.option("--finetune-data", "finetune_data", type=click.Path(path_type=Path), default=None,
-              help="Texts for --finetune-steps (.txt one per line, .jsonl/.json, .csv/.tsv).")
-@click.option("--finetune-lr", "finetune_lr", type=float, default=1e-3, show_default=True, help="Learning rate for --finetune-steps.")
+              help="Texts to fine-tune on after converting (.txt one per line, .jsonl/.json, .csv/.tsv); other settings "
+              "are the finetune command's defaults.")
+@click.option("--finetune-lr", "finetune_lr", type=float, default=FINETUNE_DEFAULTS.LR, show_default=True,
+              help="Learning rate for the fine-tune.")
 @click.option("--finetune-device", "finetune_device", default="auto", show_default=True,
               help="Device for --finetune-steps: auto (CUDA when available), cpu, cuda, cuda:N.")
 @allow_nonfinite_option
@@ -88,8 +93,8 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
             exclude: tuple[str, ...] = (), budget_total: int | None = None, budget_ratio: float | None = None,
             max_size: str | None = None, allocate: str = "uniform", calibration: Path | None = None,
             base_model: Path | None = None, calibration_tokens: int = 512, save_calibration: Path | None = None,
-            device: str = "cpu", finetune_steps: int = 0, finetune_data: Path | None = None,
-            finetune_lr: float = 1e-3, finetune_device: str = "auto") -> None:
+            device: str = "cpu", finetune_steps: int | str | None = None, finetune_data: Path | None = None,
+            finetune_lr: float = FINETUNE_DEFAULTS.LR, finetune_device: str = "auto") -> None:
     """Convert an adapter into a budgeted wavelet (or LoRA) adapter and report the error.
 
     INPUT is a PEFT LoRA folder, or its adapter_model.safetensors with adapter_config.json beside
@@ -120,9 +125,15 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
         raise InputError(f"{target}: output already exists (use --force to replace it)")
     if push_to is not None:
         check_push_target(push_to)  # before converting: a missing token should not cost a conversion
-    if finetune_steps < 0 or (finetune_steps and finetune_data is None):
-        raise InputError("--finetune-steps must be >= 0 and needs --finetune-data (a text file to distil on)")
-    calib_model = None if finetune_steps and calibration is None else base_model  # --base-model may serve the fine-tune only
+    if finetune_steps not in (None, 0) and finetune_data is None:
+        raise InputError("--finetune-steps needs --finetune-data (a text file to distil on)")
+    if finetune_steps == 0:
+        finetune_data = None
+    if finetune_data is not None:
+        from ..finetune import FinetuneConfig
+
+        FinetuneConfig(steps=FINETUNE_DEFAULTS.STEPS if finetune_steps is None else finetune_steps, lr=finetune_lr).validate()
+    calib_model = None if finetune_data is not None and calibration is None else base_model  # --base-model may serve the fine-tune only
     calib = calibration_for(source, calibration, calib_model, calibration_tokens, save_calibration)
     if (note := cuda_fallback_note(device)) is not None:
         click.echo(note, err=True)
@@ -143,7 +154,7 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
         for note in report.notes:
             if note.startswith("auto:"):
                 click.echo(note)  # why auto chose this method/wavelet
-    if finetune_steps:
+    if finetune_data is not None:
         from .finetune import finetune_converted
 
         result = finetune_converted(result, finetune_steps, finetune_data, base_model, finetune_lr, finetune_device)

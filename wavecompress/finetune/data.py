@@ -111,11 +111,10 @@ def label_id(label: int | str, label2id: dict[str, int] | None, num_labels: int 
     return value
 
 
-def split_examples(examples: list[Example], eval_size: int, seed: int) -> tuple[list[Example], list[Example]]:
-    """(train, held-out) after a seeded shuffle; with too little data both are the whole set."""
+def split_examples(examples: list[Example], held: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """(train, held-out) with ``held`` texts held out after a seeded shuffle; with held < 1 both are the whole set."""
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    held = min(eval_size, len(examples) // 5)
     if held < 1:
         return examples, examples
     return [examples[i] for i in order[held:]], [examples[i] for i in order[:held]]

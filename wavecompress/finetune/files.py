@@ -5,6 +5,7 @@ Shared by ``wavecompress finetune`` and ``wavecompress convert --finetune-steps`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ..compress import CompressedAdapter
@@ -23,6 +24,7 @@ def finetune_from_files(
     teacher: AdapterDeltas | str | Path | None = None,
     base_model: str | None = None,
     config: FinetuneConfig | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``compressed`` on the texts in ``data``; the base model defaults to the adapter's own."""
     examples = read_examples(data)
@@ -36,4 +38,4 @@ def finetune_from_files(
     task_type = teacher_deltas.config.get("task_type") or source.config.get("task_type")
     model = load_base_model(str(name), task_type, source.passthrough)
     tokenizer = load_tokenizer(str(name))
-    return finetune(source, model, tokenizer, examples, teacher=teacher_deltas, config=config)
+    return finetune(source, model, tokenizer, examples, teacher=teacher_deltas, config=config, log=log)

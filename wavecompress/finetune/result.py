@@ -55,6 +55,14 @@ class FinetuneResult:
     after: Figures
     losses: list[float] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    history: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out loss), step 0 = the input
+    kept_step: int = 0
+    kept: str = ""  # which step was kept and why
+
+    @property
+    def kept_input(self) -> bool:
+        """True when no step beat the input on the held-out texts: the layers are the input's values unchanged."""
+        return self.kept_step == 0
 
     def save(self, out_dir: str | Path, force: bool = False) -> Path:
         """Write the fine-tuned adapter with the standard writer (atomically, same layout as its input)."""
@@ -64,7 +72,8 @@ class FinetuneResult:
         return write_adapter(Path(out_dir), self.layers, carrier, self.report, force=force)
 
     def summary(self) -> str:
-        return f"before: {self.before.describe()}\nafter:  {self.after.describe()}"
+        text = f"before: {self.before.describe()}\nafter:  {self.after.describe()}"
+        return text + (f"\n{self.kept}" if self.kept else "")
 
 
 def _summary_from_json(row: dict[str, Any], energy: float) -> MethodSummary:
