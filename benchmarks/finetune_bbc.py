@@ -40,8 +40,8 @@ from wavecompress.finetune import FinetuneConfig, apply_passthrough, defaults, f
 from wavecompress.methods import get_method  # noqa: E402
 from wavecompress.methods.options import DEFAULT_REORDER, REORDER_CHOICES  # noqa: E402
 
-QUICK_TRAIN_TEXTS = 400
-QUICK_MAX_LENGTH = 48
+QUICK_TRAIN_TEXTS = 320
+QUICK_MAX_LENGTH = 32
 
 
 @torch.no_grad()

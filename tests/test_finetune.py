@@ -21,7 +21,7 @@ import wavecompress as wc
 from conftest import make_peft_lora, peft_delta_weights, tiny_gpt2
 from wavecompress.cli import main
 from wavecompress.errors import InputError
-from wavecompress.finetune import FinetuneConfig, finetune
+from wavecompress.finetune import FinetuneConfig, defaults, finetune
 from wavecompress.finetune.data import Example, split_examples
 from wavecompress.finetune.injection import DeltaInjector, layer_update
 from wavecompress.finetune.trainable import TrainableDelta
@@ -176,7 +176,8 @@ def test_library_finetune_of_wara_in_memory_with_labels(trained) -> None:
     result = finetune(compressed, tiny_classifier(), tokenizer, labelled, steps=25, lr=2e-3, progress=False)
     assert result.after.distill_loss < 0.7 * result.before.distill_loss
     # accuracies on the held-out split, recomputed with PEFT's teacher and the merged student
-    _, held = split_examples([Example(t, y) for t, y in labelled], FinetuneConfig().eval_size, FinetuneConfig().seed)
+    assert result.settings["eval_texts"] == defaults.eval_count(len(labelled)) == 32
+    _, held = split_examples([Example(t, y) for t, y in labelled], result.settings["eval_texts"], FinetuneConfig().seed)
     labels = torch.tensor([example.label for example in held])
     rebuilt = {layer.name: wc.methods.get_method("wara").reconstruct(layer.tensors, layer.meta, layer.shape) for layer in result.layers}
     for figures, deltas in ((result.before, compressed.to_deltas()), (result.after, rebuilt)):
@@ -275,7 +276,7 @@ def test_gradient_checkpointing_path_trains_exactly_like_the_merged_weight_path(
     compressed = wc.compress(lora_dir, budget=48, method="waveft")
     # fp32 on every device: CUDA's default bf16 autocast rounds the two paths differently (~1% in the loss).
     runs = [finetune(compressed, tiny_classifier(), tokenizer, held_out, steps=3, lr=2e-3, progress=False, gradient_checkpointing=flag,
-                     mixed_precision=False)
+                     mixed_precision=False, keep_best=False)
             for flag in (False, True)]
     assert runs[0].losses == pytest.approx(runs[1].losses, rel=1e-4)
     for merged, hooked, start in zip(runs[0].layers, runs[1].layers, compressed.layers):
@@ -298,3 +299,75 @@ def test_a_lora_output_fine_tunes_and_stays_a_plain_peft_lora(trained, tmp_path:
         expected = layer.tensors["lora_B.weight"] @ layer.tensors["lora_A.weight"]
         assert torch.allclose(rebuilt[layer.name], expected, atol=1e-6)
     assert kl_teacher_student(lora_dir, rebuilt, tokenizer, held_out) < kl_teacher_student(lora_dir, wc.reconstruct(compressed), tokenizer, held_out)
+
+
+def test_a_harmful_learning_rate_returns_the_input_unchanged_and_says_so(trained, tmp_path: Path) -> None:
+    lora_dir, base_dir, data_file, tokenizer, held_out = trained
+    compressed = tmp_path / "waveft"
+    assert CliRunner().invoke(main, ["convert", str(lora_dir), "--budget", "48", "--out", str(compressed), "--quiet"]).exit_code == 0
+    out = tmp_path / "ft"
+    result = CliRunner().invoke(main, ["finetune", str(compressed), "--teacher", str(lora_dir), "--base-model", str(base_dir),
+                                       "--data", str(data_file), "--steps", "20", "--lr", "30", "--out", str(out)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "kept the input's values unchanged: no step lowered the held-out KL" in result.output
+    old, new = _tensors(compressed / "adapter_model.safetensors"), _tensors(out / "adapter_model.safetensors")
+    assert sorted(old) == sorted(new)
+    for key in old:
+        assert torch.equal(old[key], new[key]), key
+    report = json.loads((out / "wavecompress_report.json").read_text())
+    assert any("kept the input's values unchanged" in note for note in report["notes"])
+    # The same run without keep-best's guard would have been worse: the last evaluation says so.
+    ran = finetune(compressed, tiny_classifier(), tokenizer, [json.loads(x)["text"] for x in data_file.read_text().splitlines()],
+                   teacher=lora_dir, steps=20, lr=30.0, progress=False)
+    assert ran.kept_input and ran.history[0][0] == 0 and len(ran.history) >= 2
+    assert not ran.history[-1][1] < ran.history[0][1]  # nan or higher
+    assert ran.after.distill_loss == ran.before.distill_loss
+
+
+def test_default_settings_lower_the_held_out_kl_and_print_an_estimate(trained) -> None:
+    lora_dir, _, data_file, tokenizer, held_out = trained
+    compressed = wc.compress(lora_dir, budget=48, method="waveft")
+    lines: list[str] = []
+    result = finetune(compressed, tiny_classifier(), tokenizer, [json.loads(x)["text"] for x in data_file.read_text().splitlines()],
+                      progress=False, log=lines.append)
+    config = FinetuneConfig()
+    assert result.settings["steps"] == config.steps and result.settings["lr"] == config.lr
+    assert result.settings["eval_texts"] == 32 and result.settings["train_texts"] == 128  # 10% of 160, at least 32
+    assert any("s/step on cpu" in line and "≈" in line for line in lines), lines
+    assert any(line.startswith("finetune: kept step") for line in lines), lines
+    rebuilt = {layer.name: wc.methods.get_method("waveft").reconstruct(layer.tensors, layer.meta, layer.shape) for layer in result.layers}
+    kl_before = kl_teacher_student(lora_dir, compressed.to_deltas(), tokenizer, held_out)
+    kl_after = kl_teacher_student(lora_dir, rebuilt, tokenizer, held_out)
+    print(f"defaults: held-out KL {kl_before:.3g} -> {kl_after:.3g}; {result.kept}")
+    assert kl_after < 0.7 * kl_before, (kl_before, kl_after)
+    # The kept step is the evaluation with the lowest held-out loss, and the reported "after" is its loss.
+    best_step, best_loss = min(result.history, key=lambda item: item[1])
+    assert result.kept_step == best_step > 0 and result.after.distill_loss == pytest.approx(best_loss, rel=1e-6)
+    assert f"kept step {best_step} of {len(result.losses)}" in result.summary()
+
+
+def test_steps_auto_stops_when_the_held_out_loss_stops_improving(trained) -> None:
+    lora_dir, _, _, tokenizer, held_out = trained
+    compressed = wc.compress(lora_dir, budget=48, method="waveft")
+    result = finetune(compressed, tiny_classifier(), tokenizer, held_out, steps="auto", lr=3e-2, eval_every=5, patience=2,
+                      progress=False)
+    steps = [step for step, _ in result.history]
+    assert steps[0] == 0 and steps[1:] == list(range(5, 5 * len(steps), 5))
+    assert len(result.losses) < 1000 and "stopped early: 2 evaluations without a lower held-out loss" in result.kept
+    best = min(range(len(result.history)), key=lambda i: result.history[i][1])
+    assert len(result.history) - 1 - best == 2 and result.kept_step == result.history[best][0]
+
+
+def test_held_out_slice_sizes_and_shared_cli_defaults() -> None:
+    assert [defaults.eval_count(n) for n in (2, 4, 10, 40, 160, 1500, 10_000)] == [0, 1, 2, 10, 32, 150, 512]
+    finetune_options = {p.name: p.default for p in main.commands["finetune"].params}
+    convert_options = {p.name: p.default for p in main.commands["convert"].params}
+    config = FinetuneConfig()
+    assert (finetune_options["steps"], finetune_options["lr"], finetune_options["batch_size"]) == (config.steps, config.lr, config.batch_size)
+    assert (finetune_options["warmup"], finetune_options["max_length"]) == (config.warmup_fraction, config.max_length)
+    assert convert_options["finetune_lr"] == config.lr == defaults.LR
+    with pytest.raises(InputError, match="patience"):
+        FinetuneConfig(patience=0).validate()
+    with pytest.raises(InputError, match="steps must be"):
+        FinetuneConfig(steps="forever").validate()

@@ -51,6 +51,13 @@ class KeepBest:
                 for param, value in zip(self.params, self._best_values):
                     param.copy_(value)
 
+    def keep_last(self, steps: int) -> None:
+        """Keep-best off: the values after the last of ``steps`` steps are the result, whatever their loss."""
+        self.best_step = steps
+        self.best_loss = next((loss for step, loss in reversed(self.history) if step == steps), math.nan)
+        self._best_values = None
+        self.stop_reason = (self.stop_reason + "; " if self.stop_reason else "") + "keep-best off: the last step is returned"
+
     @property
     def kept_input(self) -> bool:
         return self.best_step == 0

@@ -51,6 +51,7 @@ class FinetuneConfig:
     between held-out evaluations (None: about ten per run). ``patience``: evaluations without a new
     lowest before stopping (None: never, unless ``steps="auto"``). ``mixed_precision=None`` means
     autocast (bf16 where supported) for the student on CUDA, off elsewhere; held-out scoring is float32.
+    ``keep_best=False`` returns the last step's values even when worse (for experiments and tests).
     """
 
     steps: int | str = defaults.STEPS
@@ -70,6 +71,7 @@ class FinetuneConfig:
     kernels: str = "auto"
     seed: int = 0
     progress: bool | None = None
+    keep_best: bool = True
 
     def validate(self) -> None:
         if self.steps != "auto" and (not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0):
@@ -340,7 +342,10 @@ def finetune(
             if max_steps and student.trainable_values:
                 plan = _Plan(max_steps, eval_every, eval_seconds, len(eval_batches))
                 losses = _train(session, train_batches, eval_batches, config, plan, keeper, log or (lambda _: None))
-                keeper.restore()
+                if config.keep_best:
+                    keeper.restore()
+                else:
+                    keeper.keep_last(len(losses))
             after = before if keeper.kept_input else session.evaluate(eval_batches, teacher_layers)
     finally:
         session.injector.remove()
