@@ -48,7 +48,8 @@ def test_report_layout_is_the_documented_one(tmp_path: Path, lora_dir: Path) -> 
     report_path = tmp_path / "r.json"
     assert run("convert", str(lora_dir), "--budget", "300", "--out", str(tmp_path / "o"), "--report", str(report_path)).exit_code == 0
     report = json.loads(report_path.read_text())
-    assert set(report) == {"version", "source", "method", "budget", "input_stored_values", "layers", "overall", "skipped", "notes"}
+    assert set(report) == {"version", "source", "method", "budget", "input_stored_values", "layers", "overall", "kept", "skipped",
+                           "notes"}
     layer = report["layers"][0]
     for key in ["name", "shape", "method", "stored_values", "bytes", "relative_error", "energy_kept", "budget_clamped", "baselines"]:
         assert key in layer

@@ -99,14 +99,19 @@ def test_convert_cli_full_rank_lora_loads_in_peft_and_reproduces_the_tuned_model
 def test_include_exclude_pick_layers(sharded_pair, tmp_path: Path) -> None:
     base_dir, tuned_dir, base_sd, tuned_sd = sharded_pair
     report_path = tmp_path / "r.json"
-    result = run("convert", "--base", base_dir, "--tuned", tuned_dir, "--budget", 200, "--include", r"attention\.self",
-                 "--exclude", r"\.key$", "--out", tmp_path / "o", "--report", report_path, "--quiet")
+    args = ["convert", "--base", base_dir, "--tuned", tuned_dir, "--budget", 200, "--include", r"attention\.self",
+            "--exclude", r"\.key$", "--out", tmp_path / "o", "--report", report_path, "--quiet"]
+    refused = run(*args)  # the unselected linear weights' updates would be lost: only with --drop-unselected
+    assert refused.exit_code == 2 and "leave 9 linear weights" in refused.output and "--drop-unselected" in refused.output
+    assert not (tmp_path / "o").exists()
+    result = run(*args, "--drop-unselected")
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
     assert [r["name"] for r in report["layers"]] == [f"encoder.layer.{i}.attention.self.{m}" for i in (0, 1) for m in ("query", "value")]
     reference = {r["name"]: tuned_sd[r["name"] + ".weight"] - base_sd[r["name"] + ".weight"] for r in report["layers"]}
     report_matches(report, reference, wc.reconstruct(tmp_path / "o"))
     assert sum("--include/--exclude" in s["reason"] for s in report["skipped"]) == 13 - 4 + 3  # other linears + the 3 embeddings
+    assert sum("dropped (--drop-unselected)" in s["reason"] for s in report["skipped"]) == 13 - 4
 
 
 def test_bf16_single_files_without_config_compute_in_float32(tmp_path: Path) -> None:

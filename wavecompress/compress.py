@@ -44,8 +44,7 @@ class CompressedAdapter:
 
     def to_deltas(self) -> dict[str, torch.Tensor]:
         """{module name: dense ΔŴ} rebuilt from exactly what would be written."""
-        method = get_method(self.method)
-        return {layer.name: method.reconstruct(layer.tensors, layer.meta, layer.shape) for layer in self.layers}
+        return {layer.name: get_method(layer.method).reconstruct(layer.tensors, layer.meta, layer.shape) for layer in self.layers}
 
 
 def as_adapter_deltas(source: DeltaSource) -> AdapterDeltas:
@@ -159,6 +158,7 @@ def compress(
     if levels is not None and levels < 0:
         raise InputError(f"levels must be >= 0, got {levels}")
     deltas = as_adapter_deltas(source)
+    check_kept_fits(deltas, method)
     calibration = load_calibration(calibration)
     plans = plan_budgets(deltas.layers, [method, *baselines], options, spec, allocate, deltas.stored_values,
                          calibration=calibration)
@@ -184,6 +184,8 @@ def compress(
         summary = with_activation_error(MethodSummary.of(kept), delta, kept, gram)
         rows.append(LayerReport(delta.name, delta.shape, budget, kept.budget_clamped, summary, others))
         del delta  # lazy (streamed) inputs: let this layer's ΔW go before the next one is built
+    kept = [keep_exactly(delta, method) for delta in deltas.kept]
+    layers.extend(kept)
     report = Report(
         method=method,
         budget=spec.per_layer if spec.per_layer is not None else plans[method].total // max(len(rows), 1),
@@ -191,12 +193,39 @@ def compress(
         layers=rows,
         skipped=[{"name": s.name, "reason": s.reason} for s in deltas.skipped],
         input_stored_values=deltas.stored_values,
+        kept=[kept_entry(layer) for layer in kept],
     )
     describe_allocation(report, spec, plans[method], calibration)
     if (note := lossy_input_note(deltas)) is not None:
         report.notes.append(note)
     report.notes.extend(dict.fromkeys(note for layer in layers for note in layer.notes))  # e.g. waveft-seeded's expected loss
     return CompressedAdapter(source=deltas, layers=layers, report=report, options=options)
+
+
+def check_kept_fits(deltas: AdapterDeltas, method: str) -> None:
+    """Stock-PEFT WaveFT cannot hold exactly kept layers: refuse before any work."""
+    if len(deltas.kept) and method == "waveft-seeded":
+        raise InputError(f"{deltas.source}: --method waveft-seeded (stock PEFT WaveFT) cannot store the "
+                         f"{len(deltas.kept)} layers --include/--exclude leave unselected exactly (first: "
+                         f"{deltas.kept[0].name if not hasattr(deltas.kept, 'names') else deltas.kept.names[0]}); "
+                         "pass --drop-unselected to drop them, or use another method")
+
+
+def keep_exactly(delta: LayerDelta, method: str) -> CompressedLayer:
+    """An unselected layer as stored in the output: a plain LoRA layer in LoRA outputs, else a ``kept`` layer."""
+    from .methods import kept
+
+    return kept.as_lora(delta) if method == "lora" else kept.compress(delta)
+
+
+def kept_entry(layer: CompressedLayer) -> dict[str, Any]:
+    """The report's line for a kept layer: what is stored and what it costs."""
+    form = layer.meta.get("kept", "factors")
+    stored_as = f"factors, rank {layer.meta['rank']}" if form == "factors" else "dense ΔW"
+    if layer.method == "lora" and form == "dense":
+        stored_as = f"exact LoRA factors (dense ΔW × identity), rank {layer.meta['rank']}"
+    return {"name": layer.name, "shape": list(layer.shape), "stored_as": stored_as, "stored_values": layer.stored_values,
+            "bytes": layer.stored_bytes}
 
 
 def lossy_input_note(deltas: AdapterDeltas) -> str | None:

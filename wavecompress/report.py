@@ -100,6 +100,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     # Budget form and allocation when not the plain per-layer budget (see methods/allocation.py).
     allocation: dict[str, Any] | None = None
+    # Layers not selected by --include/--exclude, stored exactly: {"name", "shape", "stored_as", "stored_values", "bytes"}.
+    kept: list[dict[str, Any]] = field(default_factory=list)
 
     def overall(self) -> dict[str, MethodSummary]:
         """Totals for the method and each baseline over all layers."""
@@ -132,6 +134,7 @@ class Report:
             "input_stored_values": self.input_stored_values,
             "layers": [layer.to_json() for layer in self.layers],
             "overall": {name: summary.to_json() for name, summary in self.overall().items()},
+            "kept": self.kept,
             "skipped": self.skipped,
             "notes": self.notes,
         } | ({"allocation": self.allocation} if self.allocation else {})
@@ -189,6 +192,11 @@ class Report:
             out.append("act.err: ‖(ΔW−ΔŴ)C^½‖/‖ΔW C^½‖ on the calibration inputs; per method: " + ", ".join(
                 f"{name} {summary.activation_relative_error:.4f}" for name, summary in totals.items()
                 if summary.activation_relative_error is not None))
+        if self.kept:
+            values, size = sum(k["stored_values"] for k in self.kept), sum(k["bytes"] for k in self.kept)
+            out.append(f"kept exactly (not selected by --include/--exclude; not in the figures above): {len(self.kept)} "
+                       f"layers, {values} values, {size} bytes")
+            out += [f"kept {k['name']}: {k['stored_as']}" for k in self.kept]
         for skipped in self.skipped:
             out.append(f"skipped {skipped['name']}: {skipped['reason']}")
         out += self.notes

@@ -57,9 +57,14 @@ from .finetune import STEPS as FINETUNE_STEPS
 @click.option("--tuned", "tuned", type=click.Path(path_type=Path), default=None,
               help="Fine-tuned model weights (same forms as --base); use instead of INPUT for a full fine-tune.")
 @click.option("--include", "include", multiple=True, metavar="REGEX",
-              help="Convert only layers whose name matches this regex (repeatable).")
+              help="Convert only layers whose name matches this regex (repeatable); the others are kept exactly as they "
+              "came (listed in the report), unless --drop-unselected.")
 @click.option("--exclude", "exclude", multiple=True, metavar="REGEX",
-              help="Skip layers whose name matches this regex (repeatable).")
+              help="Do not convert layers whose name matches this regex (repeatable); they are kept exactly, unless "
+              "--drop-unselected.")
+@click.option("--drop-unselected", "drop_unselected", is_flag=True,
+              help="Drop the layers --include/--exclude leave out instead of keeping them (their updates are lost; "
+              "listed as skipped). Required for full fine-tunes and --method waveft-seeded.")
 @click.option("--calibration", "calibration", type=click.Path(path_type=Path), default=None,
               help="Activation-aware mode: a text file (with --base-model) or a saved activations .safetensors file; "
               "minimises the error on the layers' inputs and reports both error measures.")
@@ -94,7 +99,8 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
             max_size: str | None = None, allocate: str = "uniform", calibration: Path | None = None,
             base_model: Path | None = None, calibration_tokens: int = 512, save_calibration: Path | None = None,
             device: str = "cpu", finetune_steps: int | str | None = None, finetune_data: Path | None = None,
-            finetune_lr: float = FINETUNE_DEFAULTS.LR, finetune_device: str = "auto") -> None:
+            finetune_lr: float = FINETUNE_DEFAULTS.LR, finetune_device: str = "auto",
+            drop_unselected: bool = False) -> None:
     """Convert an adapter into a budgeted wavelet (or LoRA) adapter and report the error.
 
     INPUT is a PEFT LoRA folder, or its adapter_model.safetensors with adapter_config.json beside
@@ -112,14 +118,15 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
       wavecompress convert someone/their-lora --budget 3000 --push-to me/their-lora-waveft-b3000
       wavecompress convert my-dora --base path/to/base-model --budget 3000
       wavecompress convert lora_kohya.safetensors --budget 3000
-      wavecompress convert --base meta-llama-2-7b/ --tuned my-finetune/ --budget 8192 --include 'self_attn'
+      wavecompress convert fixtures/minilm-bbc-lora --budget 3000 --include query   # other layers kept exactly
+      wavecompress convert --base meta-llama-2-7b/ --tuned my-finetune/ --budget 8192 --include 'self_attn' --drop-unselected
       wavecompress convert fixtures/minilm-bbc-lora --budget-ratio 0.1 --allocate global --method auto
       wavecompress convert my-lora --max-size 2MB --calibration calib.txt --base-model path/to/base
     """
     from ..methods.allocation import budget_spec
 
     spec = budget_spec(budget, budget_total, budget_ratio, max_size)
-    input_path, source = resolve_source(input_path, base, tuned, include, exclude)
+    input_path, source = resolve_source(input_path, base, tuned, include, exclude, drop_unselected)
     target = out_dir or default_output(input_path, method, budget if budget is not None else spec.label())
     if target.exists() and not force:
         raise InputError(f"{target}: output already exists (use --force to replace it)")
@@ -169,19 +176,20 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
 
 
 def resolve_source(input_path: Path | None, base: Path | None, tuned: Path | None, include: tuple[str, ...],
-                   exclude: tuple[str, ...]) -> tuple[Path, Path | AdapterDeltas]:
+                   exclude: tuple[str, ...], drop_unselected: bool = False) -> tuple[Path, Path | AdapterDeltas]:
     """(the path that names the output, what to compress) from INPUT / --base / --tuned / --include / --exclude."""
     if tuned is not None:
         if input_path is not None:
             raise InputError(f"give either INPUT ({input_path}) or --tuned ({tuned}), not both")
         if base is None:
             raise InputError(f"--tuned {tuned} needs --base: a full fine-tune's delta is W_tuned − W_base")
-        return tuned, read_full_finetune(base, tuned, list(include), list(exclude))
+        return tuned, read_full_finetune(base, tuned, list(include), list(exclude), drop_unselected)
     if input_path is None:
         raise InputError("missing INPUT (an adapter) or --base BASE --tuned TUNED (a full fine-tune)")
     if base is None and not include and not exclude:
         return input_path, input_path
-    return input_path, load_deltas(input_path, base=base, include=list(include), exclude=list(exclude))
+    return input_path, load_deltas(input_path, base=base, include=list(include), exclude=list(exclude),
+                                   drop_unselected=drop_unselected)
 
 
 def calibration_for(source: Path | AdapterDeltas, calibration: Path | None, base_model: Path | None, tokens: int,

@@ -49,7 +49,8 @@ def locate_adapter(path: str | Path) -> tuple[Path, Path]:
 
 
 def load_deltas(
-    path: str | Path, base: str | Path | None = None, include: list[str] | None = None, exclude: list[str] | None = None
+    path: str | Path, base: str | Path | None = None, include: list[str] | None = None, exclude: list[str] | None = None,
+    drop_unselected: bool = False,
 ) -> AdapterDeltas:
     """Read any supported adapter (PEFT LoRA, wavecompress output), local or a Hub repo id, into layer deltas.
 
@@ -57,13 +58,14 @@ def load_deltas(
     adapter is added to the in-memory config when the config has none, so the output card keeps it.
 
     ``base`` is the base model's weights (needed by DoRA; with a model checkpoint as ``path`` it makes
-    a full fine-tune, ΔW = W_path − W_base). ``include``/``exclude`` regexes select layers by name.
+    a full fine-tune, ΔW = W_path − W_base). ``include``/``exclude`` regexes select the layers to convert;
+    the others are kept exactly (``kept``), or dropped with ``drop_unselected``.
     """
-    local = _read_local_kind(path, base, include, exclude)
+    local = _read_local_kind(path, base, include, exclude, drop_unselected)
     if local is not None:
         return local
     if include or exclude:
-        return filter_layers(load_deltas(path, base=base), include, exclude)
+        return filter_layers(load_deltas(path, base=base), include, exclude, drop_unselected)
     hub = hub_reference(path)
     config_path, _ = locate_adapter(path)
     deltas = _read_adapter(config_path.parent if hub is not None else path, base)
@@ -77,7 +79,8 @@ def load_deltas(
 
 
 def _read_local_kind(
-    path: str | Path, base: str | Path | None, include: list[str] | None, exclude: list[str] | None
+    path: str | Path, base: str | Path | None, include: list[str] | None, exclude: list[str] | None,
+    drop_unselected: bool = False,
 ) -> AdapterDeltas | None:
     """Inputs without adapter_config.json: a model checkpoint with ``base`` (full fine-tune), or a
     single-file kohya / LyCORIS / diffusers LoRA. None when ``path`` is something else."""
@@ -89,9 +92,9 @@ def _read_local_kind(
         return None
     if local.is_file() and local.suffix == ".safetensors" and is_single_file_lora(local):
         deltas = read_kohya(local)
-        return filter_layers(deltas, include, exclude) if include or exclude else deltas
+        return filter_layers(deltas, include, exclude, drop_unselected) if include or exclude else deltas
     if base is not None:
-        return read_full_finetune(base, local, include, exclude)
+        return read_full_finetune(base, local, include, exclude, drop_unselected)
     if local.is_dir() and ((local / "model.safetensors").exists() or (local / "model.safetensors.index.json").exists()):
         raise InputError(f"{local}: a full model checkpoint, not an adapter; pass --base BASE to convert the fine-tune W − W_base")
     return None

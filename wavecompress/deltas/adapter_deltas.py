@@ -75,6 +75,7 @@ class AdapterDeltas:
 
     ``passthrough`` holds tensors that are not deltas (a saved classifier head from
     ``modules_to_save``, for example) under their original keys; writers copy them verbatim.
+    ``kept`` holds layers not selected by --include/--exclude: stored exactly, never compressed.
     """
 
     source: str
@@ -84,6 +85,7 @@ class AdapterDeltas:
     passthrough: dict[str, torch.Tensor] = field(default_factory=dict)
     skipped: list[SkippedLayer] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    kept: list[LayerDelta] = field(default_factory=list)
 
     @property
     def base_model(self) -> str | None:

@@ -41,17 +41,29 @@ def selected(name: str, include: list[re.Pattern], exclude: list[re.Pattern]) ->
     return not any(p.search(name) for p in exclude)
 
 
-def filter_layers(deltas: AdapterDeltas, include: Sequence[str] | None, exclude: Sequence[str] | None) -> AdapterDeltas:
-    """``deltas`` keeping only the layers whose names pass --include/--exclude (others reported skipped)."""
+DROPPED = "not selected by --include/--exclude; dropped (--drop-unselected): its update is not in the output"
+
+
+def filter_layers(deltas: AdapterDeltas, include: Sequence[str] | None, exclude: Sequence[str] | None,
+                  drop_unselected: bool = False) -> AdapterDeltas:
+    """``deltas`` converting only the layers whose names pass --include/--exclude; the others are kept
+    exactly (``deltas.kept``), or with ``drop_unselected`` dropped and listed as skipped."""
     includes, excludes = compile_patterns(include, "--include"), compile_patterns(exclude, "--exclude")
     if isinstance(deltas.layers, LazyLayers):
         keep = [entry for entry in deltas.layers.entries if selected(entry[0], includes, excludes)]
-        dropped = [entry[0] for entry in deltas.layers.entries if not selected(entry[0], includes, excludes)]
-        deltas.layers = LazyLayers(keep, deltas.layers.skipped, deltas.layers.none_reason)
+        other = [entry for entry in deltas.layers.entries if not selected(entry[0], includes, excludes)]
+        lazy = deltas.layers
+        deltas.layers = LazyLayers(keep, lazy.skipped, lazy.none_reason)
+        unselected: Sequence = LazyLayers(other, lazy.skipped, lazy.none_reason)
+        names = [entry[0] for entry in other]
     else:
-        dropped = [layer.name for layer in deltas.layers if not selected(layer.name, includes, excludes)]
+        unselected = [layer for layer in deltas.layers if not selected(layer.name, includes, excludes)]
         deltas.layers = [layer for layer in deltas.layers if selected(layer.name, includes, excludes)]
-    deltas.skipped.extend(SkippedLayer(name, "not selected by --include/--exclude") for name in dropped)
+        names = [layer.name for layer in unselected]
+    if drop_unselected:
+        deltas.skipped.extend(SkippedLayer(name, DROPPED) for name in names)
+    else:
+        deltas.kept = unselected
     if not len(deltas.layers):
         raise InputError(f"{deltas.source}: --include/--exclude left no layer to convert")
     return deltas
@@ -90,13 +102,18 @@ def read_full_finetune(
     tuned: str | Path,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
+    drop_unselected: bool = False,
 ) -> AdapterDeltas:
-    """Lazy layer deltas W_tuned − W_base for every selected 2-D linear weight of a checkpoint pair."""
+    """Lazy layer deltas W_tuned − W_base for every selected 2-D linear weight of a checkpoint pair.
+
+    Linear weights that --include/--exclude leave out are refused unless ``drop_unselected`` (their
+    updates would be lost; keeping them would store their dense ΔW, defeating the conversion)."""
     base_ck, tuned_ck = Checkpoint(base), Checkpoint(tuned)
     includes, excludes = compile_patterns(include, "--include"), compile_patterns(exclude, "--exclude")
     kinds = tuned_ck.module_kinds or base_ck.module_kinds
     skipped: list[SkippedLayer] = []
     candidates: list[tuple[str, str, str]] = []  # (key, module, kind)
+    unselected: list[str] = []
     for key in tuned_ck.keys():
         module = key[: -len(".weight")] if key.endswith(".weight") else key
         shape, ndim = tuned_ck.shapes[key], len(tuned_ck.shapes[key])
@@ -113,7 +130,10 @@ def read_full_finetune(
         elif not key.endswith(".weight"):
             skipped.append(SkippedLayer(key, "not a module weight"))
         elif not selected(module, includes, excludes):
-            skipped.append(SkippedLayer(key, "not selected by --include/--exclude"))
+            linear = _module_kind(module, kinds) in ("linear", "conv1d")
+            skipped.append(SkippedLayer(key, DROPPED if linear else "not selected by --include/--exclude"))
+            if linear:
+                unselected.append(module)
         else:
             kind = _module_kind(module, kinds)
             if kind in ("linear", "conv1d"):
@@ -125,6 +145,10 @@ def read_full_finetune(
     for key in base_ck.keys():
         if key not in tuned_ck:
             skipped.append(SkippedLayer(key, "only in the base checkpoint"))
+    if unselected and not drop_unselected:
+        raise InputError(f"{tuned_ck.path}: --include/--exclude leave {len(unselected)} linear weights of this full fine-tune "
+                         f"unselected (first: {unselected[0]}); their updates would be lost. Pass --drop-unselected to "
+                         "convert only the selected ones")
 
     linear = [c for c in candidates if c[2] == "linear"]
     conv1d = [c for c in candidates if c[2] == "conv1d"]

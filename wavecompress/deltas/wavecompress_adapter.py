@@ -10,6 +10,7 @@ import torch
 
 from ..errors import InputError
 from ..methods.registry import method_of_peft_type
+from ..methods import kept
 from .adapter_deltas import AdapterDeltas
 from .layer_delta import LayerDelta
 from .peft_lora import PREFIX
@@ -54,11 +55,14 @@ def read_wavecompress_adapter(config: dict[str, Any], weights_path: Path) -> Ada
     stored_layers, passthrough, metadata = read_stored_layers(config, weights_path)
     layers = []
     for stored in stored_layers:
+        values = sum(v.numel() for v in stored.tensors.values() if v.is_floating_point())  # not indices/permutations
         try:
+            if kept.KEY in stored.meta:  # a layer --include/--exclude left unselected: exactly as stored
+                layers.append(kept.as_delta(stored.name, stored.tensors, stored.shape, stored_values=values, kept=True))
+                continue
             dense = method.reconstruct(stored.tensors, stored.meta, stored.shape)
         except (KeyError, ValueError, RuntimeError, IndexError) as exc:
             raise InputError(f"{weights_path}: layer {stored.name} cannot be rebuilt ({exc})") from None
-        values = sum(v.numel() for v in stored.tensors.values() if v.is_floating_point())  # not indices/permutations
         layers.append(LayerDelta.from_dense(stored.name, dense, stored_values=values))
     return AdapterDeltas(
         source=str(weights_path), kind=method.name, layers=layers, config=config, passthrough=passthrough, metadata=metadata

@@ -22,7 +22,7 @@ from ..deltas.wavecompress_adapter import read_stored_layers
 from ..deltas.safetensors_reader import read_json
 from ..errors import InputError
 from ..formats.peft_types import LORA
-from ..methods import CompressedLayer, method_of_peft_type
+from ..methods import CompressedLayer, kept, method_of_peft_type
 
 REPORT_NAME = "wavecompress_report.json"
 
@@ -41,6 +41,13 @@ class CompressedSource:
     report: Any = None
     report_json: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def kept_names(self) -> set[str]:
+        """Layers stored exactly because --include/--exclude left them unselected: not trained, not reported."""
+        names = {layer.name for layer in self.layers if layer.method == kept.NAME}
+        report_kept = self.report.kept if self.report is not None else (self.report_json or {}).get("kept") or []
+        return names | {entry["name"] for entry in report_kept if isinstance(entry, dict) and "name" in entry}
 
 
 def _layer(name: str, shape: tuple[int, int], method: str, tensors: dict[str, torch.Tensor], meta: dict, budget: int) -> CompressedLayer:
@@ -80,7 +87,8 @@ def read_compressed(path: str | Path) -> CompressedSource:
     elif writer is not None and not writer.stock_peft:
         method = writer.name
         stored_layers, passthrough, _ = read_stored_layers(config, weights_path)
-        layers = [_layer(stored.name, stored.shape, method, stored.tensors, stored.meta, 0) for stored in stored_layers]
+        layers = [_layer(stored.name, stored.shape, kept.method_of(method, stored.meta), stored.tensors, stored.meta, 0)
+                  for stored in stored_layers]
     else:
         raise InputError(f"{config_path}: peft_type {peft_type!r} cannot be fine-tuned (use a wavecompress output or a LoRA)")
     budget = int(provenance.get("budget") or (report_json or {}).get("budget") or max(layer.stored_values for layer in layers))

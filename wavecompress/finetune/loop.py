@@ -296,7 +296,7 @@ def finetune(
     config.validate()
     source = as_compressed_source(compressed)
     teacher_deltas = _resolve_teacher(source, teacher)
-    teacher_layers = {layer.name: layer for layer in teacher_deltas.layers}
+    teacher_layers = {layer.name: layer for layer in [*teacher_deltas.layers, *teacher_deltas.kept]}
     unknown = sorted(layer.name for layer in source.layers if layer.name not in teacher_layers)
     if unknown:
         raise InputError(f"{source.origin}: layer {unknown[0]} is not in the teacher adapter {teacher_deltas.source}")
@@ -318,6 +318,9 @@ def finetune(
         param.requires_grad_(False)
     apply_passthrough(model, source.passthrough, source.origin)
     student = StudentDeltas(source.layers, config.kernels).to(device)
+    for layer in student.layers:
+        if layer.name in source.kept_names:  # unselected layers stay exactly as they came
+            layer.requires_grad_(False)
     shapes = {name: tuple(delta.shape) for name, delta in teacher_layers.items()}
     session = _Session(model, student, teacher_layers, device, shapes, config, amp, max_steps)
 

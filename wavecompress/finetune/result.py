@@ -104,6 +104,8 @@ def build_report(source: CompressedSource, teacher: dict[str, LayerDelta], layer
     """A report for the fine-tuned layers, with the original baselines beside them and ``notes``."""
     rows = []
     for layer in layers:
+        if layer.name in source.kept_names:
+            continue  # listed in the report's "kept", outside the per-layer figures
         clamped = layer.budget_clamped
         rows.append(LayerReport(layer.name, tuple(layer.shape), layer.budget, clamped, MethodSummary.of(layer),
                                 _baselines(source, teacher, layer)))
@@ -112,4 +114,4 @@ def build_report(source: CompressedSource, teacher: dict[str, LayerDelta], layer
     extra = source.report_json or {}
     return Report(method=source.method, budget=source.budget, source=str(extra.get("source", source.origin)), layers=rows,
                   skipped=list(extra.get("skipped", [])), input_stored_values=int(extra.get("input_stored_values", 0)),
-                  notes=list(extra.get("notes", [])) + notes)
+                  notes=list(extra.get("notes", [])) + notes, kept=list(extra.get("kept", [])))

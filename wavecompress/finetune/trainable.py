@@ -124,4 +124,4 @@ class StudentDeltas(nn.Module):
 
     @property
     def trainable_values(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

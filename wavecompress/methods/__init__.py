@@ -10,6 +10,7 @@ from . import wara
 from . import lora_svd
 from . import sparse
 from . import waveft_seeded
+from . import kept
 from .compressed_layer import CompressedLayer
 from .options import MethodOptions
 from .registry import ActivationAware, Method, all_methods, get_method, method_names, method_of_peft_type, register_method

@@ -11,6 +11,7 @@ from transformers.pytorch_utils import Conv1D
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 
 from ..methods.registry import method_of_peft_type
+from ..methods import kept
 from .config import STORED_TENSORS
 from .layer import TENSORS_ATTR, Linear, WavecompressLayer
 
@@ -38,7 +39,7 @@ class WavecompressModel(BaseTuner):
         specs = meta.get(STORED_TENSORS)
         if specs is None:
             raise ValueError(f"layer {current_key}: the adapter config lists no stored tensors (re-save it with wavecompress)")
-        method = method_of_peft_type(peft_config.peft_type).name
+        method = kept.method_of(method_of_peft_type(peft_config.peft_type).name, meta)  # unselected layers: kept exactly
         layer_meta = {key: value for key, value in meta.items() if key != STORED_TENSORS}
         if isinstance(target, WavecompressLayer):
             target.update_layer(adapter_name, method, layer_meta, specs, inference_mode=peft_config.inference_mode)
