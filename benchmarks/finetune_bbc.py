@@ -83,7 +83,8 @@ def parse() -> argparse.Namespace:
                         help="values per layer, or 25%% for a quarter of the LoRA's [default: 3000 25%%; --sweep: 3000]")
     parser.add_argument("--order-by", choices=REORDER_CHOICES, default=DEFAULT_REORDER,
                         help="row/column ordering of the reordered methods [default: the library's, %(default)s]")
-    parser.add_argument("--steps", default=None, help=f"steps or auto [default: the library's, {defaults.STEPS}]")
+    parser.add_argument("--steps", default=None,
+                        help=f"steps or auto [default: the library's, {defaults.STEPS} on CUDA, {defaults.CPU_STEPS} on CPU]")
     parser.add_argument("--lr", type=float, default=defaults.LR)
     parser.add_argument("--warmup", type=float, default=defaults.WARMUP_FRACTION)
     parser.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE)
@@ -161,8 +162,9 @@ def main() -> None:
                   f"{'acc':>6} {'acc ft':>6} | {'kept':>9} | {'s/step':>6} {'ft s':>5}")
         configs = [("", base_config())]
         c = configs[0][1]
-        print(f"fine-tune settings: steps {c.steps}, lr {c.lr:g}, warm-up {c.warmup_fraction:g}, batch {c.batch_size}, "
-              f"eval every {c.plan()[1]}, patience {c.plan()[2]}")
+        n, every, patience = c.plan(device.type)
+        print(f"fine-tune settings: steps {c.steps or n}, lr {c.lr:g}, warm-up {c.warmup_fraction:g}, batch {c.batch_size}, "
+              f"eval every {every}, patience {patience}")
     print(header)
     print("-" * len(header), flush=True)
     for budget in budgets:

@@ -331,8 +331,7 @@ def test_default_settings_lower_the_held_out_kl_and_print_an_estimate(trained) -
     lines: list[str] = []
     result = finetune(compressed, tiny_classifier(), tokenizer, [json.loads(x)["text"] for x in data_file.read_text().splitlines()],
                       progress=False, log=lines.append)
-    config = FinetuneConfig()
-    assert result.settings["steps"] == config.steps and result.settings["lr"] == config.lr
+    assert len(result.losses) == result.settings["max_steps"] == defaults.CPU_STEPS and result.settings["lr"] == defaults.LR
     assert result.settings["eval_texts"] == 32 and result.settings["train_texts"] == 128  # 10% of 160, at least 32
     assert any("s/step on cpu" in line and "≈" in line for line in lines), lines
     assert any(line.startswith("finetune: kept step") for line in lines), lines
@@ -364,7 +363,9 @@ def test_held_out_slice_sizes_and_shared_cli_defaults() -> None:
     finetune_options = {p.name: p.default for p in main.commands["finetune"].params}
     convert_options = {p.name: p.default for p in main.commands["convert"].params}
     config = FinetuneConfig()
-    assert (finetune_options["steps"], finetune_options["lr"], finetune_options["batch_size"]) == (config.steps, config.lr, config.batch_size)
+    assert finetune_options["steps"] is config.steps is convert_options["finetune_steps"] is None  # by device, in defaults
+    assert config.plan("cpu")[0] == defaults.CPU_STEPS and config.plan("cuda")[0] == defaults.STEPS
+    assert (finetune_options["lr"], finetune_options["batch_size"]) == (config.lr, config.batch_size)
     assert (finetune_options["warmup"], finetune_options["max_length"]) == (config.warmup_fraction, config.max_length)
     assert convert_options["finetune_lr"] == config.lr == defaults.LR
     with pytest.raises(InputError, match="patience"):

@@ -78,7 +78,8 @@ from .finetune import STEPS as FINETUNE_STEPS
               help="Where to compute: cpu, or cuda / cuda:N (falls back to the CPU with a note when CUDA is missing).")
 @click.option("--finetune-steps", "finetune_steps", type=FINETUNE_STEPS, default=None,
               help="Then fine-tune the stored values for this many steps (or auto) by distillation from INPUT, keeping the "
-              f"best on held-out texts (needs --finetune-data; 0 = off) [default with --finetune-data: {FINETUNE_DEFAULTS.STEPS}]; "
+              "best on held-out texts (needs --finetune-data; 0 = off) [default with --finetune-data: the finetune command's, "
+              f"{FINETUNE_DEFAULTS.STEPS} on CUDA, {FINETUNE_DEFAULTS.CPU_STEPS} on CPU]; "
               "base model: --base-model or the adapter's base_model_name_or_path.")
 @click.option("--finetune-data", "finetune_data", type=click.Path(path_type=Path), default=None,
               help="Texts to fine-tune on after converting (.txt one per line, .jsonl/.json, .csv/.tsv); other settings "
@@ -139,7 +140,7 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
     if finetune_data is not None:
         from ..finetune import FinetuneConfig
 
-        FinetuneConfig(steps=FINETUNE_DEFAULTS.STEPS if finetune_steps is None else finetune_steps, lr=finetune_lr).validate()
+        FinetuneConfig(steps=finetune_steps, lr=finetune_lr).validate()
     calib_model = None if finetune_data is not None and calibration is None else base_model  # --base-model may serve the fine-tune only
     calib = calibration_for(source, calibration, calib_model, calibration_tokens, save_calibration)
     if (note := cuda_fallback_note(device)) is not None:

@@ -36,7 +36,7 @@ def log_line(message: str) -> None:
     click.echo(message, err=True)
 
 
-def finetune_config(steps: int | str, lr: float, batch_size: int, max_length: int, supervised_weight: float, device: str,
+def finetune_config(steps: int | str | None, lr: float, batch_size: int, max_length: int, supervised_weight: float, device: str,
                     mixed_precision: bool | None, gradient_checkpointing: bool, kernels: str, seed: int,
                     warmup: float = defaults.WARMUP_FRACTION, eval_every: int | None = None, patience: int | None = None):
     """A FinetuneConfig from the CLI options (progress bar on a terminal)."""
@@ -54,8 +54,9 @@ def finetune_config(steps: int | str, lr: float, batch_size: int, max_length: in
 @click.option("--base-model", type=str, default=None, help="Base model folder or Hub id [default: the adapter's base_model_name_or_path].")
 @click.option("--data", "data", type=click.Path(path_type=Path), required=True,
               help="Texts: .txt (one per line), .jsonl/.json (text, optional label), .csv/.tsv (text column).")
-@click.option("--steps", type=STEPS, default=defaults.STEPS, show_default=True,
-              help=f"Optimizer steps, or auto (up to {defaults.AUTO_MAX_STEPS}, stopping when the held-out loss stops improving).")
+@click.option("--steps", type=STEPS, default=None,
+              help=f"Optimizer steps, or auto (up to {defaults.AUTO_MAX_STEPS}, stopping when the held-out loss stops improving) "
+              f"[default: {defaults.STEPS} on CUDA, {defaults.CPU_STEPS} on CPU].")
 @click.option("--lr", type=float, default=defaults.LR, show_default=True,
               help="AdamW learning rate for the stored values (linear warm-up, then linear decay).")
 @click.option("--warmup", type=float, default=defaults.WARMUP_FRACTION, show_default=True,
@@ -82,7 +83,7 @@ def finetune_config(steps: int | str, lr: float, batch_size: int, max_length: in
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @debug_option
 @friendly_errors
-def finetune(compressed: Path, teacher: str, base_model: str | None, data: Path, steps: int | str, lr: float, warmup: float,
+def finetune(compressed: Path, teacher: str, base_model: str | None, data: Path, steps: int | str | None, lr: float, warmup: float,
              batch_size: int, max_length: int, eval_every: int | None, patience: int | None, supervised_weight: float,
              device: str, mixed_precision: bool | None, gradient_checkpointing: bool, kernels: str, seed: int,
              out_dir: Path | None, report_path: Path | None, force: bool, debug: bool) -> None:
@@ -128,6 +129,6 @@ def finetune_converted(result, steps: int | str | None, data: Path | None, base_
 
     if data is None:
         raise InputError("--finetune-steps needs --finetune-data (a text file to distil on)")
-    config = FinetuneConfig(steps=defaults.STEPS if steps is None else steps, lr=lr, device=device, progress=None)
+    config = FinetuneConfig(steps=steps, lr=lr, device=device, progress=None)
     return finetune_from_files(result, data, base_model=str(base_model) if base_model is not None else None, config=config,
                                log=log_line)

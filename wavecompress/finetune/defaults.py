@@ -9,7 +9,8 @@ good settings make it useful.
 
 from __future__ import annotations
 
-STEPS = 300
+STEPS = 300           # on CUDA
+CPU_STEPS = 60        # on a CPU: a few minutes for a MiniLM-sized model on 2 free cores; still lowers the held-out KL
 LR = 3e-4
 WARMUP_FRACTION = 0.1
 BATCH_SIZE = 16
@@ -26,6 +27,11 @@ EVAL_EVERY_MIN = 10
 AUTO_MAX_STEPS = 1000
 AUTO_EVAL_EVERY = 25
 AUTO_PATIENCE = 4
+
+
+def default_steps(device_type: str) -> int:
+    """Steps when not given: STEPS on a GPU, CPU_STEPS on a CPU."""
+    return CPU_STEPS if device_type == "cpu" else STEPS
 
 
 def default_eval_every(steps: int) -> int:

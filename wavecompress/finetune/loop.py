@@ -46,7 +46,7 @@ _TEACHER_CACHE_ELEMENTS = 50_000_000
 class FinetuneConfig:
     """Fine-tuning settings (defaults in :mod:`wavecompress.finetune.defaults`).
 
-    ``steps``: optimizer steps, or ``"auto"`` (up to ``defaults.AUTO_MAX_STEPS``, early stop after
+    ``steps``: optimizer steps (None: ``defaults.STEPS`` on CUDA, ``defaults.CPU_STEPS`` on CPU), or ``"auto"`` (up to ``defaults.AUTO_MAX_STEPS``, early stop after
     ``defaults.AUTO_PATIENCE`` evaluations without a new lowest held-out loss). ``eval_every``: steps
     between held-out evaluations (None: about ten per run). ``patience``: evaluations without a new
     lowest before stopping (None: never, unless ``steps="auto"``). ``mixed_precision=None`` means
@@ -54,7 +54,7 @@ class FinetuneConfig:
     ``keep_best=False`` returns the last step's values even when worse (for experiments and tests).
     """
 
-    steps: int | str = defaults.STEPS
+    steps: int | str | None = None
     lr: float = defaults.LR
     batch_size: int = defaults.BATCH_SIZE
     max_length: int = defaults.MAX_LENGTH
@@ -74,7 +74,7 @@ class FinetuneConfig:
     keep_best: bool = True
 
     def validate(self) -> None:
-        if self.steps != "auto" and (not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0):
+        if self.steps not in ("auto", None) and (not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0):
             raise InputError(f"steps must be a whole number >= 0 or 'auto', got {self.steps!r}")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise InputError(f"learning rate must be a positive number, got {self.lr}")
@@ -93,12 +93,13 @@ class FinetuneConfig:
         if self.patience is not None and self.patience < 1:
             raise InputError(f"patience must be >= 1 evaluation, got {self.patience}")
 
-    def plan(self) -> tuple[int, int, int | None]:
-        """(steps to run at most, steps between held-out evaluations, patience in evaluations or None)."""
+    def plan(self, device_type: str) -> tuple[int, int, int | None]:
+        """(steps to run at most, steps between held-out evaluations, patience in evaluations or None) on a device type."""
         if self.steps == "auto":
             return (defaults.AUTO_MAX_STEPS, self.eval_every or defaults.AUTO_EVAL_EVERY,
                     self.patience or defaults.AUTO_PATIENCE)
-        return self.steps, self.eval_every or defaults.default_eval_every(self.steps), self.patience
+        steps = defaults.default_steps(device_type) if self.steps is None else self.steps
+        return steps, self.eval_every or defaults.default_eval_every(steps), self.patience
 
 
 def resolve_device(device: str) -> torch.device:
@@ -311,7 +312,7 @@ def finetune(
     amp = bool(config.mixed_precision) if config.mixed_precision is not None else device.type == "cuda"
     if amp and device.type != "cuda":
         raise InputError("mixed precision is for CUDA devices; on CPU fine-tuning runs in float32")
-    max_steps, eval_every, patience = config.plan()
+    max_steps, eval_every, patience = config.plan(device.type)
     torch.manual_seed(config.seed)
     model.to(device)
     for param in model.parameters():
@@ -376,7 +377,7 @@ def finetune(
         f"finetune: {kept}",
     ]
     report = build_report(source, teacher_layers, layers, notes)
-    settings = {**asdict(config), "device": str(device), "mixed_precision": amp, "train_texts": len(train_examples),
+    settings = {**asdict(config), "steps": config.steps or max_steps, "device": str(device), "mixed_precision": amp, "train_texts": len(train_examples),
                 "eval_texts": len(eval_examples), "eval_split": where, "eval_every": eval_every, "patience": patience,
                 "max_steps": max_steps, "seconds": seconds}
     return FinetuneResult(source=source, teacher=teacher_deltas, layers=layers, report=report, before=before, after=after,
