@@ -54,3 +54,38 @@ def test_float16_overflow_is_refused_with_the_layer_name():
     kept = get_method("sparse").compress(delta, 4, MethodOptions())
     with pytest.raises(InputError, match="big: sparse_values overflows float16"):
         round_layer(kept, torch.float16, delta, get_method("sparse").reconstruct, "sparse_values")
+
+
+FIXTURE = __import__("pathlib").Path(__file__).resolve().parent.parent / "fixtures" / "minilm-bbc-lora"
+
+
+@pytest.mark.parametrize("method", ["waveft", "wara", "lora"])
+def test_bf16_output_errors_and_bytes_are_those_of_the_file(method, tmp_path):
+    from safetensors import safe_open
+
+    import wavecompress as wc
+    from wavecompress.deltas.peft_lora import PREFIX
+
+    source = wc.load_deltas(FIXTURE)
+    result = wc.compress(source, budget=1000, method=method, dtype="bfloat16", baselines=("lora",))
+    out = result.save(tmp_path / method)
+    rebuilt = wc.reconstruct(out)
+    report = result.report
+    sizes: dict[str, int] = {}
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as handle:
+        for key in handle.keys():
+            tensor = handle.get_tensor(key)
+            if tensor.is_floating_point() and "classifier" not in key:
+                assert tensor.dtype == torch.bfloat16, key
+            module = key[len(PREFIX):].rsplit(".", 2 if key.endswith(".weight") else 1)[0]
+            sizes[module] = sizes.get(module, 0) + tensor.numel() * tensor.element_size()
+    err = energy = 0.0
+    for delta, row in zip(source.layers, report.layers):
+        assert row.result.bytes == sizes.get(row.name, 0)  # report bytes = bytes of this layer's tensors in the file
+        truth = delta.to_dense().double()
+        err += float((truth - rebuilt.get(row.name, torch.zeros(row.shape)).double()).square().sum())  # rank 0: absent
+        energy += float(truth.square().sum())
+    assert report.relative_error == pytest.approx((err / energy) ** 0.5, rel=1e-6)
+    fp32 = wc.compress(source, budget=1000, method=method, dtype="float32", baselines=("lora",)).report
+    assert report.overall()[method].bytes < fp32.overall()[method].bytes
+    assert report.overall()["lora"].bytes * 2 == fp32.overall()["lora"].bytes  # baselines stored in bf16 too

@@ -18,6 +18,7 @@ from .hardware import layer_to_cpu, layer_to_device, resolve_device
 from .methods import BASELINES, CompressedLayer, MethodOptions, get_method
 from .methods.activation_aware import aware_compress, with_activation_error
 from .methods.allocation import Allocation, BudgetSpec, budget_spec, plan_budgets
+from .methods.precision import stored_layer, validate_dtype
 from .methods.options import DEFAULT_REORDER, REORDER_CHOICES
 from .report import LayerReport, MethodSummary, Report
 from .transforms import validate_wavelet
@@ -98,7 +99,8 @@ def order_variant(method: str, delta: LayerDelta, budget: int, options: MethodOp
         name, other = f"{method}-plain", replace(options, reorder=None)
     else:
         name, other = f"{method}-reordered", replace(options, reorder=DEFAULT_REORDER)
-    return name, replace(MethodSummary.of(get_method(method).compress(delta, budget, other)), method=name)
+    layer = stored_layer(get_method(method).compress(delta, budget, other), delta, options.dtype)
+    return name, replace(MethodSummary.of(layer), method=name)
 
 
 def validate_budget(budget: int) -> int:
@@ -125,6 +127,7 @@ def compress(
     scaling: float | None = None,
     seed: int | None = None,
     device: str | torch.device | None = None,
+    dtype: str = "auto",
 ) -> CompressedAdapter:
     """Compress every layer of ``source`` to ``budget`` stored values with ``method``.
 
@@ -140,21 +143,23 @@ def compress(
     try the candidates and keep the lowest error. ``calibration`` (a Calibration or a saved
     activations file) switches to activation-aware selection and reports both error measures.
     ``device="cuda"`` runs each layer's arithmetic on the GPU (results come back to the CPU; without
-    CUDA it warns and stays on the CPU).
+    CUDA it warns and stays on the CPU). ``dtype`` is the stored float precision: auto (each layer's
+    input dtype), float32, bfloat16 or float16; errors and bytes are those of the rounded tensors.
     """
     if method == "auto" or wavelet == "auto":
         from .auto_select import compress_auto
 
         return compress_auto(source, budget, method, wavelet, levels, baselines, progress, reorder, budget_total=budget_total,
                              budget_ratio=budget_ratio, max_size=max_size, allocate=allocate, calibration=calibration,
-                             scaling=scaling, seed=seed, device=device)
+                             scaling=scaling, seed=seed, device=device, dtype=dtype)
+    dtype = validate_dtype(dtype)
     spec = budget_spec(budget, budget_total, budget_ratio, max_size)
     if spec.max_bytes is not None:
         return fit_to_size(source, spec, method, wavelet, levels, baselines, progress, reorder, allocate, calibration,
-                           extra={"scaling": scaling, "seed": seed, "device": device})
+                           extra={"scaling": scaling, "seed": seed, "device": device, "dtype": dtype})
     get_method(method)  # unknown method names fail here, before any work
     options = MethodOptions(wavelet=validate_wavelet(wavelet), levels=levels, reorder=reorder_choice(reorder),
-                            scaling=scaling, seed=seed)
+                            scaling=scaling, seed=seed, dtype=dtype)
     if levels is not None and levels < 0:
         raise InputError(f"levels must be >= 0, got {levels}")
     deltas = as_adapter_deltas(source)
@@ -169,13 +174,14 @@ def compress(
         delta = layer_to_device(delta, target)
         budget = plans[method].budget_of(delta.name)
         gram = calibration.gram(delta.name) if calibration is not None else None
-        kept = aware_compress(method, delta, budget, options, gram)
+        kept = stored_layer(aware_compress(method, delta, budget, options, gram), delta, dtype, refit=gram is not None)
         check_finite_result(layer_to_cpu(kept), deltas.source)
         others = {}
         for name in baselines:
             if name == method:
                 continue
             other = aware_compress(name, delta, plans[name].budget_of(delta.name), options, gram)
+            other = stored_layer(other, delta, dtype, refit=gram is not None)
             others[name] = with_activation_error(MethodSummary.of(other), delta, other, gram)
         if get_method(method).reorderable:
             variant, summary = order_variant(method, delta, budget, options)
@@ -272,7 +278,8 @@ def fit_to_size(source: DeltaSource, spec: BudgetSpec, method: str, wavelet: str
     from .methods.allocation import bytes_per_value, total_values
 
     deltas = as_adapter_deltas(source)
-    options = MethodOptions(wavelet=validate_wavelet(wavelet), levels=levels, reorder=reorder_choice(reorder))
+    options = MethodOptions(wavelet=validate_wavelet(wavelet), levels=levels, reorder=reorder_choice(reorder),
+                            dtype=validate_dtype((extra or {}).get("dtype")))
     carried = sum(t.numel() * t.element_size() for t in deltas.passthrough.values())
     names = [layer.name for layer in deltas.layers] if not hasattr(deltas.layers, "names") else deltas.layers.names
     total = total_values(spec, names, method, options, deltas.stored_values, carried, deltas.layers[0])

@@ -39,6 +39,9 @@ from .finetune import STEPS as FINETUNE_STEPS
 @click.option("--order-by", type=click.Choice(REORDER_CHOICES), default=DEFAULT_REORDER, show_default=True,
               help="How to reorder: svd (leading singular vectors), fiedler (spectral), greedy (nearest neighbour), "
               "best (try each per layer, keep the lowest error).")
+@click.option("--dtype", "dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="Precision of the stored values: auto keeps each layer's input dtype (a bf16 LoRA "
+              "gives bf16 files). Errors are measured from the rounded values; byte budgets count them.")
 @click.option("--scaling", type=float, default=None,
               help="waveft-seeded: PEFT WaveFT's scaling; values are fitted to ΔW/scaling [default: 25.0, PEFT's].")
 @click.option("--seed", type=int, default=None,
@@ -101,7 +104,7 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
             base_model: Path | None = None, calibration_tokens: int = 512, save_calibration: Path | None = None,
             device: str = "cpu", finetune_steps: int | str | None = None, finetune_data: Path | None = None,
             finetune_lr: float = FINETUNE_DEFAULTS.LR, finetune_device: str = "auto",
-            drop_unselected: bool = False) -> None:
+            drop_unselected: bool = False, dtype: str = "auto") -> None:
     """Convert an adapter into a budgeted wavelet (or LoRA) adapter and report the error.
 
     INPUT is a PEFT LoRA folder, or its adapter_model.safetensors with adapter_config.json beside
@@ -148,7 +151,8 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
         device = "cpu"
     result = compress(source, budget=budget, method=method, wavelet=wavelet, levels=levels, progress=None,
                       reorder=order_by if reorder else False, budget_total=budget_total, budget_ratio=budget_ratio,
-                      max_size=max_size, allocate=allocate, calibration=calib, scaling=scaling, seed=seed, device=device)
+                      max_size=max_size, allocate=allocate, calibration=calib, scaling=scaling, seed=seed, device=device,
+                      dtype=dtype)
     report = result.report
     method = report.method
     if not quiet:

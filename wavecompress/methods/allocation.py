@@ -110,7 +110,11 @@ def bytes_per_value(method: str, delta: LayerDelta, options: MethodOptions) -> t
     Two probes at different budgets separate the per-value cost (values plus indices) from what a
     layer stores regardless of budget (row/column permutations, for instance).
     """
-    compress = get_method(method).compress
+    from .precision import stored_layer
+
+    def compress(delta: LayerDelta, budget: int, options: MethodOptions):
+        return stored_layer(get_method(method).compress(delta, budget, options), delta, options.dtype)
+
     size = delta.shape[0] * delta.shape[1]
     small = compress(delta, min(size, sum(delta.shape)), options)
     large = compress(delta, min(size, 3 * sum(delta.shape)), options)

@@ -26,6 +26,8 @@ class MethodOptions:
     # waveft-seeded only: PEFT WaveFT's scaling and random_loc_seed (None: PEFT's defaults 25.0 and 777).
     scaling: float | None = None
     seed: int | None = None
+    # Stored float precision: auto (each layer's input dtype), float32, bfloat16, float16 (methods/precision.py).
+    dtype: str = "auto"
 
     def levels_for(self, method: "Method | str") -> int:
         """The decomposition depth: ``levels`` if given, else the method's default for this ordering."""

@@ -19,6 +19,9 @@ from ..deltas.layer_delta import LayerDelta
 from ..errors import InputError
 from .compressed_layer import CompressedLayer
 
+# Top-k methods in an orthonormal basis: their plain error is the dropped energy, so the error of
+# rounded values is that plus Σ(v − round(v))² (not after an activation-aware refit).
+ORTHONORMAL_TOPK = {"waveft": "waveft_spectrum", "sparse": "sparse_values"}
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_CHOICES = ("auto", *DTYPES)
 # Spellings of input dtypes (torch names, safetensors codes) → our names; anything else → float32.
@@ -93,3 +96,14 @@ def round_layer(
     else:
         error_sq = _dense_error_sq(delta, reconstruct(tensors, layer.meta, layer.shape).float())
     return replace(layer, tensors=tensors, error_sq=error_sq, notes=list(layer.notes))
+
+
+def stored_layer(layer: CompressedLayer, delta: LayerDelta, dtype_choice: str, refit: bool = False) -> CompressedLayer:
+    """``layer`` (fresh from its method) as it will be stored under ``--dtype dtype_choice``.
+
+    ``refit``: the values were refitted (activation-aware), so the top-k shortcut does not apply.
+    """
+    from . import get_method
+
+    key = None if refit else ORTHONORMAL_TOPK.get(layer.method)
+    return round_layer(layer, layer_dtype(dtype_choice, delta), delta, get_method(layer.method).reconstruct, key)

@@ -35,7 +35,8 @@ def header_tensor_specs(weights_path: str, names: list[str]) -> dict[str, dict[s
 
 
 _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16",
+                       "U32": "uint32", "U64": "uint64", "BOOL": "bool"}
 
 
 def _torch_dtype_name(safetensors_dtype: str) -> str:
