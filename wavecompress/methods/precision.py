@@ -19,9 +19,6 @@ from ..deltas.layer_delta import LayerDelta
 from ..errors import InputError
 from .compressed_layer import CompressedLayer
 
-# Top-k methods in an orthonormal basis: their plain error is the dropped energy, so the error of
-# rounded values is that plus Σ(v − round(v))² (not after an activation-aware refit).
-ORTHONORMAL_TOPK = {"waveft": "waveft_spectrum", "sparse": "sparse_values"}
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_CHOICES = ("auto", *DTYPES)
 # Spellings of input dtypes (torch names, safetensors codes) → our names; anything else → float32.
@@ -105,5 +102,6 @@ def stored_layer(layer: CompressedLayer, delta: LayerDelta, dtype_choice: str, r
     """
     from . import get_method
 
-    key = None if refit else ORTHONORMAL_TOPK.get(layer.method)
-    return round_layer(layer, layer_dtype(dtype_choice, delta), delta, get_method(layer.method).reconstruct, key)
+    method = get_method(layer.method)
+    key = method.values_key if method.orthonormal_values and not refit else None
+    return round_layer(layer, layer_dtype(dtype_choice, delta), delta, method.reconstruct, key)

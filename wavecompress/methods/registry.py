@@ -72,7 +72,7 @@ class Method:
       ``wavelet``: uses ``--wavelet``/``--levels``; ``default_levels``/``default_levels_reordered``.
     - ``card_snippet``: the model card's loading code with ``{repo}``.
     - ``output``: ``convert --method`` may write it; ``baseline``: reported beside every output by
-      default; ``auto``: a candidate of ``--method auto``.
+      default; ``auto``: a candidate of ``--method auto``; ``orthonormal_values``: see precision.py.
     """
 
     name: str
@@ -94,6 +94,9 @@ class Method:
     baseline: bool = False
     auto: bool = False
     description: str = ""
+    # The plain method's values are coefficients of an orthonormal basis and its error is the dropped
+    # energy, so rounding the values adds exactly Σ(v − round(v))² (methods/precision.py).
+    orthonormal_values: bool = False
 
     # Compatibility with the former method modules (``get_method(name).NAME``).
     @property

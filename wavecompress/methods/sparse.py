@@ -53,5 +53,6 @@ METHOD = register_method(Method(
     activation_aware=topk_variant(compress, VALUES_KEY, INDICES_KEY, weighted_space),
     output=False,
     baseline=True,
+    orthonormal_values=True,
     description="weight-domain top-k (SHiRA-style)",
 ))

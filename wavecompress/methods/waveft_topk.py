@@ -71,5 +71,6 @@ METHOD = register_method(Method(
     # Depths measured best once rows and columns are reordered (benchmarks/reorder_table.py).
     default_levels_reordered=5,
     auto=True,
+    orthonormal_values=True,
     description="top-k wavelet coefficients",
 ))
