@@ -1,7 +1,8 @@
 """Time the fused sparse-spectrum → Haar synthesis (ΔŴ from k stored coefficients) and its backward.
 
-In one run, on the same shape: a plain copy of a d_out × d_in float32 tensor (the floor: any way
-of producing ΔŴ writes it once), the Triton kernel (CUDA only), and the torch reference
+In one run, on the same shape: a plain copy of a d_out × d_in float32 tensor into a freshly
+allocated output (``clone``; the floor: any way of producing ΔŴ writes it once, and the kernel and
+the reference also allocate their output on every call), the Triton kernel (CUDA only), and the torch reference
 (scatter + multi-level Haar synthesis + permutations). Printed: median times and the ratios
 kernel/copy, reference/copy and reference/kernel, for the forward (ΔŴ from the spectrum) and the
 backward (∂L/∂spectrum from ∂L/∂ΔŴ), at Haar depth 1 (plain top-k) and depth 5 with row/column
@@ -86,8 +87,7 @@ def main() -> None:
         print(f"Triton kernel path unavailable here ({why}): timing the torch reference against a plain copy only")
 
     src = torch.randn(shape, device=device)
-    dst = torch.empty_like(src)
-    copy_ms = timer(device, lambda: dst.copy_(src), repeats)
+    copy_ms = timer(device, lambda: src.clone(), repeats)  # allocates its output each call, like the others
     grad = torch.randn(shape, device=device)
     header = f"{'levels':>7} {'perm':>5} {'k':>9} | {'copy ms':>8} {'ref ms':>8} {'ref/copy':>8}"
     if kernel:

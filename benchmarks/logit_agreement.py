@@ -9,7 +9,11 @@ error from the report. The scale reference drops every layer delta but keeps the
 trained classifier head (ratio column: KL / KL of that reference). A last column checks that PEFT's forward equals the dense reference
 W + ΔŴ merged into the weights (max |Δlogit|).
 
+The reordered variants use ``--order-by`` (default: the library's current default ordering), so a
+table measured with another ordering can be regenerated with the same flag.
+
     python benchmarks/logit_agreement.py [--adapter fixtures/minilm-bbc-lora] [--budget 3000] [--quick] [--texts N]
+                                         [--order-by svd|fiedler|greedy|best]
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "fixtures"))
 
 import wavecompress  # noqa: E402  (registers the WAVECOMPRESS_* types with PEFT)
+from wavecompress.methods.options import DEFAULT_REORDER, REORDER_CHOICES  # noqa: E402
 
 # (label, method, reorder)
 VARIANTS = [
@@ -87,7 +92,9 @@ def main() -> None:
     parser.add_argument("--adapter", type=Path, default=REPO / "fixtures" / "minilm-bbc-lora")
     parser.add_argument("--budget", type=int, default=3000)
     parser.add_argument("--quick", action="store_true", help="96 held-out texts, no plain variants, no dense-reference check")
-    parser.add_argument("--texts", type=int, default=None, help="number of held-out texts (default: all, 128 with --quick)")
+    parser.add_argument("--texts", type=int, default=None, help="number of held-out texts (default: all, 96 with --quick)")
+    parser.add_argument("--order-by", choices=REORDER_CHOICES, default=DEFAULT_REORDER,
+                        help=f"row/column ordering of the reordered variants [default: {DEFAULT_REORDER}]")
     args = parser.parse_args()
 
     from bbc_task import build_base_model, load_adapter_model, load_bbc_splits, load_tokenizer
@@ -115,7 +122,10 @@ def main() -> None:
         for label, method, reorder in VARIANTS:
             if args.quick and label.endswith("(plain)"):
                 continue
-            result = wavecompress.compress(args.adapter, budget=args.budget, method=method, reorder=reorder, baselines=())
+            if reorder:
+                label = label.replace("(reordered)", f"(reordered, {args.order_by})")
+            result = wavecompress.compress(args.adapter, budget=args.budget, method=method,
+                                           reorder=args.order_by if reorder else False, baselines=())
             out = result.save(Path(tmp) / label.split()[0] / ("r" if reorder else "p"))
             model = PeftModel.from_pretrained(build_base_model(), str(out)).eval()
             logits = logits_of(model, tokenizer, texts)
@@ -125,15 +135,15 @@ def main() -> None:
             stats = agreement(reference, logits, labels)
             rows.append((label, stats, result.report.relative_error, stats["kl"] / base_kl if base_kl else float("nan"), check))
 
-    print(f"adapter {args.adapter}, budget {args.budget} values per layer, {count} held-out BBC texts")
-    header = f"{'output':28} {'weight rel.err':>14} {'KL(orig‖out)':>13} {'KL/KL(base)':>11} {'max|Δlogit|':>11} {'top-1 agree':>11} {'accuracy':>8} {'PEFT vs dense':>13}"
-    print(header)
-    print("-" * len(header))
+    print(f"adapter {args.adapter}, budget {args.budget} values per layer, {count} held-out BBC texts, "
+          f"reordered variants ordered by {args.order_by}")
+    print("| output | weight rel. err | KL(orig ‖ out) | KL / KL(no ΔW) | max \\|Δlogit\\| | top-1 agree | accuracy | PEFT vs dense W+ΔŴ |")
+    print("|---|---|---|---|---|---|---|---|")
     for label, stats, weight_error, ratio, check in rows:
-        werr = f"{weight_error:.4f}" if weight_error is not None else "-"
-        dense = f"{check:.1e}" if check is not None else "-"
-        print(f"{label:28} {werr:>14} {stats['kl']:>13.2e} {ratio:>11.3f} {stats['max_abs']:>11.4f} "
-              f"{stats['top1']:>11.3f} {stats['accuracy']:>8.3f} {dense:>13}")
+        werr = f"{weight_error:.4f}" if weight_error is not None else "–"
+        dense = f"{check:.1e}" if check is not None else "–"
+        print(f"| {label} | {werr} | {stats['kl']:.3g} | {ratio:.3f} | {stats['max_abs']:.3g} | "
+              f"{stats['top1']:.3f} | {stats['accuracy']:.3f} | {dense} |")
     print(f"({time.time() - started:.0f} s)")
 
 

@@ -1,9 +1,10 @@
 #!/bin/sh
 # Regenerate docs/analyze_fixture.png from the shipped fixture LoRA and print the README's table.
-# Usage (repository root, venv active): sh docs/make_analyze_fixture.sh
+# Usage (repository root, venv active): sh docs/make_analyze_fixture.sh [--order-by svd|fiedler|greedy|best]
+# (default: the current default ordering of `wavecompress analyze`; the README's figure uses it)
 set -e
 out="$(mktemp -d)/analysis"
-wavecompress analyze fixtures/minilm-bbc-lora --out "$out" \
+wavecompress analyze fixtures/minilm-bbc-lora --out "$out" "$@" \
   --title "fixtures/minilm-bbc-lora (MiniLM-L6, LoRA r=8): relative error vs stored values per layer"
 cp "$out/rate_distortion.png" docs/analyze_fixture.png
 echo "wrote docs/analyze_fixture.png (CSV and JSON in $out)"

@@ -67,3 +67,13 @@ def test_write_analysis_is_atomic_and_refuses_overwrite(tmp_path: Path, lora: Pa
     with pytest.raises(wc.InputError):
         write_analysis(result, tmp_path / "a")
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["rate_distortion.csv", "rate_distortion.json", "rate_distortion.png"]
+
+
+def test_order_by_selects_the_ordering_of_the_reordered_curves(tmp_path: Path, lora: Path) -> None:
+    run = CliRunner().invoke(main, ["analyze", str(lora), "--out", str(tmp_path / "svd"), "--methods", "waveft", "--order-by", "svd"])
+    assert run.exit_code == 0, run.output
+    data = json.loads((tmp_path / "svd" / "rate_distortion.json").read_text())
+    assert "reordered (svd)" in " ".join(data["notes"])
+    expected = analyze(lora, ["waveft"], reorder="svd")
+    assert data["relative_error"]["waveft"]["all"] == pytest.approx(expected.errors["waveft"]["all"], rel=1e-9)
+    assert data["relative_error"]["waveft"]["all"] != pytest.approx(analyze(lora, ["waveft"], reorder="greedy").errors["waveft"]["all"], rel=1e-3)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
+from ..methods.options import DEFAULT_REORDER, REORDER_CHOICES
 from .common import debug_option, friendly_errors
 
 
@@ -19,12 +20,14 @@ from .common import debug_option, friendly_errors
 @click.option("--levels", type=int, default=None, help="Decomposition depth per axis (default: each method's own).")
 @click.option("--reorder/--no-reorder", default=True, show_default=True,
               help="Reorder rows/columns before the transform (waveft, wara); the plain order is plotted beside it.")
+@click.option("--order-by", type=click.Choice(REORDER_CHOICES), default=DEFAULT_REORDER, show_default=True,
+              help="How to reorder (as in convert): svd, fiedler, greedy or best.")
 @click.option("--max-budget", type=int, default=None, help="Largest per-layer budget to evaluate [default: the largest layer's size].")
 @click.option("--title", default=None, help="Plot title.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @debug_option
 @friendly_errors
-def analyze(input_path: Path, out_dir: Path, methods: str, wavelet: str, levels: int | None, reorder: bool,
+def analyze(input_path: Path, out_dir: Path, methods: str, wavelet: str, levels: int | None, reorder: bool, order_by: str,
             max_budget: int | None, title: str | None, force: bool, debug: bool) -> None:
     """Plot relative error vs budget (stored values per layer) for every method and layer group.
 
@@ -34,6 +37,7 @@ def analyze(input_path: Path, out_dir: Path, methods: str, wavelet: str, levels:
     \b
     Example:
       wavecompress analyze fixtures/minilm-bbc-lora --out analysis/
+      wavecompress analyze fixtures/minilm-bbc-lora --out analysis-svd/ --order-by svd
     """
     from ..analyze import PNG_NAME, analyze as run_analysis, write_analysis
 
@@ -42,7 +46,8 @@ def analyze(input_path: Path, out_dir: Path, methods: str, wavelet: str, levels:
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     if not chosen:
         raise InputError("--methods is empty")
-    result = run_analysis(input_path, chosen, wavelet=wavelet, levels=levels, reorder=reorder, max_budget=max_budget)
+    result = run_analysis(input_path, chosen, wavelet=wavelet, levels=levels, reorder=order_by if reorder else False,
+                          max_budget=max_budget)
     click.echo(f"relative error over all {len(result.groups['all'])} layers (budget = stored values per layer):")
     click.echo(result.format_table())
     for note in result.notes:
