@@ -69,7 +69,7 @@ def test_export_to_lora_is_lossless_and_loads_in_stock_peft(outputs: dict[str, P
     from peft import PeftModel
 
     out = tmp_path / f"{method}-as-lora"
-    result = CliRunner().invoke(main, ["export", str(outputs[method]), "--to", "lora", "--out", str(out)])
+    result = CliRunner().invoke(main, ["export", str(outputs[method]), "--to", "lora", "--max-error", "0", "--out", str(out)])
     assert result.exit_code == 0, result.output
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["fan_in_fan_out"] is True
@@ -96,3 +96,31 @@ def test_export_with_a_rank_cap_reports_the_dropped_energy(outputs: dict[str, Pa
     assert report.relative_error > 0.1
     with pytest.raises(wavecompress.InputError, match="rank"):
         export_lora(outputs["wara"], tmp_path / "r0", rank=0)
+
+
+def rank_error(deltas: dict[str, torch.Tensor], ranks: dict[str, int]) -> float:
+    """Overall relative error of truncating each layer to ``ranks``, from singular values (independent of the export)."""
+    error = energy = 0.0
+    for name, delta in deltas.items():
+        s = torch.linalg.svdvals(delta.double())
+        error += float(s[ranks.get(name, 0):].square().sum())
+        energy += float(s.square().sum())
+    return (error / energy) ** 0.5
+
+
+@pytest.mark.parametrize("max_error", [0.01, 0.1])
+def test_export_ranks_are_no_bigger_than_the_stated_error_needs(outputs: dict[str, Path], tmp_path: Path, max_error: float) -> None:
+    out = tmp_path / "exported"
+    result = CliRunner().invoke(main, ["export", str(outputs["wara"]), "--max-error", str(max_error), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "lossless would need ranks" in result.output and "on disk (input" in result.output
+    dense = wavecompress.reconstruct(outputs["wara"])
+    ranks = {k[len("base_model.model."):-len(".lora_A.weight")]: t.shape[0] for k, t in file_tensors(out).items()
+             if k.endswith("lora_A.weight")}
+    assert rank_error(dense, ranks) <= max_error  # the stated error holds, recomputed independently
+    for name in ranks:  # and no layer has a rank the error does not need
+        assert rank_error(dense, {**ranks, name: ranks[name] - 1}) > max_error, name
+    lossless = {name: int((torch.linalg.svdvals(d.double()) > 1e-7 * float(d.double().norm(2))).sum()) for name, d in dense.items()}
+    assert sum(ranks.values()) < sum(lossless.values())
+    report = json.loads((out / "wavecompress_report.json").read_text())
+    assert report["overall"]["lora"]["relative_error"] == pytest.approx(rank_error(dense, ranks), rel=1e-4)

@@ -15,6 +15,16 @@ from .methods.compressed_layer import CompressedLayer
 REPORT_VERSION = 1
 
 
+def format_bytes(count: int | float) -> str:
+    """Bytes for people: 812 B, 459.1 kB, 2.00 MB, 1.35 GB (powers of 1000, as --max-size reads them)."""
+    count = float(count)
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= size:
+            value = count / size
+            return f"{value:.2f} {unit}" if value < 10 else f"{value:.1f} {unit}"
+    return f"{int(count)} B"
+
+
 @dataclass
 class MethodSummary:
     """One method's figures for one layer or for the whole adapter."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
+from ..report import format_bytes
 from .common import debug_option, friendly_errors
 
 
@@ -15,20 +16,24 @@ from .common import debug_option, friendly_errors
 @click.option("--to", "target_format", type=click.Choice(["lora"]), default="lora", show_default=True,
               help="Output format (plain PEFT LoRA, loadable without wavecompress).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--max-error", "max_error", type=float, default=0.01, show_default=True,
+              help="Smallest ranks whose overall relative error vs ADAPTER is at most this (global allocation of singular "
+              "values, so no rank is bigger than the error needs); 0 = each layer's numerical rank (lossless).")
 @click.option("--rank", type=int, default=None,
-              help="Cap every layer's rank (smaller file, error reported); default: each layer's numerical rank (lossless).")
+              help="Instead: cap every layer's rank at this (error reported).")
 @click.option("--base", type=click.Path(path_type=Path), default=None,
               help="Base model weights, for inputs that need them (DoRA, stock PEFT WaveFT without stored shapes).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @debug_option
 @friendly_errors
 def export(adapter: Path, target_format: str, out_dir: Path, rank: int | None, base: Path | None, force: bool,
-           debug: bool) -> None:
+           debug: bool, max_error: float = 0.01) -> None:
     """Export ADAPTER (a wavecompress output or any adapter it reads) as a plain PEFT LoRA.
 
     \b
     Examples:
-      wavecompress export out/wara --to lora --out out/wara-as-lora
+      wavecompress export out/wara --to lora --out out/wara-as-lora                  # error ≤ 1% vs out/wara
+      wavecompress export out/wara --to lora --max-error 0 --out out/wara-lossless   # numerical ranks
       wavecompress export out/waveft --to lora --rank 16 --out out/waveft-r16
     """
     from ..deltas import load_deltas
@@ -37,9 +42,20 @@ def export(adapter: Path, target_format: str, out_dir: Path, rank: int | None, b
     if out_dir.exists() and not force:
         raise InputError(f"{out_dir}: output already exists (use --force to replace it)")
     deltas = load_deltas(adapter, base=base) if base is not None else load_deltas(adapter)
-    report = export_lora(deltas, out_dir, rank=rank, force=force)
+    report = export_lora(deltas, out_dir, rank=rank, force=force, max_error=max_error)
     overall = report.overall()["lora"]
     ranks = [row.result.detail.get("rank", 0) for row in report.layers]
+    size = (out_dir / "adapter_model.safetensors").stat().st_size
+    input_size = _weights_size(adapter)
     click.echo(f"lora: {len(ranks)} layers, ranks {min(ranks)}–{max(ranks)}, {overall.stored_values} values, "
-               f"relative error {overall.relative_error:.2e} to {adapter}")
+               f"{format_bytes(size)} on disk" + (f" (input {format_bytes(input_size)})" if input_size else "")
+               + f", relative error {overall.relative_error:.2e} vs {adapter}")
+    for note in report.notes:
+        click.echo(note)
     click.echo(f"wrote {out_dir}")
+
+
+def _weights_size(adapter: Path) -> int | None:
+    """Bytes of the input's weights file, when it is a local folder or file."""
+    weights = adapter / "adapter_model.safetensors" if adapter.is_dir() else adapter
+    return weights.stat().st_size if weights.is_file() else None
