@@ -97,10 +97,9 @@ class TrainableDelta(nn.Module):
                 tensors["waveft_spectrum"], self.fused_indices, self.shape, tuple(self.meta["levels"]),
                 tensors.get("reorder_rows"), tensors.get("reorder_cols"), backend=backend,
             )
-        if device.type == "cpu":  # the default device already; the device mode costs ~25% in Python overhead
-            return self._reconstruct(tensors, self.meta, self.shape)
-        with torch.device(device):  # methods allocate with factory defaults; keep them on our device
-            return self._reconstruct(tensors, self.meta, self.shape)
+        # Every method's reconstruct allocates on its stored tensors' device (no torch.device() mode:
+        # that intercepts every op in Python, a measurable cost per training step).
+        return self._reconstruct(tensors, self.meta, self.shape)
 
     def to_layer(self, template: CompressedLayer) -> CompressedLayer:
         """``template`` with its stored tensors replaced by the current values (CPU, original dtypes)."""
