@@ -33,9 +33,9 @@ class Calibration:
     @property
     def names(self) -> list[str]:
         if self.path is not None:
-            from safetensors import safe_open
+            from .deltas.safetensors_file import open_safetensors
 
-            with safe_open(str(self.path), framework="pt") as handle:
+            with open_safetensors(self.path) as handle:
                 return sorted(handle.keys())
         return sorted(self._grams)
 
@@ -45,9 +45,9 @@ class Calibration:
             return self._grams[name]
         if self.path is None:
             return None
-        from safetensors import safe_open
+        from .deltas.safetensors_file import open_safetensors
 
-        with safe_open(str(self.path), framework="pt") as handle:
+        with open_safetensors(self.path) as handle:
             return handle.get_tensor(name).float() if name in handle.keys() else None
 
     def describe(self) -> str:
@@ -66,20 +66,22 @@ class Calibration:
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
         """A saved activations file (safetensors of per-layer second moments)."""
-        from safetensors import SafetensorError, safe_open
+        from .deltas.safetensors_file import open_safetensors
 
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise InputError(f"{path}: no such calibration file")
         try:
-            with safe_open(str(path), framework="pt") as handle:
+            with open_safetensors(path) as handle:
                 metadata = handle.metadata() or {}
                 for name in handle.keys():
                     shape = handle.get_slice(name).get_shape()
                     if len(shape) != 2 or shape[0] != shape[1]:
                         raise InputError(f"{path}: tensor {name} is not a square second moment (shape {shape})")
-        except SafetensorError as exc:
-            raise InputError(f"{path}: not a saved activations (safetensors) file ({exc}); a text file needs --base-model") from None
+        except InputError as exc:
+            if "not a valid safetensors file" not in str(exc):
+                raise
+            raise InputError(f"{exc}; a text file as --calibration needs --base-model") from None
         return cls(tokens=int(metadata.get("tokens", 0)), source=metadata.get("source", path.name), path=path)
 
 

@@ -8,11 +8,11 @@ import click
 
 from ..errors import InputError
 from ..methods.options import DEFAULT_REORDER, REORDER_CHOICES
-from .common import debug_option, friendly_errors
+from .common import INPUT_PATH, debug_option, friendly_errors
 
 
 @click.command()
-@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=INPUT_PATH)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
               help="Folder for rate_distortion.png, rate_distortion.csv and rate_distortion.json.")
 @click.option("--methods", default="waveft,wara,lora,sparse", show_default=True, help="Comma-separated methods to compare.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,10 @@ import click
 
 from ..errors import WavecompressError
 from ..methods.registry import all_methods, method_names
+
+
+class InterruptedAfterWrite(KeyboardInterrupt):
+    """Ctrl-C after the command already wrote its output; the message says what is on disk."""
 
 
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -27,8 +32,9 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted; no output was written", err=True)
+        except KeyboardInterrupt as exc:
+            message = str(exc) if isinstance(exc, InterruptedAfterWrite) else "no output was written"
+            click.echo(f"interrupted; {message}", err=True)
             sys.exit(130)
         except Exception as exc:  # noqa: BLE001 - the last line of defence for users
             if debug:
@@ -76,6 +82,26 @@ def levels_help() -> str:
     reordered = " and ".join(str(m.default_levels_reordered) for m in wavelet)
     return (f"Decomposition depth per axis (default: {plain}; {reordered} when reordered); "
             "reduced per axis until the size divides by 2^levels.")
+
+
+class LocalOrHubPath(click.Path):
+    """An input path that may also be a Hub repo id ``owner/name``: text that is visibly a local path
+    (``./x/y``, ``../x``, ``~/x``, ``x/y/``) stays local even when missing, so a typo is never sent to the
+    Hub (click's Path would turn ``./x/y`` into ``x/y``, which looks like a repo id)."""
+
+    def __init__(self) -> None:
+        super().__init__(path_type=Path)
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        path = super().convert(value, param, ctx)
+        raw = os.fspath(value)
+        if isinstance(raw, str) and not os.path.lexists(raw):
+            if raw.startswith(("./", "../", "~", ".\\", "..\\")) or raw.endswith(("/", "\\")):
+                return Path(os.path.abspath(os.path.expanduser(raw)))
+        return path
+
+
+INPUT_PATH = LocalOrHubPath()
 
 
 

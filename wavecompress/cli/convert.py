@@ -14,12 +14,14 @@ from ..formats.atomic import atomic_write_bytes
 from ..hardware import cuda_fallback_note
 from ..hub import check_push_target, push_after_save
 from ..methods.options import DEFAULT_REORDER, REORDER_CHOICES
-from .common import MethodChoice, allow_nonfinite_option, debug_option, default_output, friendly_errors, levels_help, method_help
+from .common import (INPUT_PATH, InterruptedAfterWrite, MethodChoice, allow_nonfinite_option, debug_option, default_output,
+                     friendly_errors, levels_help, method_help)
 from .finetune import STEPS as FINETUNE_STEPS
+from .guards import check_method_options, check_outputs
 
 
 @click.command()
-@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path), required=False)
+@click.argument("input_path", metavar="INPUT", type=INPUT_PATH, required=False)
 @click.option("--budget", type=int, default=None, help="Stored trainable values per layer (PEFT's n_frequency meaning).")
 @click.option("--budget-total", "budget_total", type=int, default=None, help="Or: stored values for the whole adapter.")
 @click.option("--budget-ratio", "budget_ratio", type=float, default=None,
@@ -130,10 +132,12 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
     from ..methods.allocation import budget_spec
 
     spec = budget_spec(budget, budget_total, budget_ratio, max_size)
+    check_method_options(scaling, seed)
+    named = tuned if tuned is not None else input_path
+    target = out_dir or (default_output(named, method, budget if budget is not None else spec.label()) if named else None)
+    check_outputs([input_path, base, tuned, calibration, base_model, finetune_data], target,
+                  [("--report", report_path), ("--save-calibration", save_calibration)], force)
     input_path, source = resolve_source(input_path, base, tuned, include, exclude, drop_unselected)
-    target = out_dir or default_output(input_path, method, budget if budget is not None else spec.label())
-    if target.exists() and not force:
-        raise InputError(f"{target}: output already exists (use --force to replace it)")
     if push_to is not None:
         check_push_target(push_to)  # before converting: a missing token should not cost a conversion
     if finetune_steps not in (None, 0) and finetune_data is None:
@@ -177,7 +181,11 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
         atomic_write_bytes(report_path, report.dumps().encode("utf-8"))
     click.echo(f"wrote {target}" + (f" and {report_path}" if report_path else ""))
     if push_to is not None:
-        click.echo(push_after_save(target, push_to, private=private).describe(target, push_to))
+        try:
+            click.echo(push_after_save(target, push_to, private=private).describe(target, push_to))
+        except KeyboardInterrupt:
+            raise InterruptedAfterWrite(f"the push to {push_to} was stopped (nothing is committed until the single "
+                                        f"commit lands); the converted adapter is intact at {target}") from None
 
 
 def resolve_source(input_path: Path | None, base: Path | None, tuned: Path | None, include: tuple[str, ...],

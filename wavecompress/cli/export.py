@@ -8,11 +8,11 @@ import click
 
 from ..errors import InputError
 from ..report import format_bytes
-from .common import debug_option, friendly_errors
+from .common import INPUT_PATH, debug_option, friendly_errors
 
 
 @click.command()
-@click.argument("adapter", type=click.Path(path_type=Path))
+@click.argument("adapter", type=INPUT_PATH)
 @click.option("--to", "target_format", type=click.Choice(["lora"]), default="lora", show_default=True,
               help="Output format (plain PEFT LoRA, loadable without wavecompress).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")

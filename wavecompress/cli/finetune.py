@@ -9,7 +9,7 @@ import click
 from ..errors import InputError
 from ..finetune import defaults
 from ..formats.atomic import atomic_write_bytes
-from .common import debug_option, friendly_errors
+from .common import INPUT_PATH, debug_option, friendly_errors
 
 
 class StepsType(click.ParamType):
@@ -49,7 +49,7 @@ def finetune_config(steps: int | str | None, lr: float, batch_size: int, max_len
 
 
 @click.command()
-@click.argument("compressed", type=click.Path(path_type=Path))
+@click.argument("compressed", type=INPUT_PATH)
 @click.option("--teacher", type=str, required=True, help="The original adapter the compressed one was made from.")
 @click.option("--base-model", type=str, default=None, help="Base model folder or Hub id [default: the adapter's base_model_name_or_path].")
 @click.option("--data", "data", type=click.Path(path_type=Path), required=True,

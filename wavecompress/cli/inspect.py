@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from ..errors import InputError
-from .common import debug_option, friendly_errors
+from .common import INPUT_PATH, debug_option, friendly_errors
 
 PREFIX = "base_model.model."
 _TYPES = {
@@ -32,17 +32,14 @@ _SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
 
 def _header(weights: Path) -> tuple[dict[str, tuple[list[int], str]], dict[str, str]]:
     """{key: (shape, safetensors dtype)} and the metadata of a safetensors file, without loading data."""
-    from safetensors import SafetensorError, safe_open
+    from ..deltas.safetensors_file import open_safetensors
 
-    try:
-        with safe_open(str(weights), framework="pt") as reader:
-            tensors = {}
-            for key in reader.keys():
-                piece = reader.get_slice(key)
-                tensors[key] = (list(piece.get_shape()), piece.get_dtype())
-            return tensors, dict(reader.metadata() or {})
-    except (SafetensorError, OSError) as exc:
-        raise InputError(f"{weights}: not a readable safetensors file ({exc})") from None
+    with open_safetensors(weights) as reader:
+        tensors = {}
+        for key in reader.keys():
+            piece = reader.get_slice(key)
+            tensors[key] = (list(piece.get_shape()), piece.get_dtype())
+        return tensors, reader.metadata()
 
 
 def _module_of(key: str, known: list[str]) -> tuple[str, str]:
@@ -173,7 +170,7 @@ def format_description(info: dict[str, Any], show_config: bool = True) -> str:
 
 
 @click.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=INPUT_PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 @debug_option
 @friendly_errors

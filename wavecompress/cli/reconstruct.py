@@ -9,11 +9,11 @@ import click
 from ..errors import InputError
 from ..formats.atomic import atomic_write_bytes
 from ..formats.safetensors_writer import deterministic_bytes
-from .common import debug_option, friendly_errors
+from .common import INPUT_PATH, debug_option, friendly_errors
 
 
 @click.command()
-@click.argument("adapter", type=click.Path(path_type=Path))
+@click.argument("adapter", type=INPUT_PATH)
 @click.option("--out", "out_file", type=click.Path(path_type=Path), required=True, help="safetensors file for the dense deltas.")
 @click.option("--force", is_flag=True, help="Replace an existing file.")
 @debug_option

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..errors import InputError
@@ -104,6 +105,8 @@ def _read_adapter(path: str | Path, base: str | Path | None = None) -> AdapterDe
     config_path, weights_path = locate_adapter(path)
     config = read_json(config_path)
     peft_type = config.get("peft_type")
+    if not isinstance(peft_type, str):
+        raise InputError(f"{config_path}: peft_type is {json.dumps(peft_type)[:60]}; expected a string such as \"LORA\"")
     if peft_type == LORA:
         return read_peft_lora(config, weights_path, base)
     if peft_type in PEFT_LYCORIS_TYPES:

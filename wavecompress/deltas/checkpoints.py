@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Iterator
 from functools import cached_property
@@ -16,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-
 from ..errors import InputError
+from .safetensors_file import DTYPES, open_regular, open_safetensors
 from .safetensors_reader import check_finite, check_readable_file, read_json
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -26,7 +26,7 @@ INDEX_NAME = "model.safetensors.index.json"
 # size (32768) each elementwise op stays on one thread and in cache: measured on 2 busy cores,
 # larger blocks made the threaded ops 10-100× slower, smaller ones pay Python overhead.
 BLOCK_ELEMENTS = 1 << 15
-_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
+_DTYPES = {name: dtype for name, dtype in DTYPES.items() if dtype.is_floating_point}  # float8 included
 SINGLE_NAME = "model.safetensors"
 _EMBEDDING_NAME = re.compile(r"(^|\.)(embed[^.]*|[a-z_]*embeddings?|wte|wpe|shared|word_embeddings|position_embeddings)(\.|$)")
 
@@ -43,19 +43,14 @@ class Checkpoint:
         self.metadata: dict[str, str] = {}
         self._headers: dict[Path, tuple[int, dict[str, Any]]] = {}
         for file in self.files:
-            try:
-                with safe_open(str(file), framework="pt") as reader:
-                    if not self.metadata:
-                        self.metadata = dict(reader.metadata() or {})
-                    for key in reader.keys():
-                        view = reader.get_slice(key)
-                        self.location[key] = file
-                        self.shapes[key] = tuple(int(n) for n in view.get_shape())
-                        self.dtypes[key] = str(view.get_dtype())
-            except SafetensorError as exc:
-                raise InputError(f"{file}: not a valid safetensors file ({exc})") from None
-            except (OSError, RuntimeError, ValueError) as exc:
-                raise InputError(f"{file}: cannot read safetensors header ({exc})") from None
+            with open_safetensors(file) as reader:
+                if not self.metadata:
+                    self.metadata = reader.metadata()
+                for key in reader.keys():
+                    view = reader.get_slice(key)
+                    self.location[key] = file
+                    self.shapes[key] = tuple(int(n) for n in view.get_shape())
+                    self.dtypes[key] = str(view.get_dtype())
         if not self.location:
             raise InputError(f"{self.path}: the checkpoint holds no tensors")
 
@@ -64,7 +59,7 @@ class Checkpoint:
         """The safetensors files of a checkpoint path (file, sharded folder or model folder)."""
         if not path.exists():
             raise InputError(f"{path}: no such file or folder")
-        if path.is_file():
+        if not path.is_dir():
             if path.name.endswith(".index.json"):
                 return Checkpoint._from_index(path)
             check_readable_file(path)
@@ -89,10 +84,20 @@ class Checkpoint:
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise InputError(f"{index}: no 'weight_map' in the index")
-        files = sorted({index.parent / name for name in weight_map.values()})
+        names = set()
+        for name in weight_map.values():
+            if not isinstance(name, str) or not name:
+                raise InputError(f"{index}: weight_map values must be shard file names, got {str(name)[:40]!r}")
+            # A shard is a file name in the index's folder: no folders, no '..', no absolute paths
+            # (symlinked shards, as in the huggingface_hub cache, are fine).
+            if "/" in name or "\\" in name or name in (".", ".."):
+                raise InputError(f"{index}: shard {name[:80]!r} is not a file name in the checkpoint folder; refusing it")
+            names.add(name)
+        files = sorted(index.parent / name for name in names)
         for file in files:
             if not file.exists():
                 raise InputError(f"{index}: shard {file.name} is listed but missing")
+            os.close(open_regular(file))  # a FIFO or folder is refused here, never opened for reading
         return files
 
     @cached_property
@@ -124,11 +129,8 @@ class Checkpoint:
 
     def get(self, key: str) -> torch.Tensor:
         """One tensor in its stored dtype."""
-        try:
-            with safe_open(str(self.location[key]), framework="pt") as reader:
-                return reader.get_tensor(key)
-        except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-            raise InputError(f"{self.location[key]}: cannot read tensor {key} ({exc})") from None
+        with open_safetensors(self.location[key]) as reader:
+            return reader.get_tensor(key)
 
     def _data_start(self, file: Path) -> tuple[int, dict[str, Any]]:
         """(offset of the data section, parsed header) of one safetensors file."""

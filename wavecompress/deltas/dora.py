@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from ..errors import InputError
 from .adapter_deltas import AdapterDeltas, LazyLayers
 from .checkpoints import Checkpoint
 from .layer_delta import LayerDelta
+from .safetensors_file import open_safetensors
 from .safetensors_reader import check_finite
 
 KIND = "peft-dora"
@@ -65,7 +65,7 @@ def dora_delta(weight: torch.Tensor, left: torch.Tensor, right: torch.Tensor, ma
 
 
 def _magnitudes(weights_path: Path) -> dict[str, str]:
-    with safe_open(str(weights_path), framework="pt") as reader:
+    with open_safetensors(weights_path) as reader:
         return {m["module"]: key for key in reader.keys() if (m := _MAGNITUDE.match(key))}
 
 
@@ -76,7 +76,7 @@ def _factory(lora: LayerDelta, base: Checkpoint, weights_path: Path, magnitude_k
         weight = base.get_float32(key, transpose=transpose)
         if tuple(weight.shape) != lora.shape:
             raise InputError(f"{base.path}: base weight {key} is {list(weight.shape)} but the DoRA layer {lora.name} is {list(lora.shape)}")
-        with safe_open(str(weights_path), framework="pt") as reader:
+        with open_safetensors(weights_path) as reader:
             magnitude = reader.get_tensor(magnitude_key).reshape(-1).to(torch.float32)
         check_finite(weights_path, magnitude_key, magnitude)
         if magnitude.numel() != lora.shape[0]:

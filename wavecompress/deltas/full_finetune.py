@@ -18,6 +18,7 @@ from ..errors import InputError
 from .adapter_deltas import AdapterDeltas, LazyLayers, SkippedLayer
 from .checkpoints import Checkpoint, float32_difference, looks_like_embedding
 from .layer_delta import LayerDelta
+from .memory_budget import check_layer_size
 from .safetensors_reader import check_finite
 
 KIND = "full-finetune"
@@ -163,6 +164,7 @@ def read_full_finetune(
     for key, module, kind in keep:
         d0, d1 = tuned_ck.shapes[key]
         shape = (d1, d0) if kind == "conv1d" else (d0, d1)
+        check_layer_size(tuned_ck.path, module, shape)
         entries.append((module, shape, d0 * d1, _factory(base_ck, tuned_ck, key, module, kind == "conv1d")))
     config = {"base_model_name_or_path": base_ck.name, "fan_in_fan_out": fan_in_fan_out, "bias": "none"}
     return AdapterDeltas(

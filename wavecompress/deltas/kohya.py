@@ -16,12 +16,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from ..errors import InputError
 from . import lycoris
 from .adapter_deltas import AdapterDeltas, SkippedLayer
 from .layer_delta import LayerDelta
+from .memory_budget import check_layer_size
+from .safetensors_file import open_safetensors
 from .safetensors_reader import check_finite, read_safetensors
 
 KIND = "kohya-lora"
@@ -55,7 +56,7 @@ def carried_metadata(metadata: dict[str, str]) -> dict[str, str]:
 def is_single_file_lora(path: Path) -> bool:
     """True when a safetensors file's keys look like kohya, LyCORIS or diffusers LoRA modules."""
     try:
-        with safe_open(str(path), framework="pt") as reader:
+        with open_safetensors(path) as reader:
             keys = list(reader.keys())
     except Exception:  # noqa: BLE001 - not a readable safetensors file: let the caller's reader say why
         return False
@@ -87,6 +88,7 @@ def _lora_layer(path: Path, module: str, parts: dict[str, torch.Tensor]) -> Laye
         raise InputError(f"{path}: module {module}: down is {list(down.shape)} but up is {list(up.shape)} (up must be d_out × {rank})")
     if rank == 0:
         raise InputError(f"{path}: module {module} has rank 0")
+    check_layer_size(path, module, (up.shape[0], down.shape[1]))
     alpha = _alpha(path, module, parts)
     scale = alpha / rank if alpha is not None else 1.0
     return LayerDelta.from_factors(

@@ -19,6 +19,7 @@ import torch
 from ..errors import InputError
 from .adapter_deltas import AdapterDeltas, SkippedLayer
 from .layer_delta import LayerDelta
+from .memory_budget import check_layer_size
 from .peft_lora import match_pattern_key, strip_prefix
 from .safetensors_reader import check_finite, read_safetensors
 
@@ -47,6 +48,7 @@ def loha_delta(name: str, parts: Mapping[str, torch.Tensor], alpha: float | None
     d_out, d_in = w1a.shape[0], w1b.shape[1]
     if w1a.shape[1] != w1b.shape[0] or w2a.shape[1] != w2b.shape[0] or w2a.shape[0] != d_out or w2b.shape[1] != d_in:
         raise InputError(f"module {name}: LoHa factor shapes {[list(t.shape) for t in (w1a, w1b, w2a, w2b)]} do not fit together")
+    check_layer_size(None, name, (d_out, d_in))
     s = _scale(alpha, w1b.shape[0]) if scale is None else scale
     r1, r2 = w1a.shape[1], w2a.shape[1]
     stored = sum(t.numel() for t in (w1a, w1b, w2a, w2b))
@@ -76,6 +78,7 @@ def lokr_delta(name: str, parts: Mapping[str, torch.Tensor], alpha: float | None
             raise InputError(f"module {name}: {side} is {matrix.dim()}-D (convolution LoKr is not converted)")
         sides.append(matrix)
     s = _scale(alpha, dim) if scale is None else scale
+    check_layer_size(None, name, (sides[0].shape[0] * sides[1].shape[0], sides[0].shape[1] * sides[1].shape[1]))
     delta = torch.kron(sides[0], sides[1]) * s
     return LayerDelta.from_dense(name, delta, scaling=s, stored_values=stored, lycoris="lokr")
 
@@ -100,6 +103,9 @@ def peft_scaling(config: dict[str, Any], module: str) -> float:
 
 def read_peft_lycoris(config: dict[str, Any], weights_path: Path) -> AdapterDeltas:
     """Layer deltas of a PEFT LoHa or LoKr adapter folder (keys ``base_model.model.<module>.hada_*``/``lokr_*``)."""
+    from .peft_lora import check_lora_config
+
+    check_lora_config(config, weights_path.parent / "adapter_config.json")
     kind = PEFT_LYCORIS_TYPES[config["peft_type"]]
     tensors, metadata = read_safetensors(weights_path)
     modules: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)

@@ -7,6 +7,7 @@ classifier head from ``modules_to_save``) are kept as passthrough.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
@@ -19,10 +20,52 @@ import torch
 from ..errors import InputError
 from .adapter_deltas import AdapterDeltas, SkippedLayer
 from .layer_delta import LayerDelta
+from .memory_budget import check_layer_size
 from .safetensors_reader import NonFiniteError, check_finite, nonfinite_layers_skipped, read_safetensors
 
 PREFIX = "base_model.model."
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<kind>A|B|embedding_A|embedding_B|magnitude_vector)(?:\.(?P<adapter>[^.]+))?(?:\.weight)?$")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_lora_config(config: dict[str, Any], where: Path) -> None:
+    """Refuse config values PEFT would misread: non-integer or non-positive ranks, non-finite alphas,
+    non-boolean flags, ``*_pattern`` entries that are not regex → number (one line naming the key)."""
+    def bad(key: str, value: Any, expected: str) -> InputError:
+        return InputError(f"{where}: {key} is {json.dumps(value)[:60]}; expected {expected}")
+
+    def rank_ok(value: Any) -> bool:
+        return _number(value) and math.isfinite(value) and float(value).is_integer() and value > 0
+
+    def alpha_ok(value: Any) -> bool:
+        return _number(value) and math.isfinite(value) and abs(value) < 1e30
+
+    if "r" in config and config["r"] is not None and not rank_ok(config["r"]):
+        raise bad("r", config["r"], "a positive integer")
+    for key in ("lora_alpha", "alpha"):
+        if key in config and config[key] is not None and not alpha_ok(config[key]):
+            raise bad(key, config[key], "a finite number")
+    for key in ("use_dora", "use_rslora", "fan_in_fan_out"):
+        if config.get(key) is not None and not isinstance(config[key], bool):
+            raise bad(key, config[key], "true or false")
+    for key, ok, expected in (("rank_pattern", rank_ok, "positive integers"), ("alpha_pattern", alpha_ok, "finite numbers")):
+        patterns = config.get(key)
+        if patterns is None:
+            continue
+        if not isinstance(patterns, dict):
+            raise bad(key, patterns, "an object {module regex: value}")
+        for pattern, value in patterns.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise InputError(f"{where}: {key} key {pattern[:60]!r} is not a valid regular expression ({exc})") from None
+            except RecursionError:
+                raise InputError(f"{where}: {key} key {pattern[:60]!r} is not a usable regular expression (nested too deeply)") from None
+            if not ok(value):
+                raise bad(f"{key}[{pattern[:40]!r}]", value, expected)
 
 
 def match_pattern_key(patterns: dict[str, Any], module_name: str) -> str | None:
@@ -60,6 +103,7 @@ def read_peft_lora(config: dict[str, Any], weights_path: Path, base: str | Path 
 
     DoRA adapters (``use_dora``) go to :mod:`.dora`, which needs the base weights ``base``.
     """
+    check_lora_config(config, weights_path.parent / "adapter_config.json")
     if config.get("use_dora"):
         from .dora import base_required_error, read_dora
 
@@ -94,9 +138,15 @@ def read_peft_lora(config: dict[str, Any], weights_path: Path, base: str | Path 
         if lora_a.dim() != 2 or lora_b.dim() != 2:
             skipped.append(SkippedLayer(module, f"{lora_a.dim()}-D LoRA factors (convolution) are not converted"))
             continue
+        for key, tensor in ((a_key, lora_a), (b_key, lora_b)):
+            if not tensor.is_floating_point():
+                raise InputError(f"{weights_path}: tensor {key} has non-float dtype {str(tensor.dtype).replace('torch.', '')}")
         rank = lora_a.shape[0]
         if rank == 0 or lora_b.shape[1] == 0:
             raise InputError(f"{weights_path}: tensor {a_key} has rank 0")
+        if 0 in lora_b.shape or 0 in lora_a.shape:
+            raise InputError(f"{weights_path}: tensors {a_key} {list(lora_a.shape)} and {b_key} {list(lora_b.shape)} "
+                             "make an empty layer")
         if lora_b.shape[1] != rank:
             raise InputError(
                 f"{weights_path}: shape mismatch: {a_key} is {tuple(lora_a.shape)} but {b_key} is "
@@ -107,23 +157,24 @@ def read_peft_lora(config: dict[str, Any], weights_path: Path, base: str | Path 
             raise InputError(
                 f"{weights_path}: tensor {a_key} has rank {rank} but adapter_config.json says r={expected} for {module}"
             )
-        if not lora_a.is_floating_point() or not lora_b.is_floating_point():
-            raise InputError(f"{weights_path}: tensor {a_key} has non-float dtype {lora_a.dtype}")
+        check_layer_size(weights_path, module, (lora_b.shape[0], lora_a.shape[1]))
+        scale = lora_scaling(config, module, rank)
+        left, right = lora_b.to(torch.float32) * scale, lora_a.to(torch.float32)  # float8 has few kernels: check in float32
         try:
-            check_finite(weights_path, a_key, lora_a)
-            check_finite(weights_path, b_key, lora_b)
+            check_finite(weights_path, a_key, right)
+            check_finite(weights_path, b_key, lora_b.to(torch.float32))
+            check_finite(weights_path, f"{b_key} × scaling {scale:g} (lora_alpha / r)", left)
         except NonFiniteError as exc:
             if not nonfinite_layers_skipped():
                 raise
             warnings.warn(f"skipping {module}: {exc}", stacklevel=2)
             skipped.append(SkippedLayer(module, "non-finite values (NaN/Inf) in its LoRA factors"))
             continue
-        scale = lora_scaling(config, module, rank)
         layers.append(
             LayerDelta.from_factors(
                 module,
-                lora_b.to(torch.float32) * scale,
-                lora_a.to(torch.float32),
+                left,
+                right,
                 rank=rank,
                 scaling=scale,
                 dtype=str(lora_a.dtype).replace("torch.", ""),

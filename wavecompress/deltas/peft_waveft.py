@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from ..errors import InputError
 from .adapter_deltas import AdapterDeltas
 from .layer_delta import LayerDelta
 from .peft_lora import strip_prefix
+from .memory_budget import check_layer_size
+from .safetensors_file import open_safetensors
 from .safetensors_reader import check_finite, read_safetensors
 
 SPECTRUM = ".waveft_spectrum"
@@ -28,7 +29,7 @@ def _base_weight_shapes(base: Path, names: list[str], fan_in_fan_out: bool) -> d
     files = sorted(base.glob("*.safetensors")) if base.is_dir() else [base]
     shapes: dict[str, tuple[int, int]] = {}
     for file in files:
-        with safe_open(str(file), framework="pt") as reader:
+        with open_safetensors(file) as reader:
             for key in reader.keys():
                 for name in names:
                     full = f"{name}.weight"
@@ -73,6 +74,7 @@ def read_peft_waveft(config: dict[str, Any], weights_path: Path, base: str | Pat
     for name in sorted(spectra):
         spectrum = tensors[spectra[name]]
         check_finite(weights_path, spectra[name], spectrum)
+        check_layer_size(weights_path, name, tuple(int(n) for n in shapes[name]))
         dense = waveft_seeded.reconstruct({"waveft_spectrum": spectrum.to(torch.float32)}, meta, shapes[name])
         layers.append(LayerDelta.from_dense(name, dense, stored_values=spectrum.numel()))
     passthrough = {key: value for key, value in tensors.items() if not key.endswith(SPECTRUM)}

@@ -10,48 +10,42 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from ..errors import InputError
+from .safetensors_file import open_regular, open_safetensors, read_regular_bytes
+
+
+MAX_JSON_BYTES = 64 << 20  # configs and indexes are kilobytes; a bigger one is not a config
 
 
 def check_readable_file(path: Path, what: str = "file") -> None:
-    """Raise InputError unless ``path`` is an existing, readable regular file."""
+    """Raise InputError unless ``path`` is an existing, readable regular file (a FIFO is refused, not opened)."""
     if not path.exists():
         raise InputError(f"{path}: no such {what}")
-    if not path.is_file():
-        raise InputError(f"{path}: is not a file")
-    if not os.access(path, os.R_OK):
-        raise InputError(f"{path}: permission denied")
+    os.close(open_regular(path))
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors and the header metadata of a safetensors file, validated on the way in."""
-    check_readable_file(path)
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if len(head) < 8:
-        raise InputError(f"{path}: not a safetensors file (only {len(head)} bytes)")
-    try:
-        tensors = {}
-        with safe_open(str(path), framework="pt") as reader:
-            metadata = dict(reader.metadata() or {})
-            for key in sorted(reader.keys()):
-                tensors[key] = reader.get_tensor(key)
-    except SafetensorError as exc:
-        raise InputError(f"{path}: not a valid safetensors file ({exc})") from None
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read safetensors data ({exc})") from None
+    """All tensors and the header metadata of a safetensors file, validated on the way in (plain reads, no mmap)."""
+    if not Path(path).exists():
+        raise InputError(f"{path}: no such file")
+    with open_safetensors(path) as reader:
+        metadata = reader.metadata()
+        tensors = {key: reader.get_tensor(key) for key in sorted(reader.keys())}
     return tensors, metadata
 
 
 def read_json(path: Path) -> dict:
-    """A JSON object from ``path``, with InputError for a missing file or invalid JSON."""
-    check_readable_file(path)
+    """A JSON object from ``path``, with InputError for a missing file, a FIFO, invalid or absurdly nested JSON."""
+    if not Path(path).exists():
+        raise InputError(f"{path}: no such file")
+    raw = read_regular_bytes(path, MAX_JSON_BYTES)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: invalid JSON ({exc})") from None
+    except RecursionError:
+        raise InputError(f"{path}: invalid JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data

@@ -13,6 +13,7 @@ from ..methods.registry import method_of_peft_type
 from ..methods import kept
 from .adapter_deltas import AdapterDeltas
 from .layer_delta import LayerDelta
+from .memory_budget import check_layer_size
 from .peft_lora import PREFIX
 from .safetensors_reader import check_finite, read_safetensors
 
@@ -43,8 +44,13 @@ def read_stored_layers(
         for key, value in own.items():
             check_finite(weights_path, prefix + key, value)
         claimed.update(prefix + key for key in own)
-        meta = {key: value for key, value in table[name].items() if key != "shape"}
-        layers.append(StoredLayer(name, tuple(int(v) for v in table[name]["shape"]), meta, own))
+        entry = table[name]
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list):
+            raise InputError(f"{weights_path.parent / 'adapter_config.json'}: layer {name} has no 'shape' [d_out, d_in]")
+        check_layer_size(weights_path.parent / "adapter_config.json", name, tuple(shape))
+        meta = {key: value for key, value in entry.items() if key != "shape"}
+        layers.append(StoredLayer(name, tuple(shape), meta, own))
     passthrough = {key: value for key, value in tensors.items() if key not in claimed}
     return layers, passthrough, metadata
 

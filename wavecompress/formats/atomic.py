@@ -33,13 +33,75 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_staging(target: Path) -> None:
-    """Delete staging folders left by a run that was killed (SIGKILL cannot be cleaned up at once)."""
-    prefix = staging_prefix(target)
+def retired_prefix(target: Path) -> str:
+    """Hidden sibling name an old output is moved to while ``--force`` replaces it: ``.<name>.old-<pid>-``."""
+    return f".{Path(target).name}.old-"
+
+
+def _dead_runs(target: Path, prefix: str) -> list[Path]:
+    """Siblings ``<prefix><pid>-*`` of ``target`` whose process is gone."""
+    found = []
     for candidate in Path(target).parent.glob(prefix + "*"):
         pid_text = candidate.name[len(prefix) :].split("-", 1)[0]
         if pid_text.isdigit() and not _pid_alive(int(pid_text)):
-            shutil.rmtree(candidate, ignore_errors=True)
+            found.append(candidate)
+    return found
+
+
+def remove_stale_staging(target: Path) -> None:
+    """Clean up after a run that was killed (SIGKILL cannot be cleaned up at once): delete its staging
+    folders, and put back an old output it had moved aside but not yet replaced (else delete that)."""
+    target = Path(target)
+    for candidate in _dead_runs(target, staging_prefix(target)):
+        shutil.rmtree(candidate, ignore_errors=True)
+    for candidate in _dead_runs(target, retired_prefix(target)):
+        old = candidate / "old"
+        if not os.path.lexists(target) and old.is_dir():
+            os.replace(old, target)
+        shutil.rmtree(candidate, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    result = renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno in (22, 38, 95):  # EINVAL / ENOSYS / EOPNOTSUPP: the filesystem cannot exchange
+        return False
+    raise OSError(errno, os.strerror(errno), str(second))
+
+
+def replace_directory(staging: Path, target: Path) -> None:
+    """Make ``staging`` the folder ``target`` with no moment where ``target`` is missing when the
+    filesystem can exchange atomically; otherwise the old folder waits in ``.<name>.old-<pid>-*``
+    (put back by the next run if this one is killed before the new folder is in place)."""
+    if exchange(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)  # now holds the old output; a kill here leaves a stale staging folder
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f"{retired_prefix(target)}{os.getpid()}-", dir=target.parent))
+    os.replace(target, retired / "old")
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(retired / "old", target)
+        shutil.rmtree(retired, ignore_errors=True)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def _test_hold_before_rename() -> None:
@@ -58,14 +120,12 @@ def atomic_directory(target: Path, force: bool = False) -> Iterator[Path]:
     moved aside and deleted only after the new one is in place.
     """
     target = Path(target)
-    if target.exists() and not force:
-        raise OutputExistsError(f"{target}: output already exists (pass force=True, e.g. result.save(path, force=True), to replace it)")
-    if target.exists() and not target.is_dir():
-        raise InputError(f"{target}: exists and is not a folder")
+    check_output_folder(target, force)
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
         remove_stale_staging(target)
+        check_output_folder(target, force)  # a stranded old output may just have been put back
         staging = Path(tempfile.mkdtemp(prefix=f"{staging_prefix(target)}{os.getpid()}-", dir=parent))
     except OSError as exc:
         raise InputError(f"{target}: cannot create output folder ({exc.strerror})") from None
@@ -74,15 +134,26 @@ def atomic_directory(target: Path, force: bool = False) -> Iterator[Path]:
         _test_hold_before_rename()
         os.chmod(staging, 0o755)
         if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=parent))
-            os.replace(target, retired / "old")
-            os.replace(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
+            replace_directory(staging, target)
         else:
             os.replace(staging, target)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise InputError(f"{target}: cannot write the output ({exc.strerror or exc}); nothing was changed") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def check_output_folder(target: Path, force: bool, hint: str = "pass force=True, e.g. result.save(path, force=True), to replace it") -> None:
+    """Refuse an output path that exists without ``force``, is not a folder, or is a dangling symlink."""
+    target = Path(target)
+    if target.is_symlink() and not target.exists():
+        raise InputError(f"{target}: is a symlink to a missing path ({os.readlink(target)}); remove it or choose another --out")
+    if target.exists() and not force:
+        raise OutputExistsError(f"{target}: output already exists ({hint})")
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{target}: exists and is not a folder")
 
 
 def default_file_mode() -> int:
@@ -95,14 +166,36 @@ def default_file_mode() -> int:
 def atomic_write_bytes(target: Path, data: bytes) -> None:
     """Write a single file via a temporary sibling and rename; it gets the mode a plain open() would give."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    check_output_file(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    except OSError as exc:
+        raise InputError(f"{target}: cannot write here ({exc.strerror or exc})") from None
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
         os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; outputs are meant to be shared like folders' files
         os.replace(tmp, target)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise InputError(f"{target}: cannot write ({exc.strerror or exc})") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_output_file(target: Path) -> None:
+    """Refuse a file output that is a folder or whose folder cannot be written (before any heavy work)."""
+    target = Path(target)
+    if target.is_dir():
+        raise InputError(f"{target}: is a folder; give a file name")
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{target}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{target}: cannot write in {parent} (permission denied)")

@@ -13,6 +13,7 @@ breakpoints), and a knapsack heuristic for the few values left over in between.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -94,7 +95,7 @@ def budget_spec(
     for value, what in ((budget, "budget"), (budget_total, "budget-total")):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
             raise InputError(f"{what} must be a positive integer number of stored values, got {value!r}")
-    if budget_ratio is not None and not (isinstance(budget_ratio, (int, float)) and 0 < budget_ratio):
+    if budget_ratio is not None and not (isinstance(budget_ratio, (int, float)) and 0 < budget_ratio < math.inf):
         raise InputError(f"budget-ratio must be a positive fraction of the input's stored values, got {budget_ratio!r}")
     return BudgetSpec(
         per_layer=budget,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..deltas.layer_delta import LayerDelta
+from ..errors import InputError
 from ..transforms.peft_geometry import PeftWaveGeometry, check_peft_wavelet
 from .compressed_layer import CompressedLayer
 from .options import MethodOptions
@@ -47,7 +48,10 @@ def expected_loss_note(k: int, n: int) -> str:
 
 
 def _options(options: MethodOptions) -> tuple[float, int]:
-    scaling = float(getattr(options, "scaling", None) or DEFAULT_SCALING)
+    scaling = getattr(options, "scaling", None)
+    scaling = DEFAULT_SCALING if scaling is None else float(scaling)  # 0 is refused, never replaced by the default
+    if not math.isfinite(scaling) or scaling == 0:
+        raise InputError(f"scaling {scaling!r}: must be a finite, non-zero number")
     seed = getattr(options, "seed", None)
     return scaling, DEFAULT_SEED if seed is None else int(seed)
 

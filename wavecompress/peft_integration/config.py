@@ -19,12 +19,12 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 
 def header_tensor_specs(weights_path: str, names: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
     """{layer name: {tensor key: {"shape", "dtype"}}} read from a safetensors header (no data loaded)."""
-    from safetensors import safe_open
+    from ..deltas.safetensors_file import open_safetensors
 
     from ..deltas.peft_lora import PREFIX
 
     specs: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
-    with safe_open(weights_path, framework="pt") as reader:
+    with open_safetensors(weights_path) as reader:
         for key in reader.keys():
             stripped = key[len(PREFIX) :] if key.startswith(PREFIX) else key
             module, _, tensor = stripped.rpartition(".")
