@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,14 +65,95 @@ def _endpoint() -> str:
     return constants.ENDPOINT
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions meaning "the Hub could not be reached" (httpx2 in huggingface_hub 2.x)."""
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    with contextlib.suppress(ImportError, AttributeError):
-        import httpx2
+# Exception classes, by (top-level module, class name) anywhere in the MRO, of the three HTTP stacks
+# huggingface_hub has used: requests (< 1.0), httpx (1.x) and httpx2 (2.x). Matching by name needs
+# none of them installed, and catches their subclasses (ReadTimeout, ConnectError, ProxyError, ...).
+_UNREACHABLE = {("requests", "ConnectionError"), ("requests", "Timeout"), ("urllib3", "HTTPError"),
+                ("httpx", "TransportError"), ("httpx", "TimeoutException"),
+                ("httpx2", "TransportError"), ("httpx2", "TimeoutException")}
+_STATUS = {("requests", "HTTPError"), ("httpx", "HTTPStatusError"), ("httpx2", "HTTPStatusError")}
+HUB_TIMEOUT_ENV = "WAVECOMPRESS_HUB_TIMEOUT"
+DEFAULT_HUB_TIMEOUT = 10.0  # seconds without progress (connect, or a read/write stalled) before a try fails
 
-        errors.append(httpx2.TransportError)
-    return tuple(errors)
+
+def _kinds(exc: BaseException) -> set[tuple[str, str]]:
+    return {(cls.__module__.split(".")[0], cls.__name__) for cls in type(exc).__mro__}
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the Hub could not be reached or stopped answering (any HTTP stack)."""
+    return isinstance(exc, (ConnectionError, TimeoutError)) or bool(_kinds(exc) & _UNREACHABLE)
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status of an HTTP-error exception of any stack, else None."""
+    if not _kinds(exc) & _STATUS:
+        return None
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def hub_timeout() -> float:
+    """Seconds a Hub request may make no progress (``WAVECOMPRESS_HUB_TIMEOUT``, default 10)."""
+    text = os.environ.get(HUB_TIMEOUT_ENV)
+    if not text:
+        return DEFAULT_HUB_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"{HUB_TIMEOUT_ENV}={text!r}: expected a number of seconds") from None
+    if not 0 < value < 86400:
+        raise InputError(f"{HUB_TIMEOUT_ENV}={text!r}: expected a number of seconds between 0 and 86400")
+    return value
+
+
+_TIMEOUTS_SET: list[float] = []
+
+
+def set_hub_timeouts() -> float:
+    """Give huggingface_hub's shared HTTP client connect/read/write timeouts (it has none by default),
+    and its download and metadata requests the same; returns the timeout in seconds."""
+    from huggingface_hub import constants
+
+    seconds = hub_timeout()
+    constants.HF_HUB_DOWNLOAD_TIMEOUT = min(constants.HF_HUB_DOWNLOAD_TIMEOUT, seconds)
+    constants.HF_HUB_ETAG_TIMEOUT = min(constants.HF_HUB_ETAG_TIMEOUT, seconds)
+    if _TIMEOUTS_SET == [seconds]:
+        return seconds
+    try:
+        from huggingface_hub.utils import _http
+    except ImportError:  # pragma: no cover - a layout we do not know: keep huggingface_hub's defaults
+        return seconds
+    factory = getattr(_http, "default_client_factory", None)
+    http = getattr(_http, "httpx2", None) or getattr(_http, "httpx", None)
+    if factory is not None and http is not None and hasattr(_http, "set_client_factory"):  # httpx / httpx2 era
+        def enforce_timeouts(request) -> None:  # type: ignore[no-untyped-def]
+            # huggingface_hub passes timeout=None (no limit) on some calls, which overrides a client default.
+            limits = dict(request.extensions.get("timeout") or {})
+            request.extensions["timeout"] = {key: limits.get(key) or seconds for key in ("connect", "read", "write", "pool")}
+
+        def client_with_timeouts():  # type: ignore[no-untyped-def]
+            client = factory()
+            client.timeout = http.Timeout(seconds, connect=seconds)
+            hooks = client.event_hooks
+            hooks["request"] = [*hooks.get("request", []), enforce_timeouts]
+            client.event_hooks = hooks
+            return client
+
+        _http.set_client_factory(client_with_timeouts)
+    elif hasattr(_http, "configure_http_backend"):  # requests era: a default timeout on every request
+        import requests
+
+        class TimeoutSession(requests.Session):
+            def request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+                if kwargs.get("timeout") is None:
+                    kwargs["timeout"] = (seconds, seconds)
+                return super().request(*args, **kwargs)
+
+        _http.configure_http_backend(backend_factory=TimeoutSession)
+    _TIMEOUTS_SET[:] = [seconds]
+    return seconds
 
 
 @contextlib.contextmanager
@@ -104,7 +186,7 @@ def hub_errors(repo_id: str, action: str) -> Iterator[None]:
             raise HubError(f"{repo_id}: the Hub rejected the token (401) while {action}; check --token / HF_TOKEN or run `hf auth login`") from None
         if status == 403:
             raise HubError(f"{repo_id}: your token has no write access to this repo or namespace (403) while {action}; use a token with write permission") from None
-        message = (exc.server_message or str(exc)).strip().splitlines()[0]
+        message = ((exc.server_message or str(exc)).strip().splitlines() or ["no message"])[0][:300]
         raise HubError(f"{repo_id}: the Hub answered {status} while {action}: {message}") from None
     except LocalEntryNotFoundError:
         from huggingface_hub import constants
@@ -112,8 +194,16 @@ def hub_errors(repo_id: str, action: str) -> Iterator[None]:
         if constants.HF_HUB_OFFLINE:
             raise HubError(f"{repo_id}: HF_HUB_OFFLINE=1 and the adapter is not in the cache ({constants.HF_HUB_CACHE}); run once online first") from None
         raise HubError(f"{repo_id}: cannot reach the Hub at {_endpoint()} and the adapter is not in the cache") from None
-    except _network_errors() as exc:
-        raise HubError(f"{repo_id}: cannot reach the Hub at {_endpoint()} while {action} ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # noqa: BLE001 - network and HTTP errors of whichever stack huggingface_hub uses
+        if is_unreachable(exc):
+            detail = " ".join(str(exc).split())[:200] or "no answer"
+            raise HubError(f"{repo_id}: cannot reach the Hub at {_endpoint()} while {action} "
+                           f"({type(exc).__name__}: {detail})") from None
+        status = http_status(exc)
+        if status is not None:
+            detail = (" ".join(str(exc).split()) or "no message")[:200]
+            raise HubError(f"{repo_id}: the Hub answered {status} while {action}: {detail}") from None
+        raise
 
 
 def download_adapter(repo_id: str, revision: str | None = None, token: str | None = None) -> Path:
@@ -121,7 +211,9 @@ def download_adapter(repo_id: str, revision: str | None = None, token: str | Non
     from huggingface_hub import snapshot_download
 
     with hub_errors(repo_id, "downloading the adapter"):
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=DOWNLOAD_PATTERNS, token=token))
+        seconds = set_hub_timeouts()
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=DOWNLOAD_PATTERNS, token=token,
+                                        etag_timeout=seconds))
     missing = [name for name in REQUIRED_FILES if not (folder / name).exists()]
     if missing:
         raise InputError(f"{repo_id}: the Hub repo has no {' or '.join(missing)} (is it a PEFT adapter saved with safetensors?)")
@@ -142,42 +234,82 @@ def card_license(card_path: Path) -> str | None:
 
 
 def adapter_files(folder: Path) -> list[str]:
-    """Relative paths of the files a push uploads: everything in the folder except hidden entries."""
+    """Relative paths of the files a push uploads: everything in the folder except hidden entries.
+
+    A symlink is uploaded only when it points to a file inside the folder (a link to anything outside
+    is refused, never followed); FIFOs and other special files are refused."""
+    import stat
+
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder")
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         raise InputError(f"{folder}: not an adapter folder (no {' or '.join(missing)})")
-    return sorted(
-        path.relative_to(folder).as_posix()
-        for path in folder.rglob("*")
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
+    root = Path(os.path.realpath(folder))
+    files = []
+    for top, dirs, names in os.walk(folder):  # does not descend into symlinked folders
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in [*names, *dirs]:
+            path = Path(top) / name
+            if name.startswith(".") or (path.is_dir() and not path.is_symlink()):
+                continue
+            relative = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                real = Path(os.path.realpath(path))
+                if root not in real.parents:
+                    raise InputError(f"{path}: is a symlink to {os.readlink(path)}, outside {folder}; "
+                                     "refusing to upload it (copy the file in, or remove the link)")
+                if not real.is_file():
+                    raise InputError(f"{path}: is a symlink to something that is not a file; refusing to upload it")
+            elif not stat.S_ISREG(path.lstat().st_mode):
+                raise InputError(f"{path}: is not a regular file (FIFO, socket or device); refusing to upload it")
+            files.append(relative)
+    return sorted(files)
+
+
+def check_adapter_folder(folder: Path) -> list[str]:
+    """The files of ``folder`` to push, after checking that its config and report parse and its
+    weights are a valid safetensors file (all before anything is sent to the Hub)."""
+    from .deltas.safetensors_file import open_safetensors
+    from .deltas.safetensors_reader import read_json
+
+    files = adapter_files(folder)
+    read_json(folder / "adapter_config.json")
+    with open_safetensors(folder / "adapter_model.safetensors"):
+        pass
+    if "wavecompress_report.json" in files:
+        read_json(folder / "wavecompress_report.json")
+    return files
 
 
 def commit_message(folder: Path) -> tuple[str, str]:
     """(summary, description) for the push commit, from the folder's config and report."""
     from . import __version__
 
-    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    prov = config.get("wavecompress") or {}
+    from .deltas.safetensors_reader import read_json
+
+    config = read_json(folder / "adapter_config.json")
+    prov = config.get("wavecompress") if isinstance(config.get("wavecompress"), dict) else {}
     report_path = folder / "wavecompress_report.json"
     if not prov and report_path.is_file():  # stock-PEFT configs (lora, waveft-seeded) carry no provenance key
-        report = json.loads(report_path.read_text(encoding="utf-8"))
+        report = read_json(report_path)
         prov = {"method": report.get("method"), "budget": report.get("budget"), "source": report.get("source")}
     if not prov:
         return f"Upload {config.get('peft_type', 'PEFT')} adapter with wavecompress {__version__}", ""
     summary = f"Add {prov.get('method')} adapter, budget {prov.get('budget')} values/layer"
     description = [f"Converted by wavecompress {prov.get('version', __version__)} from {prov.get('source')} ({prov.get('source_kind')})."]
     if report_path.is_file():
-        overall: dict[str, Any] = json.loads(report_path.read_text(encoding="utf-8")).get("overall", {})
-        if prov.get("method") in overall:
-            summary += f", relative error {overall[prov['method']]['relative_error']:.4f}"
-        description.append(
-            "Relative Frobenius error over all layers at the same budget: "
-            + ", ".join(f"{name} {values['relative_error']:.4f}" for name, values in overall.items())
-            + "."
-        )
+        overall: Any = read_json(report_path).get("overall", {})
+        try:
+            if prov.get("method") in overall:
+                summary += f", relative error {float(overall[prov['method']]['relative_error']):.4f}"
+            description.append(
+                "Relative Frobenius error over all layers at the same budget: "
+                + ", ".join(f"{name} {float(values['relative_error']):.4f}" for name, values in overall.items())
+                + "."
+            )
+        except (TypeError, KeyError, ValueError, AttributeError):
+            raise InputError(f"{report_path}: 'overall' is not the report layout wavecompress writes") from None
     return summary, "\n".join(description)
 
 
@@ -224,9 +356,11 @@ def push_adapter(
     from .formats.model_card import retarget_card
 
     folder = Path(folder)
-    files = adapter_files(folder)
+    files = check_adapter_folder(folder)
+    summary, description = commit_message(folder)
     api = HfApi(token=check_push_target(repo_id, token))
     branch = revision or "main"
+    set_hub_timeouts()
     with hub_errors(repo_id, "creating the repo"):
         api.create_repo(repo_id, private=True if private else None, exist_ok=True)
     with hub_errors(repo_id, f"reading branch {branch}"):
@@ -248,7 +382,6 @@ def push_adapter(
             operations.append(CommitOperationAdd(name, card.encode("utf-8")))
         else:
             operations.append(CommitOperationAdd(name, str(folder / name)))
-    summary, description = commit_message(folder)
     with hub_errors(repo_id, "committing the upload (nothing was committed)"):
         try:
             commit = api.create_commit(
