@@ -35,7 +35,7 @@ def check_outputs(inputs: Iterable[Path | None], out_dir: Path | None = None, fi
     ``out_dir`` (a folder replaced whole with --force) must not be an input or hold one; each of
     ``files`` ((option, path) pairs, e.g. ("--report", report.json)) must not overwrite an input or
     a file of an input folder (not even with --force), lie inside ``out_dir``, be a folder, or be in
-    an unwritable place; replacing any other existing file needs --force.
+    an unwritable place; replacing an existing file that is not an earlier report/calibration needs --force.
     """
     sources = [Path(p) for p in inputs if p is not None and os.path.lexists(p)]
     for source in list(sources):  # a weights file's config and card beside it are inputs too
@@ -62,8 +62,24 @@ def check_outputs(inputs: Iterable[Path | None], out_dir: Path | None = None, fi
         if out_dir is not None and _contains(out_dir, path):
             raise InputError(f"{option} {path}: is inside the output folder {out_dir}; choose a path outside it")
         check_output_file(path)
-        if path.exists() and not force:
-            raise InputError(f"{option} {path}: already exists (use --force to replace it)")
+        if path.exists() and not force and not _earlier_output(path):
+            raise InputError(f"{option} {path}: already exists and is not an earlier wavecompress report or "
+                             "calibration file (use --force to replace it)")
+
+
+def _earlier_output(path: Path) -> bool:
+    """Whether ``path`` is a report or calibration file wavecompress wrote (replaced without --force, as before)."""
+    from ..deltas.safetensors_file import open_safetensors
+    from ..deltas.safetensors_reader import read_json
+
+    try:
+        if path.suffix == ".safetensors":
+            with open_safetensors(path) as reader:
+                return "wavecompress.calibration" in reader.metadata()
+        data = read_json(path)
+        return "overall" in data and "method" in data
+    except InputError:
+        return False
 
 
 MAX_SEED = 2**63 - 1
