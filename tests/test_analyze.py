@@ -77,3 +77,32 @@ def test_order_by_selects_the_ordering_of_the_reordered_curves(tmp_path: Path, l
     expected = analyze(lora, ["waveft"], reorder="svd")
     assert data["relative_error"]["waveft"]["all"] == pytest.approx(expected.errors["waveft"]["all"], rel=1e-9)
     assert data["relative_error"]["waveft"]["all"] != pytest.approx(analyze(lora, ["waveft"], reorder="greedy").errors["waveft"]["all"], rel=1e-3)
+
+
+def test_picture_keeps_labels_visible_curves_apart_and_zero_errors_marked(lora: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from wavecompress.analyze import error_floor, figure
+
+    result = analyze(lora, ["waveft", "lora", "sparse"], reorder=True)  # + waveft-plain
+    assert min(result.errors["lora"]["all"]) == 0  # rank-8 LoRA: large budgets are exact
+    fig = figure(result)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = fig.legends[0].get_window_extent(renderer)
+    for ax in fig.axes:
+        for text in ax.texts:  # the 10%/5%/1% labels
+            assert not legend.overlaps(text.get_window_extent(renderer)), text.get_text()
+            assert ax.get_window_extent(renderer).contains(*text.get_window_extent(renderer).get_points()[0])
+    lines = {line.get_label(): line for line in fig.axes[0].lines}
+    plain, sparse = lines["waveft-plain"], lines["sparse"]
+    assert (plain.get_linestyle(), plain.get_marker(), plain.get_color()) != (sparse.get_linestyle(), sparse.get_marker(), sparse.get_color())
+    assert plain.get_zorder() > sparse.get_zorder() and plain.get_linewidth() < sparse.get_linewidth()
+    floor = error_floor(result)
+    positive = [v for m in result.methods for g in result.groups for v in result.errors[m][g] if v > 0]
+    assert floor < min(positive)  # nothing positive is clipped to the floor
+    zero_marks = [line for line in fig.axes[0].lines if line.get_marker() == "v" and line.get_color() == lines["lora"].get_color()]
+    assert len(zero_marks) == 1 and len(zero_marks[0].get_xdata()) == sum(v == 0 for v in result.errors["lora"]["all"])
+    assert all(y > 0 for y in zero_marks[0].get_ydata())  # on the axis, not lost at log(0)
+    assert "error 0 (exact)" in [t.get_text() for t in fig.legends[0].get_texts()]
+    plt.close(fig)

@@ -123,8 +123,11 @@ def threshold_budget(curves: list[RDCurve], target: float, high: int) -> int | N
 
 
 def analyze(source: DeltaSource, methods: Sequence[str] = DEFAULT_METHODS, wavelet: str = "db1", levels: int | None = None,
-            reorder: bool | str | None = True, plain_variants: bool = True, max_budget: int | None = None) -> Analysis:
-    """Rate-distortion curves of every method (and each reorderable method's plain-order variant)."""
+            reorder: bool | str | None = True, plain_variants: bool = True, max_budget: int | None = None,
+            progress: bool | None = False) -> Analysis:
+    """Rate-distortion curves of every method (and each reorderable method's plain-order variant).
+
+    ``progress=None`` shows a progress bar (one step per layer) only on a terminal."""
     for method in methods:
         get_method(method)
     deltas = as_adapter_deltas(source)
@@ -137,7 +140,11 @@ def analyze(source: DeltaSource, methods: Sequence[str] = DEFAULT_METHODS, wavel
     curves: dict[str, list[RDCurve]] = {v: [] for v in variants}
     groups: dict[str, list[str]] = {}
     top = 0
-    for delta in deltas.layers:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(deltas.layers, desc=f"analyze {len(variants)} curves per layer", unit="layer",
+               disable=None if progress is None else not progress)
+    for delta in bar:
         top = max(top, delta.shape[0] * delta.shape[1])
         groups.setdefault(layer_group(delta.name), []).append(delta.name)
         for variant, (method, opts) in variants.items():
@@ -166,8 +173,26 @@ def analyze(source: DeltaSource, methods: Sequence[str] = DEFAULT_METHODS, wavel
     return Analysis(deltas.source, list(curves), groups, grid, errors, stored, thresholds, notes)
 
 
-def plot(analysis: Analysis, title: str | None = None) -> bytes:
-    """PNG bytes: one panel per layer group, relative error vs per-layer budget, log-log."""
+# (color, line style, marker, width, z-order): baselines drawn wide and pale underneath, plain-order variants
+# dashed with markers on top, so coinciding curves (plain top-k often lies on the weight-domain one) stay visible.
+STYLES = {"waveft": ("C0", "-", None, 1.8, 3), "wara": ("C1", "-", None, 1.8, 3), "lora": ("C2", "-", None, 1.8, 3),
+          "sparse": ("0.55", "-", None, 4.5, 1), "waveft-plain": ("C0", "--", "o", 1.2, 4),
+          "wara-plain": ("C1", "--", "s", 1.2, 4)}
+
+
+def error_floor(analysis: Analysis) -> float:
+    """The bottom of the error axis: below every positive error plotted (never clipping one), at most 1e-3."""
+    positive = [v for method in analysis.methods for group in analysis.groups
+                for v in analysis.errors[method][group] if v > 0]
+    return max(min([1e-3, *[0.5 * v for v in positive]]), 1e-12)
+
+
+def figure(analysis: Analysis, title: str | None = None):
+    """The matplotlib figure: one panel per layer group, relative error vs per-layer budget, log-log.
+
+    Errors of exactly 0 (lossless budgets) cannot sit on a log axis: they are drawn as ▼ on the bottom edge.
+    The legend sits below the panels, clear of the 10%/5%/1% labels (drawn at the right edge).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,32 +201,55 @@ def plot(analysis: Analysis, title: str | None = None) -> bytes:
     names = list(analysis.groups)
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False)
-    styles = {"waveft": ("C0", "-"), "wara": ("C1", "-"), "lora": ("C2", "-"), "sparse": ("C7", "-"),
-              "waveft-plain": ("C0", ":"), "wara-plain": ("C1", ":")}
-    floor = 1e-3
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows + 0.6), squeeze=False)
+    floor = error_floor(analysis)
+    budgets = np.asarray(analysis.budgets, dtype=float)
+    marked_zero = False
     for ax, group in zip(axes.flat, names):
-        for method in analysis.methods:
-            color, style = styles.get(method, (None, "--"))
-            values = np.maximum(np.asarray(analysis.errors[method][group]), floor)
-            ax.plot(analysis.budgets, values, style, color=color, lw=1.8, label=method)
+        for rank, method in enumerate(analysis.methods):
+            color, style, marker, width, order = STYLES.get(method, (None, "-.", "^", 1.4, 2))
+            values = np.asarray(analysis.errors[method][group], dtype=float)
+            ax.plot(budgets, np.where(values > 0, values, np.nan), linestyle=style, color=color, lw=width, marker=marker,
+                    markersize=3.5, markevery=max(len(budgets) // 8, 1), zorder=order, label=method,
+                    alpha=0.75 if order == 1 else 1.0)
+            zero = values <= 0
+            if zero.any():
+                lift = floor * 1.15 * 1.25 ** rank  # one row per method, so coinciding exact points stay visible
+                ax.plot(budgets[zero], np.full(int(zero.sum()), lift), "v", color=color, markersize=4,
+                        zorder=5, clip_on=False, label="_nolegend_")
+                marked_zero = True
         for target in THRESHOLDS:
-            ax.axhline(target, color="0.6", lw=0.8, ls="--")
-            ax.text(analysis.budgets[0], target * 1.06, f"{int(target * 100)}%", color="0.4", fontsize=8)
+            ax.axhline(target, color="0.6", lw=0.8, ls="--", zorder=0)
+            ax.text(0.99, target * 1.06, f"{int(target * 100)}%", color="0.4", fontsize=8, ha="right",
+                    transform=ax.get_yaxis_transform())
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_ylim(1e-3, 1.2)
+        ax.set_ylim(floor, 1.2)
         ax.set_title(f"{group} ({len(analysis.groups[group])} layers)", fontsize=10)
         ax.set_xlabel("budget: stored values per layer")
         ax.set_ylabel("relative error ‖ΔW−ΔŴ‖/‖ΔW‖")
         ax.grid(True, which="both", alpha=0.25)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8, loc="lower left")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if marked_zero:
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], color="0.3", marker="v", linestyle="none"))
+        labels.append("error 0 (exact)")
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=8, frameon=False)
     source = Path(analysis.source)
     name = source.parent.name if source.suffix == ".safetensors" else source.name
     fig.suptitle(title or f"rate-distortion of {name}: relative error vs budget, per layer group", fontsize=12)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.6 / (3.9 * rows + 0.6), 1, 1))
+    return fig
+
+
+def plot(analysis: Analysis, title: str | None = None) -> bytes:
+    """PNG bytes of :func:`figure`."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(analysis, title)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)

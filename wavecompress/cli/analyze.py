@@ -47,7 +47,7 @@ def analyze(input_path: Path, out_dir: Path, methods: str, wavelet: str, levels:
     if not chosen:
         raise InputError("--methods is empty")
     result = run_analysis(input_path, chosen, wavelet=wavelet, levels=levels, reorder=order_by if reorder else False,
-                          max_budget=max_budget)
+                          max_budget=max_budget, progress=None)  # a bar on a terminal: one step per layer
     click.echo(f"relative error over all {len(result.groups['all'])} layers (budget = stored values per layer):")
     click.echo(result.format_table())
     for note in result.notes:
