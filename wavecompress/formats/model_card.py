@@ -15,10 +15,9 @@ _ONE_CALL = """```python
 import wavecompress  # needed for this adapter type: without it PEFT stops with KeyError: '{peft_type}'
 model = wavecompress.load_adapter({base}, "{repo}")  # a PeftModel; .merge_and_unload() works too
 ```"""
-_ONE_CALL_STOCK = """```python
-import wavecompress  # optional for this type; one call for every format wavecompress writes
-model = wavecompress.load_adapter({base}, "{repo}")  # a PeftModel
-```"""
+# Stock-PEFT formats: plain PEFT first (the snippet), then the one-call loader in a sentence.
+_ONE_CALL_STOCK = """With wavecompress installed, the one call that loads every format works too:
+`wavecompress.load_adapter({base}, "{repo}")`."""
 
 # A Hub model id: name or owner/name (no local paths, no URLs).
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
@@ -48,13 +47,15 @@ def retarget_card(card: str, repo: str) -> str:
 
 
 def _loading_blocks(method: str, config: dict[str, Any], repo: str) -> list[str]:
-    """The one-call loader first, then the plain-PEFT way; ``base_model`` named by its Hub id when known."""
+    """wavecompress formats: the one-call loader first, then plain PEFT; stock formats the other way round
+    (no wavecompress needed). ``base_model`` is named by its Hub id when known."""
     base_model = config.get("base_model_name_or_path")
     base = f'"{base_model}"' if base_model and _HUB_ID.match(str(base_model)) else "base_model"
     peft_type = config.get("peft_type", "")
     found = get_method(method)
-    first = _ONE_CALL_STOCK if found.stock_peft else _ONE_CALL
-    return [first.format(base=base, repo=repo, peft_type=peft_type), "", found.card_snippet.format(repo=repo)]
+    if found.stock_peft:
+        return [found.card_snippet.format(repo=repo), "", _ONE_CALL_STOCK.format(base=base, repo=repo)]
+    return [_ONE_CALL.format(base=base, repo=repo, peft_type=peft_type), "", found.card_snippet.format(repo=repo)]
 
 
 def render_model_card(report: Report, config: dict[str, Any], source_license: str | None = None, repo: str = "PATH") -> str:

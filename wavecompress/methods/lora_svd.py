@@ -96,7 +96,7 @@ METHOD = register_method(Method(
     tensor_keys=(A_KEY, B_KEY),
     rd_curve=rd_curve,
     activation_aware=ActivationAware(compress=whitened_lora, gains=whitened_gains),
-    card_snippet="""Stock PEFT loads it as well, without wavecompress:
+    card_snippet="""Stock PEFT loads it, no wavecompress needed:
 
 ```python
 from peft import PeftModel

@@ -153,7 +153,7 @@ METHOD = register_method(Method(
     reconstruct=reconstruct,
     tensor_keys=(SPECTRUM_KEY,),
     values_key=SPECTRUM_KEY,
-    card_snippet="""Stock PEFT WaveFT loads it as well, without wavecompress:
+    card_snippet="""Stock PEFT WaveFT loads it, no wavecompress needed:
 
 ```python
 from peft import PeftModel
