@@ -48,11 +48,18 @@ class LayerDelta:
         return self.left @ self.right
 
     def energy(self) -> float:
-        """‖ΔW‖²_F in float64; from the factors as tr((LᵀL)(RRᵀ)) without forming ΔW."""
-        if self.dense is not None:
-            return float(self.dense.double().square().sum())
-        left, right = self.left.double(), self.right.double()
-        return float(((left.T @ left) * (right @ right.T)).sum())
+        """‖ΔW‖²_F in float64; from the factors as tr((LᵀL)(RRᵀ)) without forming ΔW. Computed
+        once per delta (every method and baseline reports it)."""
+        if "energy" not in self.cache:
+            if self.dense is not None:
+                self.cache["energy"] = float(self.dense.double().square().sum())
+            else:
+                from ..hardware import one_thread
+
+                with one_thread():  # r × r products: threads only add barriers (hardware.py)
+                    left, right = self.left.double(), self.right.double()
+                    self.cache["energy"] = float(((left.T @ left) * (right @ right.T)).sum())
+        return self.cache["energy"]
 
     @classmethod
     def from_dense(cls, name: str, matrix: torch.Tensor, **info: Any) -> "LayerDelta":

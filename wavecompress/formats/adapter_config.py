@@ -66,27 +66,41 @@ def wavelet_adapter_config(
 def lora_adapter_config(
     layers: list[CompressedLayer], source_config: dict[str, Any], prov: dict[str, Any]
 ) -> dict[str, Any]:
-    """A plain PEFT LoRA config: per-layer ranks via rank_pattern, scaling 1 via alpha = rank."""
-    from peft import LoraConfig
+    """A plain PEFT LoRA config: per-layer ranks via rank_pattern, scaling 1 via alpha = rank.
 
+    Written as a dict, without importing peft (seconds of start-up): the standard LoraConfig
+    fields, every one known to PEFT since long before the oldest version we support; PEFT
+    fills any field not written with its own default when it loads the file."""
     kept = [layer for layer in layers if layer.meta["rank"] > 0]
     if not kept:
         smallest = min(sum(layer.shape) for layer in layers)
         raise InputError(f"budget {prov['budget']} is below one LoRA rank in every layer (rank 1 costs at least {smallest} values)")
     top = max(layer.meta["rank"] for layer in kept)
     rank_pattern = {re.escape(layer.name): layer.meta["rank"] for layer in kept if layer.meta["rank"] != top}
-    lora = LoraConfig(
-        r=top,
-        lora_alpha=top,
-        target_modules=sorted(layer.name for layer in kept),
-        rank_pattern=rank_pattern,
-        alpha_pattern=dict(rank_pattern),
-        **peft_model_kwargs(source_config),
-    )
-    config = json_ready(lora)
-    config["peft_type"] = LORA
+    model = peft_model_kwargs(source_config)
+    modules_to_save = model["modules_to_save"]
     # No extra key: stock PEFT warns about unknown LoraConfig fields. Provenance goes in the weights header.
-    return config
+    return {
+        "peft_type": LORA,
+        "task_type": model["task_type"],
+        "base_model_name_or_path": model["base_model_name_or_path"],
+        "revision": model["revision"],
+        "inference_mode": True,
+        "r": top,
+        "lora_alpha": top,
+        "lora_dropout": 0.0,
+        "target_modules": sorted(layer.name for layer in kept),
+        "fan_in_fan_out": model["fan_in_fan_out"],
+        "bias": model["bias"],
+        "modules_to_save": sorted(modules_to_save) if isinstance(modules_to_save, (set, frozenset)) else modules_to_save,
+        "init_lora_weights": True,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": dict(rank_pattern),
+        "use_rslora": False,
+        "use_dora": False,
+    }
 
 
 def stored_tensor_specs(layer: CompressedLayer) -> dict[str, dict[str, Any]]:
