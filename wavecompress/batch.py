@@ -1,8 +1,9 @@
 """Batch conversion: many adapters with one call, in a local process pool or as Ray tasks.
 
 Each input becomes ``OUT_DIR/<input>-<method>-<budget>`` (the name ``convert`` would pick). The
-writer is atomic, so an output folder that exists with its files is complete: it is skipped,
-which makes a rerun after a crash (or Ctrl-C) resume where the last run stopped and never
+writer is atomic, so an output folder that exists with its files is complete: it is skipped when
+its report records the same options fingerprint (an output made with other options is refused, not
+reused), which makes a rerun after a crash (or Ctrl-C) resume where the last run stopped and never
 convert anything twice. A failing input never stops the others; each failure is reported in one
 line with its cause.
 """
@@ -10,6 +11,8 @@ line with its cause.
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import multiprocessing
 import os
 import time
@@ -106,6 +109,26 @@ def is_done(target: Path) -> bool:
     return target.is_dir() and all((target / name).is_file() for name in DONE_FILES)
 
 
+# Options that change what is written; the device only changes where it is computed.
+_NOT_FINGERPRINTED = ("device",)
+
+
+def options_record(options: dict[str, Any]) -> dict[str, Any]:
+    """The options an output is made with, and their sha256 fingerprint, as stored in its report."""
+    kept = {key: options[key] for key in sorted(options) if key not in _NOT_FINGERPRINTED}
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return {"values": json.loads(text), "fingerprint": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def stored_fingerprint(target: Path) -> str | None:
+    """The options fingerprint in a complete output's report (None for outputs made without one)."""
+    try:
+        report = json.loads((target / "wavecompress_report.json").read_text(encoding="utf-8"))
+        return str(report["options"]["fingerprint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def convert_one(item: BatchItem, options: dict[str, Any], force: bool = False) -> ItemResult:
     """Convert one input (never raises: failures come back as a result with their message)."""
     from .compress import compress
@@ -116,6 +139,7 @@ def convert_one(item: BatchItem, options: dict[str, Any], force: bool = False) -
         if item.target.exists() and not force:
             raise InputError(f"{item.target}: exists but is incomplete (not written by wavecompress?); remove it or use --force")
         converted = compress(item.source, progress=False, **options)
+        converted.report.options = options_record(options)
         converted.save(item.target, force=force)
         totals = converted.report.overall()
         result.status = "converted"
@@ -198,13 +222,21 @@ def run_batch(items: list[BatchItem], options: dict[str, Any], jobs: int | None 
     if jobs < 1:
         raise InputError(f"--jobs must be at least 1, got {jobs}")
     report = report or (lambda result: None)
-    done = {item for item in items if not force and is_done(item.target)}
+    fingerprint = options_record(options)["fingerprint"]
+    complete = {item for item in items if not force and is_done(item.target)}
+    done = {item for item in complete if stored_fingerprint(item.target) == fingerprint}
     results: dict[BatchItem, ItemResult] = {}
     for item in items:
         if item in done:
             results[item] = ItemResult(str(item.source), str(item.target), "skipped", message="already converted")
             report(results[item])
-    todo = [item for item in items if item not in done]
+        elif item in complete:  # same folder name, other options: never reuse it, never replace it unasked
+            results[item] = ItemResult(
+                str(item.source), str(item.target), "failed", exit_code=2,
+                message=f"{item.target}: exists but was made with other options (wavelet, levels, ordering, ...); "
+                        "use --force to replace it, or another --out")
+            report(results[item])
+    todo = [item for item in items if item not in complete]
     if todo:
         runner = _run_ray if backend == "ray" else _run_local
         for item, result in zip(todo, runner(todo, options, force, min(jobs, len(todo)), report)):

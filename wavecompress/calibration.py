@@ -179,11 +179,15 @@ def calibrate(base_model: str | Path, text_file: str | Path, names: Sequence[str
         raise InputError(f"{text_path}: no such calibration text file")
     if not (model_path / "config.json").is_file():
         raise InputError(f"{model_path}: not a local transformers model folder (no config.json)")
+    if not any(model_path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in model_path.glob("*.bin"))
+        what = f"only pickled weights ({', '.join(pickled[:3])})" if pickled else "no .safetensors weights"
+        raise InputError(f"{model_path}: {what}; pickled checkpoints are never loaded, re-save it with safe_serialization=True")
     try:
         text = text_path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{text_path}: calibration text is not UTF-8 (or give a saved activations .safetensors file)") from None
     tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
-    model = AutoModel.from_pretrained(str(model_path), local_files_only=True, dtype=torch.float32)
+    model = AutoModel.from_pretrained(str(model_path), local_files_only=True, dtype=torch.float32, use_safetensors=True)
     batches = token_batches(tokenizer, text, max_tokens, min(seq_len, getattr(model.config, "max_position_embeddings", seq_len)))
     return collect_second_moments(model, batches, names, source=text_path.name)

@@ -112,6 +112,8 @@ class Report:
     allocation: dict[str, Any] | None = None
     # Layers not selected by --include/--exclude, stored exactly: {"name", "shape", "stored_as", "stored_values", "bytes"}.
     kept: list[dict[str, Any]] = field(default_factory=list)
+    # convert-many: the options the output was made with and their fingerprint (reused only when equal).
+    options: dict[str, Any] | None = None
 
     def overall(self) -> dict[str, MethodSummary]:
         """Totals for the method and each baseline over all layers."""
@@ -147,7 +149,7 @@ class Report:
             "kept": self.kept,
             "skipped": self.skipped,
             "notes": self.notes,
-        } | ({"allocation": self.allocation} if self.allocation else {})
+        } | ({"allocation": self.allocation} if self.allocation else {}) | ({"options": self.options} if self.options else {})
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n"

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import InputError
-from ..formats.atomic import check_output_file, check_output_folder
+from ..formats.atomic import check_output_file, check_output_folder, remove_stale_staging
 
 
 def _real(path: Path) -> Path:
@@ -42,6 +42,8 @@ def check_outputs(inputs: Iterable[Path | None], out_dir: Path | None = None, fi
         if not source.is_dir():
             sources += [s for name in ("adapter_config.json", "README.md") if (s := source.parent / name).is_file()]
     if out_dir is not None:
+        if Path(out_dir).parent.is_dir():
+            remove_stale_staging(out_dir)  # a killed run's old output is put back before it is judged
         check_output_folder(out_dir, force, hint="use --force to replace it")
         for source in sources:
             if _contains(out_dir, source):

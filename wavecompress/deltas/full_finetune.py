@@ -110,6 +110,8 @@ def read_full_finetune(
     Linear weights that --include/--exclude leave out are refused unless ``drop_unselected`` (their
     updates would be lost; keeping them would store their dense ΔW, defeating the conversion)."""
     base_ck, tuned_ck = Checkpoint(base), Checkpoint(tuned)
+    if [f.resolve() for f in base_ck.files] == [f.resolve() for f in tuned_ck.files]:
+        raise InputError(f"--base {base} and --tuned {tuned} are the same checkpoint files; the delta would be zero")
     includes, excludes = compile_patterns(include, "--include"), compile_patterns(exclude, "--exclude")
     kinds = tuned_ck.module_kinds or base_ck.module_kinds
     skipped: list[SkippedLayer] = []

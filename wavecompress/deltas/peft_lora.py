@@ -43,10 +43,10 @@ def check_lora_config(config: dict[str, Any], where: Path) -> None:
     def alpha_ok(value: Any) -> bool:
         return _number(value) and math.isfinite(value) and abs(value) < 1e30
 
-    if "r" in config and config["r"] is not None and not rank_ok(config["r"]):
+    if "r" in config and not rank_ok(config["r"]):
         raise bad("r", config["r"], "a positive integer")
     for key in ("lora_alpha", "alpha"):
-        if key in config and config[key] is not None and not alpha_ok(config[key]):
+        if key in config and not alpha_ok(config[key]):
             raise bad(key, config[key], "a finite number")
     for key in ("use_dora", "use_rslora", "fan_in_fan_out"):
         if config.get(key) is not None and not isinstance(config[key], bool):

@@ -73,7 +73,10 @@ def read_peft_waveft(config: dict[str, Any], weights_path: Path, base: str | Pat
     layers = []
     for name in sorted(spectra):
         spectrum = tensors[spectra[name]]
-        check_finite(weights_path, spectra[name], spectrum)
+        if not spectrum.is_floating_point():
+            raise InputError(f"{weights_path}: tensor {spectra[name]} holds {str(spectrum.dtype).replace('torch.', '')} values; "
+                             "a WaveFT spectrum must be floats")
+        check_finite(weights_path, spectra[name], spectrum.float())
         check_layer_size(weights_path, name, tuple(int(n) for n in shapes[name]))
         dense = waveft_seeded.reconstruct({"waveft_spectrum": spectrum.to(torch.float32)}, meta, shapes[name])
         layers.append(LayerDelta.from_dense(name, dense, stored_values=spectrum.numel()))

@@ -28,6 +28,21 @@ class StoredLayer:
     tensors: dict[str, torch.Tensor]
 
 
+def check_stored_tensor(weights_path: Path, key: str, tensor: torch.Tensor) -> None:
+    """Refuse tampered stored tensors: indices that are not integers, negative, unsorted or repeated
+    (torch would wrap or overwrite them silently), and values that are not floats."""
+    if key.endswith("indices"):
+        if tensor.is_floating_point() or tensor.dtype == torch.bool or tensor.dim() != 1:
+            raise InputError(f"{weights_path}: tensor {key} must be a 1-D integer tensor, got {str(tensor.dtype).replace('torch.', '')} {list(tensor.shape)}")
+        flat = tensor.to(torch.int64)
+        if flat.numel() and int(flat.min()) < 0:
+            raise InputError(f"{weights_path}: tensor {key} holds negative indices")
+        if flat.numel() > 1 and not bool((flat[1:] > flat[:-1]).all()):
+            raise InputError(f"{weights_path}: tensor {key} holds repeated or unsorted indices")
+    elif not key.split(".")[-1].startswith("reorder_") and not tensor.is_floating_point():
+        raise InputError(f"{weights_path}: tensor {key} holds {str(tensor.dtype).replace('torch.', '')} values; stored values must be floats")
+
+
 def read_stored_layers(
     config: dict[str, Any], weights_path: Path
 ) -> tuple[list[StoredLayer], dict[str, torch.Tensor], dict[str, str]]:
@@ -42,6 +57,7 @@ def read_stored_layers(
         prefix = f"{PREFIX}{name}."
         own = {key[len(prefix) :]: tensors[key] for key in tensors if key.startswith(prefix)}
         for key, value in own.items():
+            check_stored_tensor(weights_path, prefix + key, value)
             check_finite(weights_path, prefix + key, value)
         claimed.update(prefix + key for key in own)
         entry = table[name]

@@ -197,5 +197,9 @@ def check_output_file(target: Path) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise InputError(f"{target}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{target}: cannot write in {parent} (permission denied)")
+    try:  # create and remove a probe: permissions, read-only mounts and root all answer truthfully
+        handle, probe = tempfile.mkstemp(prefix=f".{target.name}.probe-", dir=parent)
+    except OSError as exc:
+        raise InputError(f"{target}: cannot write in {parent} ({exc.strerror or exc})") from None
+    os.close(handle)
+    os.unlink(probe)

@@ -22,9 +22,20 @@ _ONE_CALL_STOCK = """With wavecompress installed, the one call that loads every 
 # A Hub model id: name or owner/name (no local paths, no URLs).
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 # Inputs read from the Hub carry the source "hf://owner/name@commit" (huggingface_hub's URI form).
-_HUB_SOURCE = re.compile(r"^hf://(?P<repo>[^@\s]+/[^@\s]+)(?:@(?P<revision>\S+))?$")
+_HUB_SOURCE = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w.\-/]+))?$")
 # The quoted location in the loading snippets (these and Method.card_snippet).
 _LOAD_TARGET = re.compile(r'(from_pretrained\(base_model, |wavecompress\.reconstruct\(|load_adapter\([^,\n]+, )"[^"\n]*"')
+
+
+def inline_code(value: Any) -> str:
+    """``value`` as one Markdown code span that nothing in it can break out of: control characters
+    (newlines included) escaped, and a backtick fence longer than any backtick run inside."""
+    text = str(value)
+    text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or longest else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _provenance_lines(source: str, base_model: Any) -> list[str]:
@@ -34,10 +45,10 @@ def _provenance_lines(source: str, base_model: Any) -> list[str]:
     if match:
         from huggingface_hub import constants
 
-        at = f" at revision `{match['revision']}`" if match["revision"] else ""
+        at = f" at revision {inline_code(match['revision'])}" if match["revision"] else ""
         lines += ["", f"Source adapter on the Hub: [{match['repo']}]({constants.ENDPOINT}/{match['repo']}){at}."]
     if base_model:
-        lines += ["", f"Base model: `{base_model}`."]
+        lines += ["", f"Base model: {inline_code(base_model)}."]
     return lines
 
 
@@ -71,10 +82,12 @@ def render_model_card(report: Report, config: dict[str, Any], source_license: st
     meta["tags"] = tags
     front = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip("\n"), "---"]
     overall = report.overall()[method]
+    table = report.format_table()
+    table_fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", table)), default=0))  # names cannot close it
     body = [
         f"# {method} adapter made by wavecompress",
         "",
-        f"Converted from `{report.source}` with `wavecompress convert --method {method} --budget {report.budget}`.",
+        f"Converted from {inline_code(report.source)} with {inline_code(f'wavecompress convert --method {method} --budget {report.budget}')}.",
         f"It stores {overall.stored_values} trainable values ({overall.bytes} bytes with indices) "
         f"where the input stored {report.input_stored_values}; relative Frobenius error over all layers "
         f"{overall.relative_error:.4f}.",
@@ -82,9 +95,9 @@ def render_model_card(report: Report, config: dict[str, Any], source_license: st
         "",
         "## Reconstruction error, with the baselines at the same budget",
         "",
-        "```",
-        report.format_table(),
-        "```",
+        table_fence,
+        table,
+        table_fence,
         "",
         "## How to load it",
         "",
