@@ -7,9 +7,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import resource
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -266,6 +263,10 @@ CASES = {
     "report-in-a-read-only-place": (_report_read_only, 2, "cannot write in /sys"),
     "report-under-a-file": (_report_under_a_file, 2, "is not a folder"),
     "report-over-a-file-that-is-not-a-report": (_report_over_other_file, 2, "use --force"),
+    "reconstruct-out-is-the-input": (lambda tmp, lora: ["reconstruct", lora, "--out", lora / "adapter_model.safetensors", "--force"],
+                                     2, "overwrite the input"),
+    "export-out-is-the-input": (lambda tmp, lora: ["export", write_folder(tmp / "earlier", _OUTPUT_BYTES), "--to", "lora",
+                                                   "--out", tmp / "earlier", "--force"], 2, "is the input"),
     # item 2 and the dangling --out of item 8
     "out-is-the-input-with-force": (_out_is_input, 2, "is the input"),
     "out-holds-the-input-with-force": (_out_holds_input, 2, "holds the input"),
@@ -676,7 +677,7 @@ def test_ctrl_c_during_push_to_says_the_output_is_intact(tmp_path: Path, lora: P
     out = tmp_path / "o"
     result = cli("convert", lora, "--budget", 100, "--out", out, "--quiet", "--push-to", "alice/x")
     assert result.exit_code == 130
-    assert f"interrupted; the push to alice/x was stopped" in result.output
+    assert "interrupted; the push to alice/x was stopped" in result.output
     assert f"the converted adapter is intact at {out}" in result.output and "no output was written" not in result.output
     import wavecompress as wc
 

@@ -8,7 +8,6 @@ from the cache only). A push is a single commit: it lands whole or not at all.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from collections.abc import Iterator

@@ -41,8 +41,9 @@ def analyze(input_path: Path, out_dir: Path, methods: str, wavelet: str, levels:
     """
     from ..analyze import PNG_NAME, analyze as run_analysis, write_analysis
 
-    if out_dir.exists() and not force:
-        raise InputError(f"{out_dir}: output already exists (use --force to replace it)")
+    from .guards import check_outputs
+
+    check_outputs([input_path], out_dir, force=force)
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     if not chosen:
         raise InputError("--methods is empty")

@@ -11,6 +11,7 @@ from ..batch import BACKENDS, ItemResult, available_cores, exit_code, find_input
 from ..hardware import cuda_fallback_note
 from ..methods.options import DEFAULT_REORDER, REORDER_CHOICES
 from .common import MethodChoice, debug_option, friendly_errors, method_help
+from .guards import check_method_options
 
 
 def _progress(result: ItemResult) -> None:
@@ -70,6 +71,7 @@ def convert_many(inputs: str, out_dir: Path, budget: int | None, budget_total: i
     from ..methods.allocation import budget_spec
 
     spec = budget_spec(budget, budget_total, budget_ratio, max_size)
+    check_method_options(scaling, seed)
     items = plan(find_inputs(inputs), out_dir, method, spec.label())
     if (note := cuda_fallback_note(device)) is not None:
         click.echo(note, err=True)

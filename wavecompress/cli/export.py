@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from ..errors import InputError
 from ..report import format_bytes
 from .common import INPUT_PATH, debug_option, friendly_errors
 
@@ -39,8 +38,9 @@ def export(adapter: Path, target_format: str, out_dir: Path, rank: int | None, b
     from ..deltas import load_deltas
     from ..export import export_lora
 
-    if out_dir.exists() and not force:
-        raise InputError(f"{out_dir}: output already exists (use --force to replace it)")
+    from .guards import check_outputs
+
+    check_outputs([adapter, base], out_dir, force=force)
     deltas = load_deltas(adapter, base=base) if base is not None else load_deltas(adapter)
     report = export_lora(deltas, out_dir, rank=rank, force=force, max_error=max_error)
     overall = report.overall()["lora"]

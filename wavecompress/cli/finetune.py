@@ -105,9 +105,11 @@ def finetune(compressed: Path, teacher: str, base_model: str | None, data: Path,
     """
     from ..finetune.files import finetune_from_files
 
+    from .guards import check_outputs
+
     target = out_dir or Path(f"{compressed.name or 'adapter'}-ft")
-    if target.exists() and not force:
-        raise InputError(f"{target}: output already exists (use --force to replace it)")
+    check_outputs([compressed, Path(teacher), Path(base_model) if base_model else None, data], target,
+                  [("--report", report_path)], force)
     config = finetune_config(steps, lr, batch_size, max_length, supervised_weight, device, mixed_precision,
                              gradient_checkpointing, kernels, seed, warmup, eval_every, patience)
     config.validate()  # before loading any model

@@ -27,8 +27,11 @@ def reconstruct(adapter: Path, out_file: Path, force: bool, debug: bool) -> None
     """
     from .. import reconstruct as rebuild
 
+    from .guards import check_outputs
+
     if out_file.exists() and not force:
         raise InputError(f"{out_file}: output already exists (use --force to replace it)")
+    check_outputs([adapter], files=[("--out", out_file)], force=True)  # never the input, a folder or an unwritable place
     deltas = rebuild(adapter)
     atomic_write_bytes(out_file, deterministic_bytes(deltas))
     click.echo(f"wrote {len(deltas)} dense deltas to {out_file}")
