@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -461,12 +462,28 @@ def _fifo_shard(tmp: Path, lora: Path) -> list:
     return ["convert", "--base", base, "--tuned", tuned, "--budget", 10, "--out", tmp / "o"]
 
 
+class Hung(Exception):
+    pass
+
+
 @pytest.mark.parametrize("build", [_fifo_adapter, _fifo_adapter_convert, _fifo_shard], ids=["inspect", "convert", "full-finetune-shard"])
 def test_a_fifo_is_refused_without_blocking(build, tmp_path: Path, lora: Path) -> None:
+    """In-process under an alarm: a blocking open() of the FIFO is interrupted and fails the test."""
     args = build(tmp_path, lora)
-    result, seconds, _ = run_cli(args, timeout=60)
-    assert result.returncode == 2, result.stderr
-    assert "FIFO" in one_error_line(result.stdout + result.stderr)
+
+    def hung(signum, frame):
+        raise Hung(f"{args[0]} blocked on the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        result = cli(*args)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not isinstance(result.exception, Hung), "hung on the FIFO"
+    assert result.exit_code == 2, result.output
+    assert "FIFO" in one_error_line(result.output)
     assert not (tmp_path / "o").exists()
 
 

@@ -36,7 +36,7 @@ def quiet_head_initialisation() -> Iterator[None]:
 
 def _head_passthrough(weights: Path) -> dict[str, Any]:
     """{key: tensor-like with .shape} of the weights that are not adapter factors (e.g. a classifier head)."""
-    from safetensors import safe_open
+    from ..deltas.safetensors_file import open_safetensors
 
     class _Spec:
         def __init__(self, shape: list[int]) -> None:
@@ -46,7 +46,7 @@ def _head_passthrough(weights: Path) -> dict[str, Any]:
             return len(self.shape)
 
     out = {}
-    with safe_open(str(weights), framework="pt") as reader:
+    with open_safetensors(weights) as reader:
         for key in reader.keys():
             if "lora_" not in key and "waveft" not in key and "wara" not in key and "kept_" not in key:
                 out[key] = _Spec(reader.get_slice(key).get_shape())
