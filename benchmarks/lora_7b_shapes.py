@@ -1,15 +1,22 @@
 """7B-shaped LoRA (Llama-2-7B q/k/v/o 4096², gate/up 11008×4096, down 4096×11008, r=16, bf16):
-conversion time and peak RSS against the floor of the same run.
+conversion time and peak RSS against floors measured in the same run.
 
-The floor is what any tool must do: read the tensors and form each layer's wavelet coefficients
-once (the dense d_out × d_in Haar coefficient matrix from the transformed factors). Measured runs:
-
+Floors (what any tool must do, each measured as its own run):
+- ``read``: read every tensor and build each layer's factors;
+- ``read + coefficients``: also form each layer's dense d_out × d_in (level-1 Haar) coefficient
+  matrix once — the least a method that selects from a dense matrix (waveft, the sparse baseline)
+  costs; the goal of a default convert is stated against this floor;
+- ``read + factored svd``: also the SVD of each layer from its factors (QR + r×r core) — the least
+  a low-rank method (wara, lora) costs; WaRA never forms the dense matrix, so its method-only run is
+  compared with this floor, not with the dense one.
+Measured runs:
 - ``<method> (method only)``: the method itself per layer, plain order, no report baselines;
 - ``<method> as convert``: exactly what ``wavecompress convert`` does — the method with the
   default row/column reordering, the other ordering, the truncated-SVD LoRA and weight-domain
   sparse baselines for the report, and the output folder written.
 
-Each run is a fresh child process (its own peak RSS). Goals: ≤ 2× floor, peak RSS ≤ 2 GB.
+Each run is a fresh child process (its own peak RSS). Goals: a default convert ≤ 2× the
+read + coefficients floor, peak RSS ≤ 2 GB.
 
     python benchmarks/lora_7b_shapes.py --quick          # 2 decoder layers (14 matrices)
     python benchmarks/lora_7b_shapes.py                  # all 32 layers (224 matrices)
@@ -31,6 +38,14 @@ import torch  # noqa: E402
 from _common import LLAMA2_7B_SHAPES, idle_baseline_mb, machine_line, measure, write_peft_lora  # noqa: E402
 
 
+def floor_read(adapter: str) -> int:
+    """Read every tensor and build each layer's factors."""
+    from wavecompress.deltas import load_deltas
+
+    deltas = load_deltas(adapter)
+    return sum(1 for delta in deltas.layers if delta.left is not None)
+
+
 def floor(adapter: str) -> int:
     """Read every tensor and form each layer's (level-1 Haar) coefficient matrix once."""
     from wavecompress.deltas import load_deltas
@@ -42,6 +57,17 @@ def floor(adapter: str) -> int:
         coeffs = coefficients(delta, "db1", layer_levels(delta.shape, 1))
         checksum += float(coeffs[0, 0])  # keep the product observable
         del coeffs
+    return len(deltas.layers)
+
+
+def floor_svd(adapter: str) -> int:
+    """Read every tensor and take each layer's SVD from its factors."""
+    from wavecompress.deltas import load_deltas
+    from wavecompress.methods.lowrank import factored_svd
+
+    deltas = load_deltas(adapter)
+    for delta in deltas.layers:
+        factored_svd(delta.left, delta.right)
     return len(deltas.layers)
 
 
@@ -87,7 +113,8 @@ def main() -> None:
         print(f"input: {n_layers} decoder layers × 7 projections = {matrices} matrices, r=16 bf16, {size_mb:.0f} MB on disk; "
               f"budget {args.budget} values per matrix")
         base_mb = idle_baseline_mb()
-        runs = [("floor (read + coefficients once)", floor, (str(adapter),))]
+        runs = [("floor: read + coefficients", floor, (str(adapter),)), ("floor: read", floor_read, (str(adapter),)),
+                ("floor: read + factored svd", floor_svd, (str(adapter),))]
         for method in methods:
             runs.append((f"{method} (method only)", method_only, (str(adapter), method, args.budget)))
             if not args.skip_convert:
@@ -98,20 +125,28 @@ def main() -> None:
             rows.append((label, seconds, peak, extra))
             print(f"  measured {label}: {seconds:.2f} s, peak RSS {peak:.0f} MB", flush=True)
         floor_s = rows[0][1]
+        floors = {"coefficients": rows[0][1], "read": rows[1][1], "factored svd": rows[2][1]}
+        own = {"waveft": "coefficients", "sparse": "coefficients", "wara": "factored svd", "lora": "factored svd"}
         print()
-        print(f"| run | seconds | ms per matrix | × floor | peak RSS (MB) |")
-        print(f"|---|---:|---:|---:|---:|")
+        print(f"| run | seconds | ms per matrix | × read + coefficients | × read | peak RSS (MB) |")
+        print(f"|---|---:|---:|---:|---:|---:|")
         for label, seconds, peak, _ in rows:
-            print(f"| {label} | {seconds:.2f} | {1000 * seconds / matrices:.0f} | {seconds / floor_s:.2f} | {peak:.0f} |")
+            print(f"| {label} | {seconds:.2f} | {1000 * seconds / matrices:.0f} | {seconds / floor_s:.2f} | "
+                  f"{seconds / floors['read']:.2f} | {peak:.0f} |")
         print(f"(peak RSS of a child that only imports wavecompress: {base_mb:.0f} MB)")
         print()
-        for label, seconds, peak, extra in rows[1:]:
-            ratio = seconds / floor_s
+        for label, seconds, peak, extra in rows[3:]:
+            method = label.split()[0]
+            if "method only" in label:
+                name = own.get(method, "coefficients")
+                ratio, against = seconds / floors[name], f"the read + {name} floor"
+            else:
+                ratio, against = seconds / floor_s, "the read + coefficients floor"
             verdict = "meets" if ratio <= 2 and peak <= 2048 else "misses"
-            print(f"ratio: {label}: {ratio:.2f}× floor (goal ≤ 2×), peak RSS {peak:.0f} MB (goal ≤ 2048) -> {verdict} the goal")
+            print(f"ratio: {label}: {ratio:.2f}× {against} (goal ≤ 2×), peak RSS {peak:.0f} MB (goal ≤ 2048) -> {verdict} the goal")
             if isinstance(extra, dict):
                 print("       relative error: " + ", ".join(f"{k} {v:.4f}" for k, v in extra.items()))
-        print(f"rate: floor {1000 * floor_s / matrices:.0f} ms per matrix; a full 7B adapter (224 matrices) "
+        print(f"rate: read + coefficients floor {1000 * floor_s / matrices:.0f} ms per matrix; a full 7B adapter (224 matrices) "
               f"extrapolates to {224 * floor_s / matrices:.0f} s floor")
     finally:
         shutil.rmtree(work, ignore_errors=True)

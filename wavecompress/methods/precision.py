@@ -4,7 +4,8 @@
 float32). Rounding happens after a method has chosen its values; the layer's ``error_sq`` is then
 recomputed against the rounded tensors exactly: for a top-k layer in an orthonormal basis (waveft,
 sparse) it is the dropped energy plus Σ(v − round(v))²; for LoRA factors of a factored delta it
-comes from r×r Gram matrices; otherwise from the dense ΔŴ rebuilt from the rounded tensors,
+comes from r×r Gram matrices, likewise for a method whose ΔŴ is a low-rank product (WaRA's
+``low_rank_factors``); otherwise from the dense ΔŴ rebuilt from the rounded tensors,
 row block by row block in float64. Integer tensors (indices, permutations) are unchanged.
 """
 
@@ -72,6 +73,7 @@ def round_layer(
     layer: CompressedLayer, dtype: torch.dtype, delta: LayerDelta,
     reconstruct: Callable[[dict[str, torch.Tensor], dict, tuple[int, int]], torch.Tensor],
     values_key: str | None = None,
+    low_rank_factors: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> CompressedLayer:
     """``layer`` with its float tensors stored in ``dtype`` and ``error_sq`` measured from them.
 
@@ -90,6 +92,8 @@ def round_layer(
         error_sq = layer.error_sq + _topk_rounding_sq(layer, values_key, tensors[values_key])
     elif delta.is_factored and set(floats) == {"lora_A.weight", "lora_B.weight"}:
         error_sq = _lora_error_sq(delta, tensors["lora_B.weight"], tensors["lora_A.weight"])
+    elif delta.is_factored and low_rank_factors is not None:
+        error_sq = _lora_error_sq(delta, *low_rank_factors(tensors, layer.meta, layer.shape))
     else:
         error_sq = _dense_error_sq(delta, reconstruct(tensors, layer.meta, layer.shape).float())
     return replace(layer, tensors=tensors, error_sq=error_sq, notes=list(layer.notes))
@@ -104,4 +108,4 @@ def stored_layer(layer: CompressedLayer, delta: LayerDelta, dtype_choice: str, r
 
     method = get_method(layer.method)
     key = method.values_key if method.orthonormal_values and not refit else None
-    return round_layer(layer, layer_dtype(dtype_choice, delta), delta, method.reconstruct, key)
+    return round_layer(layer, layer_dtype(dtype_choice, delta), delta, method.reconstruct, key, method.low_rank_factors)

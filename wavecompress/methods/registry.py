@@ -97,6 +97,9 @@ class Method:
     # The plain method's values are coefficients of an orthonormal basis and its error is the dropped
     # energy, so rounding the values adds exactly Σ(v − round(v))² (methods/precision.py).
     orthonormal_values: bool = False
+    # ``(tensors, meta, shape) -> (L, R)`` with ΔŴ = L @ R of small inner size (WaRA): the error of
+    # rounded tensors then comes from Gram matrices, never a dense ΔŴ (methods/precision.py).
+    low_rank_factors: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # Compatibility with the former method modules (``get_method(name).NAME``).
     @property

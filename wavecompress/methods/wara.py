@@ -214,6 +214,10 @@ def reconstruct_factors(tensors: dict[str, torch.Tensor], meta: dict, shape: tup
     return left, right
 
 
+def _product_factors(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return left, right.T
+
+
 def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int]) -> torch.Tensor:
     """Dense ΔŴ (float32, on the stored tensors' device): band factors synthesised, permutations
     undone, then one product."""
@@ -260,4 +264,5 @@ METHOD = register_method(Method(
     default_levels_reordered=3,
     auto=True,
     description="low-rank wavelet subbands",
+    low_rank_factors=lambda tensors, meta, shape: _product_factors(*reconstruct_factors(tensors, meta, shape)),
 ))
