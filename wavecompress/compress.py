@@ -128,6 +128,7 @@ def compress(
     seed: int | None = None,
     device: str | torch.device | None = None,
     dtype: str = "auto",
+    rank: int | None = None,
 ) -> CompressedAdapter:
     """Compress every layer of ``source`` to ``budget`` stored values with ``method``.
 
@@ -137,7 +138,9 @@ def compress(
     False = the model's order); the other ordering is reported beside it as a baseline.
 
     Budget forms (exactly one): ``budget`` per layer, ``budget_total``, ``budget_ratio`` of the
-    input's stored values, or ``max_size`` bytes on disk ("2MB"); ``allocate="global"`` splits the
+    input's stored values, ``max_size`` bytes on disk ("2MB"), or ``rank`` (each layer the values of a
+    rank-``rank`` LoRA of its shape; wavecompress.targets.compress_to_error takes an error target instead);
+    ``allocate="global"`` splits the
     total across layers by the exact greedy over rate-distortion curves (methods/allocation.py),
     every baseline on its own curves at the same total. ``method="auto"`` / ``wavelet="auto"``
     try the candidates and keep the lowest error. ``calibration`` (a Calibration or a saved
@@ -151,9 +154,9 @@ def compress(
 
         return compress_auto(source, budget, method, wavelet, levels, baselines, progress, reorder, budget_total=budget_total,
                              budget_ratio=budget_ratio, max_size=max_size, allocate=allocate, calibration=calibration,
-                             scaling=scaling, seed=seed, device=device, dtype=dtype)
+                             scaling=scaling, seed=seed, device=device, dtype=dtype, rank=rank)
     dtype = validate_dtype(dtype)
-    spec = budget_spec(budget, budget_total, budget_ratio, max_size)
+    spec = budget_spec(budget, budget_total, budget_ratio, max_size, rank)
     if spec.max_bytes is not None:
         return fit_to_size(source, spec, method, wavelet, levels, baselines, progress, reorder, allocate, calibration,
                            extra={"scaling": scaling, "seed": seed, "device": device, "dtype": dtype})

@@ -15,6 +15,15 @@ from .methods.compressed_layer import CompressedLayer
 REPORT_VERSION = 1
 
 
+def _block_prefix(names: list[str]) -> str:
+    """The part before the block index that every indexed name shares ("bert.encoder.layer." of
+    "bert.encoder.layer.3.attention.self.query"), or "" when there is none."""
+    import re
+
+    prefixes = {m.group(1) for m in (re.match(r"^(.*?\.)\d+\.", name) for name in names) if m}
+    return prefixes.pop() if len(prefixes) == 1 else ""
+
+
 def format_bytes(count: int | float) -> str:
     """Bytes for people: 812 B, 459.1 kB, 2.00 MB, 1.35 GB (powers of 1000, as --max-size reads them)."""
     count = float(count)
@@ -154,38 +163,48 @@ class Report:
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n"
 
-    def format_table(self, max_name: int = 48) -> str:
-        """A fixed-width text table: one row per layer and an overall row."""
+    def format_table(self, max_name: int = 48, wide: bool = False, width: int = 100) -> str:
+        """A fixed-width text table: one row per layer and an overall row.
+
+        By default it fits ``width`` columns: the method's values, size and error, and each baseline's
+        error (long layer names are shortened from the left). ``wide``: every column, raw bytes included.
+        """
         base_names = list(self.layers[0].baselines) if self.layers else []
-        header = ["layer", "shape", "values", "bytes", "rel.err", "kept"]
         weighted = bool(self.layers) and self.layers[0].result.activation_relative_error is not None
-        if weighted:
-            header.append("act.err")
-        for name in base_names:
-            header += [f"{name} values", f"{name} err"]
-        rows = []
-        for layer in self.layers:
-            name = layer.name if len(layer.name) <= max_name else "…" + layer.name[-(max_name - 1) :]
-            row = [name, "×".join(map(str, layer.shape)), f"{layer.result.stored_values}", f"{layer.result.bytes}"]
-            row.append(f"{layer.result.relative_error:.4f}")
-            row.append(f"{layer.result.energy_kept:.4f}")
-            if weighted:
-                row.append(f"{layer.result.activation_relative_error:.4f}")
-            for base in base_names:
-                summary = layer.baselines[base]
-                row += [f"{summary.stored_values}", f"{summary.relative_error:.4f}"]
-            if layer.budget_clamped:
-                row[2] += "*"
-            rows.append(row)
         totals = self.overall()
-        overall = ["OVERALL", f"{len(self.layers)} layers", f"{totals[self.method].stored_values}", f"{totals[self.method].bytes}"]
-        overall += [f"{totals[self.method].relative_error:.4f}", f"{totals[self.method].energy_kept:.4f}"]
-        if weighted:
-            act = totals[self.method].activation_relative_error
-            overall.append(f"{act:.4f}" if act is not None else "-")
-        for base in base_names:
-            overall += [f"{totals[base].stored_values}", f"{totals[base].relative_error:.4f}"]
-        widths = [max(len(r[c]) for r in [header] + rows + [overall]) for c in range(len(header))]
+
+        def cells(label: str, shape: str, result: MethodSummary, baselines: dict[str, MethodSummary], clamped: bool) -> list[str]:
+            values = f"{result.stored_values}" + ("*" if clamped else "")
+            row = [label, shape, values, f"{result.bytes}" if wide else format_bytes(result.bytes), f"{result.relative_error:.4f}"]
+            if wide:
+                row.append(f"{result.energy_kept:.4f}")
+            if weighted:
+                act = result.activation_relative_error
+                row.append(f"{act:.4f}" if act is not None else "-")
+            for base in base_names:
+                row += ([f"{baselines[base].stored_values}"] if wide else []) + [f"{baselines[base].relative_error:.4f}"]
+            return row
+
+        header = ["layer", "shape", "values", "bytes" if wide else "size", "rel.err"] + (["kept"] if wide else [])
+        header += ["act.err"] if weighted else []
+        for name in base_names:
+            header += [f"{name} values", f"{name} err"] if wide else [f"{name} err"]
+        rows = [cells(layer.name, "×".join(map(str, layer.shape)), layer.result, layer.baselines, layer.budget_clamped)
+                for layer in self.layers]
+        overall = cells("OVERALL", f"{len(self.layers)} layers", totals[self.method],
+                        {b: totals[b] for b in base_names}, False)
+        widths = [max(len(r[c]) for r in [header] + rows + [overall]) for c in range(1, len(header))]
+        room = max_name if wide else max(16, min(max_name, width - sum(widths) - 2 * (len(header) - 1)))
+        prefix = _block_prefix([row[0] for row in rows]) if not wide and any(len(row[0]) > room for row in rows) else ""
+        if prefix:
+            for row in rows:
+                if row[0].startswith(prefix):
+                    row[0] = row[0][len(prefix):]  # "bert.encoder.layer." named once, below the table
+        for row in rows:
+            if len(row[0]) > room:  # keep the start (layer index) and the end (module), drop the middle
+                head = room // 3
+                row[0] = row[0][:head] + "…" + row[0][-(room - head - 1):]
+        widths = [max(len(r[0]) for r in [header] + rows + [overall])] + widths
 
         def line(cells: list[str]) -> str:
             return "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(cells, widths)))
@@ -198,8 +217,12 @@ class Report:
         out += [line(r) for r in rows] + [rule, line(overall)]
         if any(layer.budget_clamped for layer in self.layers):
             out.append("* budget larger than this layer can use; clamped to what it holds")
-        out.append("values: trainable stored values; bytes: on disk, indices and row/column permutations included")
-        out.append("bytes per method: " + ", ".join(f"{name} {summary.bytes}" for name, summary in totals.items()))
+        if prefix:
+            out.append(f"layers N.… are {prefix}N.…")
+        out.append("values: trainable stored values; size: on disk, indices and row/column permutations included; "
+                   "<baseline> err: its error at the same budget" + ("" if wide else " (--wide: every column)"))
+        out.append("size per method: " + ", ".join(f"{name} {format_bytes(summary.bytes)} ({summary.bytes} B)"
+                                                    for name, summary in totals.items()))
         if weighted:
             out.append("act.err: ‖(ΔW−ΔŴ)C^½‖/‖ΔW C^½‖ on the calibration inputs; per method: " + ", ".join(
                 f"{name} {summary.activation_relative_error:.4f}" for name, summary in totals.items()
@@ -207,9 +230,14 @@ class Report:
         if self.kept:
             values, size = sum(k["stored_values"] for k in self.kept), sum(k["bytes"] for k in self.kept)
             out.append(f"kept exactly (not selected by --include/--exclude; not in the figures above): {len(self.kept)} "
-                       f"layers, {values} values, {size} bytes")
+                       f"layers, {values} values, {format_bytes(size)}")
             out += [f"kept {k['name']}: {k['stored_as']}" for k in self.kept]
         for skipped in self.skipped:
             out.append(f"skipped {skipped['name']}: {skipped['reason']}")
         out += self.notes
-        return "\n".join(out)
+        if wide:
+            return "\n".join(out)
+        import textwrap
+
+        return "\n".join(wrapped for text in out for wrapped in (
+            [text] if len(text) <= width else textwrap.wrap(text, width, subsequent_indent="  ", break_on_hyphens=False)))

@@ -28,6 +28,12 @@ from .guards import check_method_options, check_outputs
               help="Or: a fraction of the input adapter's stored values (0.25 = a quarter).")
 @click.option("--max-size", "max_size", default=None, metavar="SIZE",
               help="Or: adapter_model.safetensors at most this big (2MB, 500kB, 1MiB), indices included.")
+@click.option("--rank", type=int, default=None,
+              help="Or: every layer gets what a rank-R LoRA of its shape stores, R·(d_out+d_in) values "
+              "(with --method lora: truncated SVD at rank R, like kohya's --network_dim).")
+@click.option("--target-error", "target_error", type=float, default=None, metavar="E",
+              help="Or: the smallest adapter whose overall relative error is at most E (0.05 = 5%), sized by global "
+              "allocation; the report gives the budget it needed.")
 @click.option("--allocate", type=click.Choice(["uniform", "global"]), default="uniform", show_default=True,
               help="uniform: the same budget in every layer; global: split the total by error removed per stored value "
               "(exact greedy over each layer's rate-distortion curve).")
@@ -53,6 +59,10 @@ from .guards import check_method_options, check_outputs
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON here.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--quiet", is_flag=True, help="Print only the overall line.")
+@click.option("--wide", is_flag=True, help="Per-layer table with every column (values and errors of each baseline, "
+              "raw bytes, energy kept); the default fits 100 columns.")
+@click.option("--dry-run", "dry_run", is_flag=True,
+              help="Print the layers, their budgets and the estimated file size, then stop (nothing computed or written).")
 @click.option("--push-to", "push_to", metavar="REPO_ID", default=None,
               help="Then upload the output folder to this Hub repo (owner/name) in one commit; see `wavecompress push`.")
 @click.option("--private", is_flag=True, help="With --push-to: create the Hub repo as private.")
@@ -106,7 +116,8 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
             base_model: Path | None = None, calibration_tokens: int = 512, save_calibration: Path | None = None,
             device: str = "cpu", finetune_steps: int | str | None = None, finetune_data: Path | None = None,
             finetune_lr: float = FINETUNE_DEFAULTS.LR, finetune_device: str = "auto",
-            drop_unselected: bool = False, dtype: str = "auto") -> None:
+            drop_unselected: bool = False, dtype: str = "auto", rank: int | None = None,
+            target_error: float | None = None, wide: bool = False, dry_run: bool = False) -> None:
     """Convert an adapter into a budgeted wavelet (or LoRA) adapter and report the error.
 
     INPUT is a PEFT LoRA folder, or its adapter_model.safetensors with adapter_config.json beside
@@ -128,16 +139,36 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
       wavecompress convert --base meta-llama-2-7b/ --tuned my-finetune/ --budget 8192 --include 'self_attn' --drop-unselected
       wavecompress convert fixtures/minilm-bbc-lora --budget-ratio 0.1 --allocate global --method auto
       wavecompress convert my-lora --max-size 2MB --calibration calib.txt --base-model path/to/base
+      wavecompress convert fixtures/minilm-bbc-lora --method lora --rank 4
+      wavecompress convert fixtures/minilm-bbc-lora --method wara --target-error 0.05
+      wavecompress convert fixtures/minilm-bbc-lora --budget 3000 --dry-run
     """
     from ..methods.allocation import budget_spec
 
-    spec = budget_spec(budget, budget_total, budget_ratio, max_size)
+    if target_error is not None:
+        from ..methods.target import validate_target
+
+        given = [o for o, v in (("--budget", budget), ("--budget-total", budget_total), ("--budget-ratio", budget_ratio),
+                                ("--max-size", max_size), ("--rank", rank)) if v is not None]
+        if given:
+            raise InputError(f"give exactly one budget: --target-error or {given[0]}, not both")
+        validate_target(target_error)
+        spec = None
+    else:
+        spec = budget_spec(budget, budget_total, budget_ratio, max_size, rank)
+    label = budget if budget is not None else spec.label() if spec is not None else f"e{target_error:g}"
     check_method_options(scaling, seed)
     named = tuned if tuned is not None else input_path
-    target = out_dir or (default_output(named, method, budget if budget is not None else spec.label()) if named else None)
+    target = out_dir or (default_output(named, method, label) if named else None)
     check_outputs([input_path, base, tuned, calibration, base_model, finetune_data], target,
                   [("--report", report_path), ("--save-calibration", save_calibration)], force)
     input_path, source = resolve_source(input_path, base, tuned, include, exclude, drop_unselected)
+    if dry_run:
+        from ..plan import describe_plan
+
+        click.echo(describe_plan(source, spec, target_error, method, wavelet, levels, order_by if reorder else False,
+                                 allocate, target))
+        return
     if push_to is not None:
         check_push_target(push_to)  # before converting: a missing token should not cost a conversion
     if finetune_steps not in (None, 0) and finetune_data is None:
@@ -153,14 +184,21 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
     if (note := cuda_fallback_note(device)) is not None:
         click.echo(note, err=True)
         device = "cpu"
-    result = compress(source, budget=budget, method=method, wavelet=wavelet, levels=levels, progress=None,
-                      reorder=order_by if reorder else False, budget_total=budget_total, budget_ratio=budget_ratio,
-                      max_size=max_size, allocate=allocate, calibration=calib, scaling=scaling, seed=seed, device=device,
-                      dtype=dtype)
+    if target_error is not None:
+        from ..targets import compress_to_error
+
+        result = compress_to_error(source, target_error, method, wavelet=wavelet, levels=levels, progress=None,
+                                   reorder=order_by if reorder else False, calibration=calib, scaling=scaling, seed=seed,
+                                   device=device, dtype=dtype)
+    else:
+        result = compress(source, budget=budget, method=method, wavelet=wavelet, levels=levels, progress=None,
+                          reorder=order_by if reorder else False, budget_total=budget_total, budget_ratio=budget_ratio,
+                          max_size=max_size, allocate=allocate, calibration=calib, scaling=scaling, seed=seed,
+                          device=device, dtype=dtype, rank=rank)
     report = result.report
     method = report.method
     if not quiet:
-        click.echo(report.format_table())
+        click.echo(report.format_table(wide=wide))
     totals = report.overall()
     chosen = totals[method]
     line = f"{method}: {chosen.stored_values} values, relative error {chosen.relative_error:.4f}"

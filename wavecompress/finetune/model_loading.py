@@ -46,16 +46,24 @@ def load_base_model(name: str, task_type: str | None, passthrough: dict[str, tor
     """The base model ``name`` (local folder or Hub id) with the head that ``task_type`` implies."""
     import transformers
 
+    from transformers.utils import logging as hf_logging
+
     class_name = AUTO_CLASSES.get(task_type or "", "AutoModel")
-    if task_type in _HEAD_TASKS:
-        labels = infer_num_labels(passthrough)
-        if labels is not None:
-            kwargs.setdefault("num_labels", labels)
+    labels = infer_num_labels(passthrough) if task_type in _HEAD_TASKS else None
+    if labels is not None:
+        kwargs.setdefault("num_labels", labels)
+    # The head comes from the adapter's saved modules (copied in by apply_passthrough), so transformers'
+    # "classifier MISSING ... newly initialized" load report is about weights that are replaced: silence it.
+    previous = hf_logging.get_verbosity()
+    if labels is not None:
+        hf_logging.set_verbosity_error()
     try:
         return getattr(transformers, class_name).from_pretrained(name, **kwargs)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{name}: cannot load the base model ({first})") from None
+    finally:
+        hf_logging.set_verbosity(previous)
 
 
 def load_tokenizer(name: str):

@@ -50,16 +50,18 @@ def parse_size(text: str | int) -> int:
 
 @dataclass(frozen=True)
 class BudgetSpec:
-    """One of the four budget forms; see the module docstring."""
+    """One of the budget forms; see the module docstring. ``rank``: every layer gets what a rank-``rank``
+    LoRA of its shape stores, rank·(d_out + d_in) values (kohya's --network_dim)."""
 
     per_layer: int | None = None
     total: int | None = None
     ratio: float | None = None
     max_bytes: int | None = None
+    rank: int | None = None
 
     @property
     def form(self) -> str:
-        for name in ("per_layer", "total", "ratio", "max_bytes"):
+        for name in ("per_layer", "total", "ratio", "max_bytes", "rank"):
             if getattr(self, name) is not None:
                 return name
         return "per_layer"
@@ -72,12 +74,18 @@ class BudgetSpec:
             return f"{self.total} values in total"
         if form == "ratio":
             return f"{self.ratio:g} of the input's stored values"
+        if form == "rank":
+            return f"rank {self.rank} per layer ({self.rank}·(d_out+d_in) values)"
         return f"at most {self.max_bytes} bytes on disk"
 
     def label(self) -> str:
-        """Short tag for default output names: b3000, t90000, r0.25, s2000000."""
+        """Short tag for default output names: b3000, t90000, r0.25, s2000000, rank8."""
         value = getattr(self, self.form)
-        return {"per_layer": "b", "total": "t", "ratio": "r", "max_bytes": "s"}[self.form] + f"{value:g}"
+        return {"per_layer": "b", "total": "t", "ratio": "r", "max_bytes": "s", "rank": "rank"}[self.form] + f"{value:g}"
+
+    def rank_budgets(self, names: Sequence[str], shapes: dict[str, tuple[int, int]]) -> dict[str, int]:
+        """{layer: rank·(d_out + d_in)} for the ``rank`` form."""
+        return {name: self.rank * (shapes[name][0] + shapes[name][1]) for name in names}
 
 
 def budget_spec(
@@ -85,14 +93,16 @@ def budget_spec(
     budget_total: int | None = None,
     budget_ratio: float | None = None,
     max_size: str | int | None = None,
+    rank: int | None = None,
 ) -> BudgetSpec:
     """Validate that exactly one budget form is given and return it."""
     given = [name for name, value in (("--budget", budget), ("--budget-total", budget_total),
-                                      ("--budget-ratio", budget_ratio), ("--max-size", max_size)) if value is not None]
+                                      ("--budget-ratio", budget_ratio), ("--max-size", max_size), ("--rank", rank))
+             if value is not None]
     if len(given) != 1:
-        raise InputError("give exactly one budget: --budget N (per layer), --budget-total N, --budget-ratio R or --max-size SIZE"
-                         + (f" (got {', '.join(given)})" if given else ""))
-    for value, what in ((budget, "budget"), (budget_total, "budget-total")):
+        raise InputError("give exactly one budget: --budget N (per layer), --budget-total N, --budget-ratio R, --max-size SIZE, "
+                         "--rank R or --target-error E" + (f" (got {', '.join(given)})" if given else ""))
+    for value, what in ((budget, "budget"), (budget_total, "budget-total"), (rank, "rank")):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
             raise InputError(f"{what} must be a positive integer number of stored values, got {value!r}")
     if budget_ratio is not None and not (isinstance(budget_ratio, (int, float)) and 0 < budget_ratio < math.inf):
@@ -102,6 +112,7 @@ def budget_spec(
         total=budget_total,
         ratio=float(budget_ratio) if budget_ratio is not None else None,
         max_bytes=parse_size(max_size) if max_size is not None else None,
+        rank=rank,
     )
 
 
@@ -228,6 +239,12 @@ def plan_budgets(
         return {m: Allocation(m, mode, 0, {}, spec.per_layer) for m in methods}
     if spec.per_layer is not None and mode == "uniform":
         return {m: Allocation(m, mode, spec.per_layer * len(names), {}, spec.per_layer) for m in methods}
+    if spec.rank is not None:
+        shapes = getattr(layers, "shapes", None) or {layer.name: tuple(layer.shape) for layer in layers}
+        per_layer = spec.rank_budgets(names, shapes)
+        if mode == "uniform":  # the same rank everywhere: each layer's own rank·(d_out + d_in)
+            return {m: Allocation(m, mode, sum(per_layer.values()), dict(per_layer)) for m in methods}
+        spec = BudgetSpec(total=sum(per_layer.values()))  # global: that many values, split by error removed
     probe = layers[0] if spec.max_bytes is not None else None
     totals = {m: total_values(spec, names, m, options, input_stored_values, fixed_bytes, probe) for m in methods}
     if mode == "uniform":
