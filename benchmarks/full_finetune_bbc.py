@@ -10,7 +10,7 @@ tuned models as transformers folders (``config.json`` + ``model.safetensors``) i
 Every 2-D linear weight is trained (the classifier's included); embeddings, LayerNorms and biases
 stay frozen, so W_base + ΔW for the linear layers alone reproduces the tuned model exactly and the
 held-out accuracy of a converted delta measures only what the conversion lost. Seeds fixed;
-``--steps`` × ``--batch-size`` examples of at most ``--max-length`` tokens (defaults: 120 × 16 × 32,
+``--steps`` × ``--batch-size`` examples of at most ``--max-length`` tokens (defaults: 60 × 16 × 32,
 a few minutes on 2 CPU cores).
 
     python benchmarks/full_finetune_bbc.py              # trains once, then prints the cached record
@@ -126,7 +126,7 @@ def ensure_full_finetune(cache: Path = DEFAULT_CACHE, **overrides) -> tuple[Path
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="folder for base/, tuned/ and the record")
-    p.add_argument("--steps", type=int, default=120)
+    p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-4)

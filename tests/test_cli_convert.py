@@ -55,9 +55,9 @@ def test_report_layout_is_the_documented_one(tmp_path: Path, lora_dir: Path) -> 
         assert key in layer
     assert set(layer["baselines"]) == {"lora", "sparse", "waveft-plain"}  # plain ordering beside the reordered default
     assert set(report["overall"]) == {"waveft", "lora", "sparse", "waveft-plain"}
-    # float32 value + int32 index per kept coefficient, plus int16 row and column permutations
-    assert layer["bytes"] == layer["stored_values"] * 8 + 2 * sum(layer["shape"])
-    assert layer["baselines"]["waveft-plain"]["bytes"] == layer["baselines"]["waveft-plain"]["stored_values"] * 8
+    # float32 value + uint16 index gap per kept coefficient (no escape below 65536 entries), plus int16 permutations
+    assert layer["bytes"] == layer["stored_values"] * 6 + 2 * sum(layer["shape"])
+    assert layer["baselines"]["waveft-plain"]["bytes"] == layer["baselines"]["waveft-plain"]["stored_values"] * 6
 
 
 def test_weights_file_input_finds_config_beside_it(tmp_path: Path, lora_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,7 +76,7 @@ def test_outputs_are_typed_so_stock_peft_cannot_misload_them(tmp_path: Path, lor
         assert config["base_model_name_or_path"] == json.loads((lora_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
     with safe_open(str(tmp_path / "out-waveft" / "adapter_model.safetensors"), "pt") as reader:
         keys = list(reader.keys())
-    assert any(k.endswith("attention.self.query.waveft_indices") for k in keys)
+    assert any(k.endswith("attention.self.query.waveft_index_gaps") for k in keys)
 
 
 def test_lora_output_loads_in_stock_peft_and_matches(tmp_path: Path) -> None:

@@ -54,7 +54,7 @@ def test_sparse_baseline_from_factors_matches_the_dense_path() -> None:
     left, right = torch.randn(700, 8, generator=generator), torch.randn(8, 500, generator=generator)
     factored = sparse.compress(LayerDelta.from_factors("m", left, right), 1234, MethodOptions())
     dense = sparse.compress(LayerDelta.from_dense("m", left @ right), 1234, MethodOptions())
-    assert torch.equal(factored.tensors["sparse_indices"], dense.tensors["sparse_indices"])
+    assert torch.equal(factored.tensors["sparse_index_gaps"], dense.tensors["sparse_index_gaps"])
     assert torch.equal(factored.tensors["sparse_values"], dense.tensors["sparse_values"])
     assert factored.error_sq == pytest.approx(dense.error_sq, rel=1e-12)
 

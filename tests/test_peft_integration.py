@@ -107,7 +107,7 @@ def test_permutations_and_indices_load_as_buffers_and_values_train(tmp_path: Pat
     saved = load_file(str(out / "adapter_model.safetensors"))
     prefix = "base_model.model.encoder.layer.0.attention.self.query."
     assert set(floats) | set(ints) == {key[len(prefix):] for key in saved if key.startswith(prefix)}
-    assert "waveft_spectrum" in floats and "waveft_indices" in ints and len(ints) >= 2  # permutations too
+    assert "waveft_spectrum" in floats and "waveft_index_gaps" in ints and len(ints) >= 2  # permutations too
     for key, value in ints.items():
         assert torch.equal(value, saved[prefix + key])
     hidden_states = model(input_ids=TOKENS).last_hidden_state

@@ -27,7 +27,8 @@ _TYPES = {
 }
 # Where a tensor key's module name ends, for the adapter types with fixed tensor names.
 _MODULE_END = re.compile(r"\.(lora_[A-Za-z_]+|hada_[a-z0-9_]+|lokr_[a-z0-9_]+|waveft_spectrum|lora_down|lora_up|alpha)(\..*)?$")
-_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "U16": 2, "U32": 4, "U64": 8,
+          "BOOL": 1}
 
 
 def _header(weights: Path) -> tuple[dict[str, tuple[list[int], str]], dict[str, str]]:

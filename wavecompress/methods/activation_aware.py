@@ -27,6 +27,7 @@ import torch
 from ..deltas.layer_delta import LayerDelta
 from ..errors import InputError
 from .compressed_layer import CompressedLayer
+from .index_codec import index_tensor
 from .lowrank import factored_svd
 from .options import MethodOptions
 from .registry import ActivationAware, Compress, get_method
@@ -116,7 +117,7 @@ def topk_variant(plain: Compress, values_key: str, indices_key: str, space: Weig
         fitted = refit_rows(coeffs, keep.reshape(coeffs.shape), metric)
         tensors = dict(layer.tensors)
         tensors[values_key] = fitted.reshape(-1)[picked].float()
-        tensors[indices_key] = picked.to(layer.tensors[indices_key].dtype)
+        tensors[indices_key] = index_tensor(indices_key, picked)
         error_sq = float((coeffs - fitted).square().sum())  # orthonormal: coefficient error = weight error
         return replace(layer, tensors=tensors, error_sq=error_sq, notes=layer.notes + ["activation-aware (weighted top-k, refit)"])
 

@@ -66,6 +66,13 @@ def stored_indices(tensors: dict[str, torch.Tensor], prefix: str) -> torch.Tenso
     return tensors[prefix + PLAIN_SUFFIX].to(torch.int64)
 
 
+def index_tensor(key: str, indices: torch.Tensor) -> torch.Tensor:
+    """The tensor to store under ``key`` for sorted flat ``indices``: gap codes for a ``*_index_gaps`` key."""
+    if key.endswith(GAPS_SUFFIX):
+        return encode_gaps(indices)
+    return indices.to(torch.int32 if indices.numel() == 0 or int(indices.max()) < 2**31 else torch.int64)
+
+
 def index_bytes(indices: torch.Tensor, shape: tuple[int, int]) -> dict[str, int]:
     """Bytes of each candidate index coding of sorted ``indices`` (for the measurement that chose gaps)."""
     counts, columns = encode_rows(indices, shape) if shape[1] <= ESCAPE + 1 else (None, None)

@@ -7,13 +7,17 @@ import torch
 from ..deltas.layer_delta import LayerDelta
 from .activation_aware import topk_variant
 from .compressed_layer import CompressedLayer
+from .index_codec import stored_indices
 from .options import MethodOptions
 from .rate_distortion import RDCurve, topk_curve
 from .registry import Method, register_method
 from .topk import scatter_dense, select_topk, select_topk_product, topk_layer
 
 NAME = "sparse"
-VALUES_KEY, INDICES_KEY = "sparse_values", "sparse_indices"
+# Indices are stored as uint16 gap codes (methods/index_codec.py); files written before that hold
+# int32 flat indices under "sparse_indices", which reconstruct still reads.
+VALUES_KEY, INDICES_KEY = "sparse_values", "sparse_index_gaps"
+INDEX_PREFIX = "sparse"
 
 
 def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> CompressedLayer:
@@ -27,7 +31,7 @@ def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> Compress
 
 
 def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int]) -> torch.Tensor:
-    return scatter_dense(tensors[INDICES_KEY], tensors[VALUES_KEY].float(), shape)
+    return scatter_dense(stored_indices(tensors, INDEX_PREFIX), tensors[VALUES_KEY].float(), shape)
 
 
 def weighted_space(dense: torch.Tensor, metric: torch.Tensor, meta: dict) -> tuple[torch.Tensor, torch.Tensor]:

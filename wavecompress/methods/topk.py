@@ -22,6 +22,7 @@ import torch
 
 from ..deltas.layer_delta import LayerDelta
 from .compressed_layer import CompressedLayer
+from .index_codec import index_tensor
 
 from ..hardware import one_thread
 
@@ -194,13 +195,14 @@ def topk_layer(
     delta: LayerDelta, method: str, keys: tuple[str, str], meta: dict,
     selection: tuple[torch.Tensor, torch.Tensor, float], budget: int, capacity: int,
 ) -> CompressedLayer:
-    """The CompressedLayer of a top-k selection: ``keys`` = (values key, indices key)."""
+    """The CompressedLayer of a top-k selection: ``keys`` = (values key, indices key); a
+    ``*_index_gaps`` indices key stores the indices gap-coded (methods/index_codec.py)."""
     indices, values, dropped = selection
     return CompressedLayer(
         name=delta.name,
         shape=delta.shape,
         method=method,
-        tensors={keys[0]: values.float(), keys[1]: indices},
+        tensors={keys[0]: values.float(), keys[1]: index_tensor(keys[1], indices)},
         meta=meta,
         stored_values=values.numel(),
         index_values=indices.numel(),

@@ -12,6 +12,7 @@ from ..deltas.layer_delta import LayerDelta
 from ..transforms import analysis2d, synthesis2d
 from .activation_aware import topk_variant
 from .compressed_layer import CompressedLayer
+from .index_codec import stored_indices
 from .options import MethodOptions
 from .rate_distortion import RDCurve, topk_curve
 from .registry import Method, register_method
@@ -19,7 +20,10 @@ from .topk import scatter_dense, select_topk, topk_layer
 from .wavelet_domain import coefficients, compress_reordered, layer_levels, restore_order
 
 NAME = "waveft"
-VALUES_KEY, INDICES_KEY = "waveft_spectrum", "waveft_indices"
+# Indices are stored as uint16 gap codes (methods/index_codec.py); files written before that hold
+# int32 flat indices under "waveft_indices", which reconstruct still reads.
+VALUES_KEY, INDICES_KEY = "waveft_spectrum", "waveft_index_gaps"
+INDEX_PREFIX = "waveft"
 
 
 def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> CompressedLayer:
@@ -40,7 +44,7 @@ def _compress_in_order(delta: LayerDelta, budget: int, options: MethodOptions) -
 
 def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int]) -> torch.Tensor:
     """Dense ΔŴ from stored spectrum values and flat indices, stored permutations undone."""
-    coeffs = scatter_dense(tensors[INDICES_KEY], tensors[VALUES_KEY].float(), shape)
+    coeffs = scatter_dense(stored_indices(tensors, INDEX_PREFIX), tensors[VALUES_KEY].float(), shape)
     return restore_order(synthesis2d(coeffs, meta["wavelet"], tuple(meta["levels"])), tensors)
 
 
