@@ -47,6 +47,9 @@ from .guards import check_method_options, check_outputs
 @click.option("--order-by", type=click.Choice(REORDER_CHOICES), default=DEFAULT_REORDER, show_default=True,
               help="How to reorder: svd (leading singular vectors), fiedler (spectral), greedy (nearest neighbour), "
               "best (try each per layer, keep the lowest error).")
+@click.option("--baselines", "baselines", default="default", show_default=True, metavar="LIST",
+              help="Report columns computed beside the method at the same budget: comma-separated methods (lora, sparse), "
+              "none, or default (every baseline). The sparse column forms each dense ΔW: leave it out to save time on big layers.")
 @click.option("--dtype", "dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               show_default=True, help="Precision of the stored values: auto keeps each layer's input dtype (a bf16 LoRA "
               "gives bf16 files). Errors are measured from the rounded values; byte budgets count them.")
@@ -117,7 +120,8 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
             device: str = "cpu", finetune_steps: int | str | None = None, finetune_data: Path | None = None,
             finetune_lr: float = FINETUNE_DEFAULTS.LR, finetune_device: str = "auto",
             drop_unselected: bool = False, dtype: str = "auto", rank: int | None = None,
-            target_error: float | None = None, wide: bool = False, dry_run: bool = False) -> None:
+            target_error: float | None = None, wide: bool = False, dry_run: bool = False,
+            baselines: str = "default") -> None:
     """Convert an adapter into a budgeted wavelet (or LoRA) adapter and report the error.
 
     INPUT is a PEFT LoRA folder, or its adapter_model.safetensors with adapter_config.json beside
@@ -145,6 +149,7 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
     """
     from ..methods.allocation import budget_spec
 
+    baseline_names(baselines)  # a bad name fails before any work
     if target_error is not None:
         from ..methods.target import validate_target
 
@@ -189,12 +194,12 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
 
         result = compress_to_error(source, target_error, method, wavelet=wavelet, levels=levels, progress=None,
                                    reorder=order_by if reorder else False, calibration=calib, scaling=scaling, seed=seed,
-                                   device=device, dtype=dtype)
+                                   device=device, dtype=dtype, baselines=baseline_names(baselines))
     else:
         result = compress(source, budget=budget, method=method, wavelet=wavelet, levels=levels, progress=None,
                           reorder=order_by if reorder else False, budget_total=budget_total, budget_ratio=budget_ratio,
                           max_size=max_size, allocate=allocate, calibration=calib, scaling=scaling, seed=seed,
-                          device=device, dtype=dtype, rank=rank)
+                          device=device, dtype=dtype, rank=rank, baselines=baseline_names(baselines))
     report = result.report
     method = report.method
     if not quiet:
@@ -261,3 +266,18 @@ def calibration_for(source: Path | AdapterDeltas, calibration: Path | None, base
     if save_to is not None:
         collected.save(save_to)
     return collected
+
+
+def baseline_names(text: str) -> tuple[str, ...]:
+    """``--baselines``: 'default' → every baseline, 'none' → no column, else comma-separated method names."""
+    from ..methods import BASELINES, get_method
+
+    text = text.strip().lower()
+    if text == "default":
+        return BASELINES
+    if text in ("none", ""):
+        return ()
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    for name in names:
+        get_method(name)  # InputError naming the known methods
+    return names
