@@ -161,7 +161,7 @@ def main() -> None:
                    for lr, n, w, b in grid]
     else:
         header = (f"{'method':<7} {'budget':>6} {'values %LoRA':>12} | {'ho KL':>8} {'ho KL ft':>8} | {'KL':>8} {'KL ft':>8} | "
-                  f"{'acc':>6} {'acc ft':>6} | {'kept':>9} | {'s/step':>6} {'ft s':>5}")
+                  f"{'acc':>6} {'acc ft':>6} | {'kept':>9} | {'s/step':>6} {'ft s':>5} {'cpu s':>5}")
         configs = [("", base_config())]
         c = configs[0][1]
         n, every, patience = c.plan(device.type)
@@ -179,7 +179,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 log = None if args.sweep else (lambda line: print(f"  {method} @{budget}: {line}", flush=True))
                 tuned = finetune(result, build_base_model(0), tokenizer, train_texts, config=config, log=log)
-                seconds = time.perf_counter() - t0
+                seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
                 deltas = {layer.name: get_method(method).reconstruct(layer.tensors, layer.meta, layer.shape)
                           for layer in tuned.layers if layer.tensors}
                 acc_ft, kl_ft, _ = test_metrics(merged_model(build_base_model, deltas, teacher.passthrough, device),
@@ -191,12 +191,13 @@ def main() -> None:
                     print(f"{method:<7} {budget:>6} {label} | {common} | {seconds:5.0f}", flush=True)
                 else:
                     per_step = seconds / max(1, len(tuned.losses))
-                    print(f"{method:<7} {budget:>6} {100 * values / lora_values:11.1f}% | {common} | {per_step:6.3f} {seconds:5.0f}",
-                          flush=True)
+                    print(f"{method:<7} {budget:>6} {100 * values / lora_values:11.1f}% | {common} | {per_step:6.3f} {seconds:5.0f} "
+                          f"{cpu_seconds:5.0f}", flush=True)
     print(f"\nKL: mean KL(original LoRA ‖ adapter) on the {len(test)} test texts; ho KL: the fine-tune's teacher-student KL "
           f"on its held-out 10% of the distillation texts; acc: test accuracy (original LoRA {original_acc:.4f}); ft: after "
           f"the fine-tune; kept: the step keep-best returned / steps run (0 = the input unchanged); ft s: fine-tune wall time "
-          f"with its evaluations (s/step includes them). Total {time.perf_counter() - started:.0f} s.")
+          f"with its evaluations (s/step includes them); cpu s: this process's CPU time in the fine-tune (all threads; "
+          f"on a shared machine the wall time is longer). Total {time.perf_counter() - started:.0f} s.")
 
 
 if __name__ == "__main__":

@@ -289,7 +289,7 @@ def finetune(
     source is then the default teacher). ``model``: the base model (its weights are never changed;
     the adapter's saved modules, such as a classifier head, are loaded into it). ``examples``:
     texts, (text, label) pairs or :class:`Example`. Settings: :class:`FinetuneConfig` or keywords.
-    ``log``: receives progress lines (seconds per step and the estimate, the kept step).
+    ``log``: receives progress lines (seconds per step and the estimate); the kept step is in the result's summary.
     """
     config = config or FinetuneConfig()
     if overrides:
@@ -355,8 +355,6 @@ def finetune(
         session.injector.remove()
     seconds = time.perf_counter() - started
     kept = keeper.explain(name, len(losses))
-    if log is not None:
-        log(f"finetune: {kept}")
 
     deltas = {layer.name: layer().detach() for layer in student.layers}
     by_name = {layer.name: layer for layer in student.layers}
