@@ -176,7 +176,7 @@ def main() -> None:
             acc, kl, _ = test_metrics(merged_model(build_base_model, result.to_deltas(), teacher.passthrough, device),
                                       tokenizer, test, original_logits, device)
             for label, config in configs:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 log = None if args.sweep else (lambda line: print(f"  {method} @{budget}: {line}", flush=True))
                 tuned = finetune(result, build_base_model(0), tokenizer, train_texts, config=config, log=log)
                 seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
