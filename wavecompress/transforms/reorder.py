@@ -110,29 +110,33 @@ def greedy_scan(features: torch.Tensor) -> torch.Tensor:
     """The greedy chain by a scan of the unvisited rows at every step (numpy, swap-remove of
     visited rows): n small steps, the fastest form on a CPU.
 
-    Each step ranks the unvisited rows by |p|² − 2 p·c (one matrix-vector product), then decides
-    among the rows within rounding distance of the minimum by the exact ‖p − c‖², so the chain is
-    exactly the one an exact scan gives (ties: the first row in scan order).
+    Each step ranks the unvisited rows by |p|² − 2 p·c (one matrix-vector product with the rows
+    augmented by |p|²), then decides among the rows within rounding distance of the minimum by the
+    exact ‖p − c‖², so the chain is exactly the one an exact scan gives (ties: the first row in
+    scan order).
     """
-    n = features.shape[0]
-    points = features.detach().double().cpu().numpy().copy()
-    norms = np.einsum("ij,ij->i", points, points)
-    slack = 1e-12 * 2 * float(norms.max(initial=0.0))  # far above the rounding of |p|² − 2 p·c
+    n, k = features.shape
+    points = features.detach().double().cpu().numpy()
+    rows = np.empty((n, k + 1))  # [p, |p|²] per row, swapped together
+    rows[:, :k] = points
+    rows[:, k] = np.einsum("ij,ij->i", points, points)
+    slack = 1e-12 * 2 * float(rows[:, k].max(initial=0.0))  # far above the rounding of |p|² − 2 p·c
+    probe = np.ones(k + 1)
     ids = np.arange(n)
     order = np.empty(n, dtype=np.int64)
     j = int(svd_order(features)[0])
     for step in range(n):
         m = n - step
         if step:
-            ranked = norms[:m] - 2.0 * (points[:m] @ current)
+            ranked = rows[:m] @ probe
             j = int(ranked.argmin())
             close = np.flatnonzero(ranked <= ranked[j] + slack)
             if close.size > 1:
-                j = int(close[np.square(points[close] - current).sum(1).argmin()])
+                j = int(close[np.square(rows[close, :k] - current).sum(1).argmin()])
         order[step] = ids[j]
-        current = points[j].copy()
-        points[[j, m - 1]] = points[[m - 1, j]]
-        norms[[j, m - 1]] = norms[[m - 1, j]]
+        current = rows[j, :k].copy()
+        probe[:k] = -2.0 * current
+        rows[[j, m - 1]] = rows[[m - 1, j]]
         ids[[j, m - 1]] = ids[[m - 1, j]]
     return torch.from_numpy(order)
 
