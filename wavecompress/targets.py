@@ -55,6 +55,6 @@ def compress_to_error(source: Any, target_error: float, method: str = "waveft", 
     below = [t for t in tried if t[0] < total]
     report.notes.append(
         f"target error {target:g}: {method} needed {total} values in total ({total / max(len(report.layers), 1):.0f} per layer "
-        f"on average), overall error {error:.4f}; found by binary search over {len(tried)} totals on the global allocation"
-        + (f" ({below[-1][0]} values: {below[-1][1]:.4f})" if below else ""))
+        f"on average), overall error {error:.5f}; found by binary search over {len(tried)} totals on the global allocation"
+        + (f" ({below[-1][0]} values: {below[-1][1]:.5f})" if below else ""))
     return result

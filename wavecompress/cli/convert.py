@@ -211,8 +211,8 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
     click.echo(line)
     if quiet:
         for note in report.notes:
-            if note.startswith("auto:"):
-                click.echo(note)  # why auto chose this method/wavelet
+            if note.startswith(("auto:", "target error")):
+                click.echo(note)  # why auto chose this method/wavelet; the budget an error target needed
     if finetune_data is not None:
         from .finetune import finetune_converted
 
