@@ -39,6 +39,9 @@ def check_stored_tensor(weights_path: Path, key: str, tensor: torch.Tensor) -> N
             raise InputError(f"{weights_path}: tensor {key} holds negative indices")
         if flat.numel() > 1 and not bool((flat[1:] > flat[:-1]).all()):
             raise InputError(f"{weights_path}: tensor {key} holds repeated or unsorted indices")
+    elif key.endswith("_gaps"):  # gap-coded top-k indices (methods/index_codec.py), decoded and checked there
+        if tensor.is_floating_point() or tensor.dtype == torch.bool or tensor.dim() != 1:
+            raise InputError(f"{weights_path}: tensor {key} must be a 1-D integer tensor, got {str(tensor.dtype).replace('torch.', '')} {list(tensor.shape)}")
     elif not key.split(".")[-1].startswith("reorder_") and not tensor.is_floating_point():
         raise InputError(f"{weights_path}: tensor {key} holds {str(tensor.dtype).replace('torch.', '')} values; stored values must be floats")
 
