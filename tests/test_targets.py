@@ -95,6 +95,10 @@ def test_dry_run_prints_layers_budgets_and_size_and_writes_nothing(tmp_path: Pat
     value, unit = estimate.split("≈ ")[1].split(" ")[:2]
     estimated = float(value) * {"B": 1, "kB": 1e3, "MB": 1e6}[unit]
     assert abs(estimated - size) / size < 0.15, (estimated, size)
+    planned = run("convert", folder, "--target-error", 0.1, "--dry-run", "--out", tmp_path / "t")
+    assert planned.exit_code == 0 and "decided during conversion" in planned.output and not (tmp_path / "t").exists()
+    ranked = run("convert", folder, "--rank", 2, "--method", "lora", "--dry-run", "--out", tmp_path / "r")
+    assert all(f"{2 * sum(d.shape)}" in ranked.output for d in original.values()) and not (tmp_path / "r").exists()
 
 
 def test_the_default_table_fits_100_columns_and_wide_shows_everything(tmp_path: Path, lora) -> None:

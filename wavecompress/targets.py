@@ -35,7 +35,12 @@ def compress_to_error(source: Any, target_error: float, method: str = "waveft", 
     get_method(method)
     deltas = as_adapter_deltas(source)
     options = MethodOptions(wavelet=validate_wavelet(wavelet), levels=levels, reorder=reorder_choice(reorder))
-    search = total_for_target(list(deltas.layers), method, target, options)
+    from tqdm.auto import tqdm
+
+    layers = list(deltas.layers)
+    with tqdm(total=len(layers), desc=f"{method} curves for error ≤ {target:g}", unit="layer",
+              disable=None if progress is None else not progress) as bar:
+        search = total_for_target(layers, method, target, options, progress=lambda name: bar.update())
     total, checks = search.total, []
     for _ in range(8):
         result = compress(deltas, None, method, wavelet, levels, progress=progress, reorder=reorder, budget_total=total,
