@@ -21,8 +21,8 @@ def columns(tmp_path: Path, *extra: str) -> tuple[int, list[str]]:
 
 
 def test_baselines_option_picks_the_report_columns(tmp_path: Path) -> None:
-    assert columns(tmp_path) == (0, ["lora", "sparse", "wara", "wara-plain"])
-    assert columns(tmp_path, "--baselines", "lora") == (0, ["lora", "wara", "wara-plain"])
+    assert columns(tmp_path) == (0, ["lora", "lora@bytes", "sparse", "sparse@bytes", "wara", "wara-plain"])
+    assert columns(tmp_path, "--baselines", "lora") == (0, ["lora", "lora@bytes", "wara", "wara-plain"])
     assert columns(tmp_path, "--baselines", "none") == (0, ["wara", "wara-plain"])
     code, output = columns(tmp_path, "--baselines", "lora,bogus")
     assert code == 2 and "unknown method 'bogus'" in output[0]

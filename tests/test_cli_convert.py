@@ -53,8 +53,16 @@ def test_report_layout_is_the_documented_one(tmp_path: Path, lora_dir: Path) -> 
     layer = report["layers"][0]
     for key in ["name", "shape", "method", "stored_values", "bytes", "relative_error", "energy_kept", "budget_clamped", "baselines"]:
         assert key in layer
-    assert set(layer["baselines"]) == {"lora", "sparse", "waveft-plain"}  # plain ordering beside the reordered default
-    assert set(report["overall"]) == {"waveft", "lora", "sparse", "waveft-plain"}
+    # plain ordering beside the reordered default; each baseline also at the output's bytes
+    assert set(layer["baselines"]) == {"lora", "sparse", "waveft-plain", "lora@bytes", "sparse@bytes"}
+    assert set(report["overall"]) == {"waveft", "lora", "sparse", "waveft-plain", "lora@bytes", "sparse@bytes"}
+    overall = report["overall"]
+    target = overall["waveft"]["bytes"]
+    assert target - 6 < overall["sparse@bytes"]["bytes"] <= target  # less than one value + gap short
+    # LoRA: within one rank step of the output's bytes, unless it already holds the whole delta
+    lora = overall["lora@bytes"]
+    assert lora["bytes"] <= target and (lora["bytes"] > target - 4 * 64 or lora["relative_error"] < 1e-5)
+    assert lora["relative_error"] <= overall["lora"]["relative_error"]
     # float32 value + uint16 index gap per kept coefficient (no escape below 65536 entries), plus int16 permutations
     assert layer["bytes"] == layer["stored_values"] * 6 + 2 * sum(layer["shape"])
     assert layer["baselines"]["waveft-plain"]["bytes"] == layer["baselines"]["waveft-plain"]["stored_values"] * 6

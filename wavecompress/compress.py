@@ -193,6 +193,10 @@ def compress(
         summary = with_activation_error(MethodSummary.of(kept), delta, kept, gram)
         rows.append(LayerReport(delta.name, delta.shape, budget, kept.budget_clamped, summary, others))
         del delta  # lazy (streamed) inputs: let this layer's ΔW go before the next one is built
+    if baselines:  # every baseline again at the output's bytes (report's <baseline>@bytes columns)
+        from .equal_bytes import add_equal_byte_baselines
+
+        add_equal_byte_baselines(deltas, rows, layers, [b for b in baselines if b != method], options, calibration)
     kept = [keep_exactly(delta, method) for delta in deltas.kept]
     layers.extend(kept)
     report = Report(

@@ -146,6 +146,22 @@ class Report:
     def relative_error(self) -> float:
         return self.overall()[self.method].relative_error
 
+    def verdict(self) -> str:
+        """One line in both currencies: the method's figures, then who wins at equal trainable values
+        (baselines at the same budget) and at equal bytes (``<baseline>@bytes``, see equal_bytes.py)."""
+        totals = self.overall()
+        own = totals[self.method]
+        line = f"{self.method}: {own.stored_values} values, {own.bytes} B, relative error {own.relative_error:.4f}"
+        at_values = {n: s for n, s in totals.items() if not n.endswith("@bytes")}
+        at_bytes = {self.method: own} | {n: s for n, s in totals.items() if n.endswith("@bytes")}
+        for label, group in (("equal values", at_values), (f"equal bytes ({own.bytes} B)", at_bytes)):
+            if len(group) < 2:
+                continue
+            best = min(group, key=lambda n: (group[n].relative_error, n != self.method))
+            others = ", ".join(f"{n.removesuffix('@bytes')} {s.relative_error:.4f}" for n, s in group.items() if n != self.method)
+            line += f" | {label}: {others} -> {best.removesuffix('@bytes')} wins"
+        return line
+
     def to_json(self) -> dict[str, Any]:
         return {
             "version": REPORT_VERSION,
@@ -220,7 +236,8 @@ class Report:
         if prefix:
             out.append(f"layers N.… are {prefix}N.…")
         out.append("values: trainable stored values; size: on disk, indices and row/column permutations included; "
-                   "<baseline> err: its error at the same budget" + ("" if wide else " (--wide: every column)"))
+                   "<baseline> err: its error at the same budget; <baseline>@bytes: at the same bytes as the output, "
+                   "allocated globally" + ("" if wide else " (--wide: every column)"))
         out.append("size per method: " + ", ".join(f"{name} {format_bytes(summary.bytes)} ({summary.bytes} B)"
                                                     for name, summary in totals.items()))
         if weighted:

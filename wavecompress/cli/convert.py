@@ -204,11 +204,7 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
     method = report.method
     if not quiet:
         click.echo(report.format_table(wide=wide))
-    totals = report.overall()
-    chosen = totals[method]
-    line = f"{method}: {chosen.stored_values} values, relative error {chosen.relative_error:.4f}"
-    line += "".join(f"; {name}: {s.relative_error:.4f}" for name, s in totals.items() if name != method)
-    click.echo(line)
+    click.echo(report.verdict())
     if quiet:
         for note in report.notes:
             if note.startswith(("auto:", "target error")):
