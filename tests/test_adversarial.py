@@ -299,6 +299,8 @@ CASES = {
     "output-int-spectrum": (_tampered_output(_int_spectrum), 2, "int32 values"),
     "module-name-with-newline": (_tensors(_rename_module("que\nry")), 2, "control characters"),
     "module-name-with-ansi": (_tensors(_rename_module("\x1b[31mquery")), 2, "\\x1b[31m"),
+    "output-layer-name-with-ansi": (_tampered_output(change_config=lambda c: c["layers"].update({"\x1b[2Jq": next(iter(c["layers"].values()))})),
+                                    2, "\\x1b[2Jq"),
     # item 12: a shard path may not leave its folder
     "index-shard-outside-its-folder": (_shard_outside, 2, "not a file name in the checkpoint folder"),
     # item 7 in-process: a tampered output declaring a bigger layer than its tensors is refused by shape

@@ -19,6 +19,11 @@ class InterruptedAfterWrite(KeyboardInterrupt):
     """Ctrl-C after the command already wrote its output; the message says what is on disk."""
 
 
+def one_line(message: str) -> str:
+    """``message`` as one terminal-safe line: newlines, escape sequences and other control characters escaped."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in message)
+
+
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """One-line errors: exit 2 for bad input, 1 for internal errors, a traceback only with --debug."""
 
@@ -30,7 +35,7 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except WavecompressError as exc:
             if debug:
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(str(exc))}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
             message = str(exc) if isinstance(exc, InterruptedAfterWrite) else "no output was written"
@@ -39,7 +44,7 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:  # noqa: BLE001 - the last line of defence for users
             if debug:
                 raise
-            click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+            click.echo(f"internal error: {type(exc).__name__}: {one_line(str(exc))} (rerun with --debug for the traceback)", err=True)
             sys.exit(1)
 
     return wrapper

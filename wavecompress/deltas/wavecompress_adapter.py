@@ -15,6 +15,7 @@ from .adapter_deltas import AdapterDeltas
 from .layer_delta import LayerDelta
 from .memory_budget import check_layer_size
 from .peft_lora import PREFIX
+from .safetensors_file import printable
 from .safetensors_reader import check_finite, read_safetensors
 
 
@@ -57,6 +58,8 @@ def read_stored_layers(
     claimed: set[str] = set()
     layers = []
     for name in sorted(table):
+        if printable(name) != name:
+            raise InputError(f"{weights_path.parent / 'adapter_config.json'}: layer name {printable(name)!r} holds control characters; refusing it")
         prefix = f"{PREFIX}{name}."
         own = {key[len(prefix) :]: tensors[key] for key in tensors if key.startswith(prefix)}
         for key, value in own.items():
