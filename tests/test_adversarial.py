@@ -238,15 +238,23 @@ def _tampered_output(change_tensors=None, change_config=None):
     return build
 
 
+def _plain_indices(t) -> str:
+    """Rewrite the first layer's gap-coded indices in the plain form earlier files hold (int64 flat
+    indices, which can be tampered with; gap codes cannot express a negative or repeated index)."""
+    from wavecompress.methods.index_codec import GAPS_SUFFIX, PLAIN_SUFFIX, decode_gaps
+
+    key = first_key(t, GAPS_SUFFIX)
+    plain = key[: -len(GAPS_SUFFIX)] + PLAIN_SUFFIX
+    t[plain] = decode_gaps(t.pop(key)).clone()
+    return plain
+
+
 def _negative_index(t):
-    key = first_key(t, "waveft_indices")
-    t[key] = t[key].clone()
-    t[key][0] = -1
+    t[_plain_indices(t)][0] = -1
 
 
 def _duplicate_index(t):
-    key = first_key(t, "waveft_indices")
-    t[key] = t[key].clone()
+    key = _plain_indices(t)
     t[key][1] = t[key][0]
 
 
