@@ -65,9 +65,11 @@ def main() -> None:
     parser.add_argument("--k", type=int, nargs="+", default=None, help="stored coefficients [default: 3000 and 1%% of the matrix]")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=1, help="CPU: torch threads for every timed side [default: 1]")
     parser.add_argument("--quick", action="store_true", help="smaller shape and fewer repeats (CPU: well under a minute)")
     args = parser.parse_args()
 
+    torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
     kernel = select_backend(device) == "triton"
     default_shape = "8192x28672" if device.type == "cuda" else ("1024x1024" if args.quick else "2048x2048")

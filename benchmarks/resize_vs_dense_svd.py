@@ -8,7 +8,9 @@ SVD (``full_matrices=False``), the fastest dense variant, so the ratio is not ag
 Both sides use the rank wavecompress picks for the budget (r·(d_out+d_in) ≤ budget), and each
 side's error ‖ΔW − ΔŴ‖/‖ΔW‖ is measured the same way, in float64 against the merged ΔW.
 
-Every time is the median of ``--repeats`` runs (default 5) in this process. The headline is the
+Every time is a median in this process: of ``--repeats`` runs (default 5) for wavecompress (tens
+of milliseconds, so single runs are noisy) and of ``--dense-repeats`` runs (default 3) for the dense
+SVD (seconds per run); every run's time is printed. The headline is the
 command-line path (``wavecompress convert --method lora``: reading, the report's baselines,
 writing the folder; the interpreter start is not counted); the bare library call without report
 baselines is printed beside it.
@@ -126,8 +128,10 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=1, help="decoder layers (7 matrices each)")
     parser.add_argument("--rank", type=int, default=16, help="input LoRA rank")
     parser.add_argument("--new-rank", type=int, default=4, help="target rank (for the widest layer)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--repeats", type=int, default=5, help="runs per timing; the median is reported [default: 5]")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for both sides [default: 1: on a shared machine, extra threads mostly wait]")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per wavecompress timing; the median is reported [default: 5]")
+    parser.add_argument("--dense-repeats", type=int, default=3, help="runs per dense-SVD timing [default: 3]")
     parser.add_argument("--no-full", action="store_true", help="skip the full_matrices=True reference (slowest)")
     args = parser.parse_args()
     args.no_full = args.no_full or args.quick  # --quick: the thin dense SVD only (faster, so the stricter reference)
@@ -153,14 +157,15 @@ def main() -> None:
         ranks = {name: rank for name, (rank, _, _) in ours_kept.items()}
         rows = [("wavecompress convert --method lora (CLI: report baselines, writing)", t_convert, None, convert_times),
                 ("wavecompress.compress(method='lora', baselines=()) + save (library, no report baselines)", t_lora, ours_kept, lora_times)]
-        t_thin, thin_kept, thin_times = median_of(n, kohya_dense, adapter, ranks, False)
+        print(f"wavecompress: CLI {t_convert:.3f} s, library {t_lora:.3f} s (medians of {n})", flush=True)
+        t_thin, thin_kept, thin_times = median_of(args.dense_repeats, kohya_dense, adapter, ranks, False)
         rows.append(("dense SVD, thin (full_matrices=False)", t_thin, thin_kept, thin_times))
         if not args.no_full:
-            t_full, full_kept, full_times = median_of(n, kohya_dense, adapter, ranks, True)
+            t_full, full_kept, full_times = median_of(args.dense_repeats, kohya_dense, adapter, ranks, True)
             rows.append(("kohya resize_lora.py method (dense torch.linalg.svd, full_matrices=True)", t_full, full_kept, full_times))
         ours_err, ours_layers = relative_errors(adapter, ours_kept)
         print()
-        print(f"| method | seconds (median of {n}) | all runs | relative error |")
+        print("| method | seconds (median) | all runs | relative error |")
         print("|---|---:|---|---:|")
         worst = 0.0
         for label, seconds, kept, times in rows:
