@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from wavecompress.kernels import select_backend, spectrum_grad_reference, synthesis_reference  # noqa: E402
 
 
-def timer(device: torch.device, fn, repeats: int, warmup: int = 2) -> float:
+def timer(device: torch.device, fn, repeats: int, warmup: int = 3) -> float:
     """Median wall time of ``fn()`` in milliseconds (CUDA events on GPU)."""
     for _ in range(warmup):
         fn()
@@ -76,7 +76,7 @@ def main() -> None:
     shape = tuple(int(v) for v in (args.shape or default_shape).lower().split("x"))
     n = shape[0] * shape[1]
     ks = args.k or [3000, n // 100]
-    repeats = args.repeats or (5 if args.quick else 20)
+    repeats = args.repeats or (11 if args.quick else 21)
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU, ' + str(torch.get_num_threads()) + ' threads'}), "
           f"torch {torch.__version__}, shape {shape[0]}x{shape[1]} float32, median of {repeats}")
     if kernel:
