@@ -60,8 +60,8 @@ def ours(adapter: Path, budget: int, out: Path, baselines: tuple[str, ...]) -> t
                      for layer in result.layers}
 
 
-def cli_convert(adapter: Path, budget: int, out: Path) -> tuple[float, None]:
-    """``wavecompress convert ADAPTER --budget N --method lora --out OUT --force --quiet`` in this process."""
+def cli_convert(adapter: Path, budget: int, out: Path, *extra: str) -> tuple[float, None]:
+    """``wavecompress convert ADAPTER --budget N --method lora --out OUT --force --quiet [extra]`` in this process."""
     import contextlib
     import io
 
@@ -69,8 +69,8 @@ def cli_convert(adapter: Path, budget: int, out: Path) -> tuple[float, None]:
 
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        cli(["convert", str(adapter), "--budget", str(budget), "--method", "lora", "--out", str(out), "--force", "--quiet"],
-            standalone_mode=False)
+        cli(["convert", str(adapter), "--budget", str(budget), "--method", "lora", "--out", str(out), "--force", "--quiet",
+             *extra], standalone_mode=False)
     return time.perf_counter() - start, None
 
 
@@ -154,10 +154,13 @@ def main() -> None:
         n = args.repeats
         t_lora, ours_kept, lora_times = median_of(n, ours, adapter, budget, work / "ours-lora-only", ())
         t_convert, _, convert_times = median_of(n, cli_convert, adapter, budget, work / "ours-convert")
+        t_bare, _, bare_times = median_of(n, cli_convert, adapter, budget, work / "ours-bare", "--baselines", "none")
         ranks = {name: rank for name, (rank, _, _) in ours_kept.items()}
         rows = [("wavecompress convert --method lora (CLI: report baselines, writing)", t_convert, None, convert_times),
+                ("wavecompress convert --method lora --baselines none (CLI, no report baselines)", t_bare, None, bare_times),
                 ("wavecompress.compress(method='lora', baselines=()) + save (library, no report baselines)", t_lora, ours_kept, lora_times)]
-        print(f"wavecompress: CLI {t_convert:.3f} s, library {t_lora:.3f} s (medians of {n})", flush=True)
+        print(f"wavecompress: CLI {t_convert:.3f} s, CLI --baselines none {t_bare:.3f} s, library {t_lora:.3f} s (medians of {n})",
+              flush=True)
         t_thin, thin_kept, thin_times = median_of(args.dense_repeats, kohya_dense, adapter, ranks, False)
         rows.append(("dense SVD, thin (full_matrices=False)", t_thin, thin_kept, thin_times))
         if not args.no_full:
@@ -176,7 +179,7 @@ def main() -> None:
                 worst = max(worst, max(abs(layers[name] - ours_layers[name]) for name in layers))
         print()
         print(f"ratio: dense thin SVD / wavecompress convert (CLI) = {t_thin / t_convert:.1f}× (goal ≥ 100×); "
-              f"library call without report baselines: {t_thin / t_lora:.0f}×")
+              f"CLI with --baselines none: {t_thin / t_bare:.0f}×; library call without report baselines: {t_thin / t_lora:.0f}×")
         if not args.no_full:
             print(f"ratio: kohya method (full_matrices=True) / wavecompress convert (CLI) = {t_full / t_convert:.1f}× (goal ≥ 100×); "
                   f"library call without report baselines: {t_full / t_lora:.0f}×")
