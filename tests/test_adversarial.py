@@ -337,6 +337,12 @@ def test_fp8_factors_and_fp8_tuned_against_fp32_base_convert(tmp_path: Path, lor
     """Item 8's fp8 cases are inputs that convert (float8 is read and computed in float32)."""
     edit_tensors(lora, lambda t: t.update({k: v.to(torch.float8_e4m3fn) for k, v in t.items()}))
     assert cli("convert", lora, "--budget", 100, "--out", tmp_path / "o1", "--quiet").exit_code == 0
+    kohya = tmp_path / "kohya.safetensors"
+    name = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    save_file({f"{name}.lora_down.weight": torch.randn(2, 16).to(torch.float8_e4m3fn),
+               f"{name}.lora_up.weight": torch.randn(16, 2).to(torch.float8_e4m3fn), f"{name}.alpha": torch.tensor(2.0)}, kohya)
+    result = cli("convert", kohya, "--budget", 20, "--out", tmp_path / "o3", "--quiet")
+    assert result.exit_code == 0, result.output
     base = checkpoint(tmp_path / "base", model_weights(0))
     tuned = checkpoint(tmp_path / "tuned", {k: (v + 0.5).to(torch.float8_e4m3fn) for k, v in model_weights(0).items()})
     result = cli("convert", "--base", base, "--tuned", tuned, "--budget", 40, "--out", tmp_path / "o2", "--quiet")

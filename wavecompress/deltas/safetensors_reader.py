@@ -75,6 +75,8 @@ def nonfinite_layers_skipped() -> bool:
 
 def check_finite(path: Path, key: str, tensor: torch.Tensor) -> None:
     """Refuse NaN/Inf values: a diverged run's adapter would poison every method silently."""
+    if tensor.is_floating_point() and tensor.element_size() == 1:
+        tensor = tensor.float()  # float8: torch has no isfinite kernel for it
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         raise NonFiniteError(f"{path}: tensor {key} has {bad} non-finite values (NaN/Inf)")
