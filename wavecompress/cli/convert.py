@@ -217,7 +217,10 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
         click.echo(result.summary())
     result.save(target, force=force)
     if report_path is not None:
-        atomic_write_bytes(report_path, report.dumps().encode("utf-8"))
+        try:
+            atomic_write_bytes(report_path, report.dumps().encode("utf-8"))
+        except KeyboardInterrupt:
+            raise InterruptedAfterWrite(f"{target} was written, --report {report_path} was not") from None
     click.echo(f"wrote {target}" + (f" and {report_path}" if report_path else ""))
     if push_to is not None:
         try:
