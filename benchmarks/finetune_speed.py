@@ -79,7 +79,7 @@ def main() -> None:
     seconds = {}
     for method in args.methods:
         result = wc.compress(teacher, budget=args.budget, method=method)
-        config = FinetuneConfig(steps=steps, lr=3e-4, batch_size=16, max_length=64, progress=False, device=str(device))
+        config = FinetuneConfig(steps=steps, lr=3e-4, batch_size=16, max_length=64, progress=False, device=str(device), keep_best=False)
         finetune(result, build_base_model(0), tokenizer, texts[:64], config=FinetuneConfig(**{**config.__dict__, "steps": 2}))  # warm-up
         sync(device)
         start = time.perf_counter()
