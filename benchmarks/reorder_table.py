@@ -10,6 +10,7 @@ for BERT) together with the adapter's passthrough classifier tensors.
     python benchmarks/reorder_table.py                      # fixtures/minilm-bbc-lora
     python benchmarks/reorder_table.py --quick              # fewer variants, under ~3 min
     python benchmarks/reorder_table.py --adapter DIR --no-accuracy
+    python benchmarks/reorder_table.py --currencies-only    # equal bytes and equal values, bf16, + full fine-tune
 """
 
 from __future__ import annotations
@@ -169,7 +170,14 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[1000, 3000, 8192])
     parser.add_argument("--quick", action="store_true", help="fewer orderings and depths (under ~3 minutes)")
     parser.add_argument("--no-accuracy", action="store_true", help="skip the task-accuracy table")
+    parser.add_argument("--currencies-only", action="store_true",
+                        help="only the equal-bytes / equal-values table (fixture and full fine-tune, bf16; currency_table.py)")
     args = parser.parse_args()
+    if args.currencies_only:
+        import currency_table
+
+        currency_table.main([])
+        return
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     source = wc.load_deltas(args.adapter)
     layers = source.layers
@@ -181,6 +189,10 @@ def main() -> None:
         padding_table(layers, 3000)
     if not args.no_accuracy:
         accuracy_table(args.adapter, args.budgets, args.quick)
+    if not args.quick:  # equal bytes vs equal values, fixture and full fine-tune, bf16 (benchmarks/currency_table.py)
+        import currency_table
+
+        currency_table.main([])
 
 
 if __name__ == "__main__":

@@ -129,6 +129,7 @@ def compress(
     device: str | torch.device | None = None,
     dtype: str = "auto",
     rank: int | None = None,
+    optimise: str | None = None,
 ) -> CompressedAdapter:
     """Compress every layer of ``source`` to ``budget`` stored values with ``method``.
 
@@ -148,13 +149,15 @@ def compress(
     ``device="cuda"`` runs each layer's arithmetic on the GPU (results come back to the CPU; without
     CUDA it warns and stays on the CPU). ``dtype`` is the stored float precision: auto (each layer's
     input dtype), float32, bfloat16 or float16; errors and bytes are those of the rounded tensors.
+    ``optimise`` (auto only): compare candidates at equal ``values`` or equal ``bytes`` (default:
+    bytes with ``max_size``, else values; see auto_select.py).
     """
     if method == "auto" or wavelet == "auto":
         from .auto_select import compress_auto
 
         return compress_auto(source, budget, method, wavelet, levels, baselines, progress, reorder, budget_total=budget_total,
                              budget_ratio=budget_ratio, max_size=max_size, allocate=allocate, calibration=calibration,
-                             scaling=scaling, seed=seed, device=device, dtype=dtype, rank=rank)
+                             scaling=scaling, seed=seed, device=device, dtype=dtype, rank=rank, optimise=optimise)
     dtype = validate_dtype(dtype)
     spec = budget_spec(budget, budget_total, budget_ratio, max_size, rank)
     if spec.max_bytes is not None:

@@ -50,6 +50,9 @@ from .guards import check_method_options, check_outputs
 @click.option("--baselines", "baselines", default="default", show_default=True, metavar="LIST",
               help="Report columns computed beside the method at the same budget: comma-separated methods (lora, sparse), "
               "none, or default (every baseline). The sparse column forms each dense ΔW: leave it out to save time on big layers.")
+@click.option("--optimise", "optimise", type=click.Choice(["values", "bytes"]), default=None,
+              help="--method auto: compare the candidates at equal trainable values or at equal file size "
+              "[default: bytes with --max-size, else values].")
 @click.option("--dtype", "dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               show_default=True, help="Precision of the stored values: auto keeps each layer's input dtype (a bf16 LoRA "
               "gives bf16 files). Errors are measured from the rounded values; byte budgets count them.")
@@ -119,7 +122,7 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
             base_model: Path | None = None, calibration_tokens: int = 512, save_calibration: Path | None = None,
             device: str = "cpu", finetune_steps: int | str | None = None, finetune_data: Path | None = None,
             finetune_lr: float = FINETUNE_DEFAULTS.LR, finetune_device: str = "auto",
-            drop_unselected: bool = False, dtype: str = "auto", rank: int | None = None,
+            drop_unselected: bool = False, dtype: str = "auto", rank: int | None = None, optimise: str | None = None,
             target_error: float | None = None, wide: bool = False, dry_run: bool = False,
             baselines: str = "default") -> None:
     """Convert an adapter into a budgeted wavelet (or LoRA) adapter and report the error.
@@ -199,7 +202,7 @@ def convert(input_path: Path, budget: int, method: str, wavelet: str, levels: in
         result = compress(source, budget=budget, method=method, wavelet=wavelet, levels=levels, progress=None,
                           reorder=order_by if reorder else False, budget_total=budget_total, budget_ratio=budget_ratio,
                           max_size=max_size, allocate=allocate, calibration=calib, scaling=scaling, seed=seed,
-                          device=device, dtype=dtype, rank=rank, baselines=baseline_names(baselines))
+                          device=device, dtype=dtype, rank=rank, baselines=baseline_names(baselines), optimise=optimise)
     report = result.report
     method = report.method
     if not quiet:

@@ -1,0 +1,53 @@
+"""Both currencies: baselines at the output's bytes, the verdict line, and --optimise for --method auto."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import wavecompress as wc
+from wavecompress.cli import main
+from wavecompress.methods import MethodOptions, get_method
+from wavecompress.methods.rate_distortion import rd_curve
+
+
+def test_lora_at_equal_bytes_is_the_global_allocation_of_those_bytes(lora_dir: Path) -> None:
+    result = wc.compress(lora_dir, budget=60, method="waveft", dtype="bfloat16")
+    totals = result.report.overall()
+    target = totals["waveft"].bytes
+    lora = totals["lora@bytes"]
+    assert lora.bytes <= target
+    # independently: the best LoRA (any ranks per layer) whose bf16 factors fit in the same bytes
+    layers = list(wc.load_deltas(lora_dir).layers)
+    curves = [rd_curve(d, "lora", MethodOptions()) for d in layers]
+    best = None
+    for ranks in np.ndindex(*[len(c.costs) + 1 for c in curves]):
+        cost = sum(int(c.costs[:r].sum()) for c, r in zip(curves, ranks))
+        if 2 * cost <= target:
+            err = sum(float(c.gains[r:].sum()) + c.residual for c, r in zip(curves, ranks))
+            best = err if best is None else min(best, err)
+    energy = sum(c.energy for c in curves)
+    assert best > 0  # the bytes do not hold the whole delta
+    assert lora.relative_error == pytest.approx((best / energy) ** 0.5, abs=5e-3)  # + bf16 rounding of the factors
+    assert totals["sparse@bytes"].bytes <= target < totals["sparse@bytes"].bytes + 4
+    line = result.report.verdict()
+    assert "| equal values: lora" in line and f"| equal bytes ({target} B): lora {lora.relative_error:.4f}" in line
+
+
+def test_optimise_currency_for_auto(tmp_path: Path, lora_dir: Path) -> None:
+    def convert(*extra: str):
+        return CliRunner().invoke(main, ["convert", str(lora_dir), "--method", "auto", "--quiet", "--baselines", "none",
+                                         "--out", str(tmp_path / "o"), "--force", *extra])
+
+    refused = convert("--max-size", "20kB", "--optimise", "values")
+    assert refused.exit_code == 2 and "--optimise values" in refused.output
+    by_size = convert("--max-size", "20kB")
+    assert by_size.exit_code == 0, by_size.output
+    assert "at equal bytes (20kB) (optimised bytes:" in by_size.output
+    by_values = convert("--budget", "300")
+    assert by_values.exit_code == 0 and "at this budget (optimised values:" in by_values.output
+    by_bytes = convert("--budget", "300", "--optimise", "bytes")
+    assert by_bytes.exit_code == 0 and "the smallest candidate file at the value budget" in by_bytes.output
