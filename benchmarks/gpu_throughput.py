@@ -73,7 +73,7 @@ def main() -> None:
     from wavecompress.deltas import LayerDelta
     from wavecompress.hardware import layer_to_device
     from wavecompress.methods import MethodOptions, get_method
-    from wavecompress.methods.lowrank import factored_svd
+    from wavecompress.transforms.lowrank import factored_svd
     from wavecompress.methods.options import DEFAULT_REORDER
     from wavecompress.methods.wavelet_domain import coefficients, layer_features
     from wavecompress.transforms.reorder import order

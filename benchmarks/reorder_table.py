@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "fixtures"))
 
 import wavecompress as wc  # noqa: E402
-from wavecompress.deltas.peft_lora import PREFIX  # noqa: E402
+from wavecompress.layout import PREFIX  # noqa: E402
 from wavecompress.methods import MethodOptions, get_method  # noqa: E402
 from wavecompress.transforms.reorder import ORDERINGS  # noqa: E402
 

@@ -142,3 +142,55 @@ def test_device_cuda_without_cuda_falls_back_with_a_note(tmp_path: Path, adapter
     assert (tmp_path / "gpu" / "adapter_model.safetensors").read_bytes() == (tmp_path / "cpu" / "adapter_model.safetensors").read_bytes()
     with pytest.raises(InputError, match="not supported"):
         wc.compress(folder / "a0", budget=300, device="mps")
+
+
+# convert options that name one input or one output, or print one input's table or plan, and so have no
+# per-input meaning in a batch (convert-many prints one summary table).
+CONVERT_ONLY = {"input_path", "out_dir", "tuned", "push_to", "private", "save_calibration", "wide", "dry_run",
+                "finetune_steps", "finetune_data", "finetune_lr", "finetune_device"}
+BATCH_ONLY = {"inputs", "out_dir", "jobs", "backend"}
+
+
+def test_convert_many_accepts_every_per_input_option_of_convert() -> None:
+    from wavecompress.cli import convert_command, convert_many_command
+
+    convert_params = {p.name: p for p in convert_command.params}
+    many_params = {p.name: p for p in convert_many_command.params}
+    assert set(convert_params) - CONVERT_ONLY == set(many_params) - BATCH_ONLY
+    for name in set(convert_params) - CONVERT_ONLY:  # same flags, types and defaults
+        a, b = convert_params[name], many_params[name]
+        assert (a.opts, a.secondary_opts, type(a.type), a.default) == (b.opts, b.secondary_opts, type(b.type), b.default), name
+
+
+@pytest.mark.parametrize("budget_args, label", [(["--budget", BUDGET], f"b{BUDGET}"), (["--budget-total", "1200"], "t1200")])
+def test_convert_and_convert_many_name_outputs_the_same_way(tmp_path: Path, adapters, budget_args, label,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, _ = adapters
+    from safetensors.torch import load_file, save_file
+
+    # A single-file kohya LoRA beside the PEFT folders: named after its file, not its folder.
+    tensors = load_file(str(folder / "a0" / "adapter_model.safetensors"))
+    kohya = {}
+    for key, value in tensors.items():
+        module = key.removeprefix("base_model.model.").rsplit(".lora_", 1)[0].replace(".", "_")
+        kind = "lora_down" if ".lora_A." in key else "lora_up"
+        kohya[f"lora_unet_{module}.{kind}.weight"] = value
+        kohya[f"lora_unet_{module}.alpha"] = torch.tensor(8.0)
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    shutil.copytree(folder / "a0", batch / "peft_folder")
+    save_file(kohya, str(batch / "lora_kohya.safetensors"))
+
+    many = run("convert-many", str(batch), "--out", str(tmp_path / "many"), *budget_args, "--jobs", "1", "--quiet")
+    assert many.exit_code == 0, many.output
+    names = sorted(p.name for p in (tmp_path / "many").iterdir())
+    assert names == [f"lora_kohya-waveft-{label}", f"peft_folder-waveft-{label}"]
+    single = tmp_path / "single"
+    single.mkdir()
+    monkeypatch.chdir(single)  # convert writes its default output into the working folder
+    for source, stem in ((batch / "peft_folder", "peft_folder"), (batch / "lora_kohya.safetensors", "lora_kohya"),
+                         (batch / "peft_folder" / "adapter_model.safetensors", "peft_folder")):
+        result = CliRunner().invoke(main, ["convert", str(source), *budget_args, "--quiet", "--force"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert result.output.strip().splitlines()[-1] == f"wrote {stem}-waveft-{label}"
+    assert sorted(p.name for p in single.iterdir()) == names

@@ -8,7 +8,7 @@ import torch
 from wavecompress.deltas import LayerDelta
 from wavecompress.hardware import one_thread, resolve_device
 from wavecompress.methods import MethodOptions, sparse
-from wavecompress.methods.lowrank import dense_svd, factored_svd
+from wavecompress.transforms.lowrank import dense_svd, factored_svd
 from wavecompress.methods.topk import select_topk, select_topk_product
 
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from .compress import DeltaSource, as_adapter_deltas, reorder_choice
+from .deltas.in_memory import DeltaSource, as_adapter_deltas
 from .errors import InputError
 from .methods import all_methods, get_method
-from .methods.options import MethodOptions
+from .methods.options import MethodOptions, reorder_choice
 from .methods.rate_distortion import RDCurve, rd_curve
 from .transforms import validate_wavelet
 

@@ -19,15 +19,28 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError, WavecompressError
+from .layout import CONFIG_NAME, OUTPUT_FILES, REPORT_NAME, output_name
 
-CONFIG_NAME = "adapter_config.json"
-DONE_FILES = ("adapter_config.json", "adapter_model.safetensors", "wavecompress_report.json")
 BACKENDS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    """How to read each input (as ``convert`` would): base model, layer selection, NaN/Inf layers,
+    and calibration (a saved activations file, or a text run through ``base_model`` per input)."""
+
+    base: Path | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    allow_nonfinite: bool = False
+    calibration: Path | None = None
+    base_model: Path | None = None
+    calibration_tokens: int = 512
 
 
 @dataclass(frozen=True)
@@ -83,20 +96,12 @@ def find_inputs(spec: str | Path) -> list[Path]:
     return found
 
 
-def output_name(source: Path, method: str, budget_label: str) -> str:
-    """``<adapter>-<method>-<budget label>``: the folder name ``convert`` would choose."""
-    if source.suffix == ".safetensors":
-        stem = source.parent.name if source.name == "adapter_model.safetensors" else source.stem
-    else:
-        stem = source.name
-    return f"{stem or 'adapter'}-{method}-{budget_label}"
-
-
-def plan(inputs: Iterable[Path], out_dir: Path, method: str, budget_label: str) -> list[BatchItem]:
-    """One BatchItem per input; refuses two inputs that would write the same output folder."""
+def plan(inputs: Iterable[Path], out_dir: Path, method: str, budget: Any) -> list[BatchItem]:
+    """One BatchItem per input, named as ``convert`` names its output (layout.output_name; ``budget``:
+    a Budget or its label); refuses two inputs that would write the same output folder."""
     items, seen = [], {}
     for source in inputs:
-        target = Path(out_dir) / output_name(source, method, budget_label)
+        target = Path(out_dir) / output_name(source, method, budget)
         if target in seen:
             raise InputError(f"{source} and {seen[target]} would both write {target}; rename one of them")
         seen[target] = source
@@ -106,15 +111,17 @@ def plan(inputs: Iterable[Path], out_dir: Path, method: str, budget_label: str) 
 
 def is_done(target: Path) -> bool:
     """True when ``target`` holds a complete output (the atomic writer never leaves a partial one)."""
-    return target.is_dir() and all((target / name).is_file() for name in DONE_FILES)
+    return target.is_dir() and all((target / name).is_file() for name in OUTPUT_FILES)
 
 
 # Options that change what is written; the device only changes where it is computed.
 _NOT_FINGERPRINTED = ("device",)
 
 
-def options_record(options: dict[str, Any]) -> dict[str, Any]:
-    """The options an output is made with, and their sha256 fingerprint, as stored in its report."""
+def options_record(options: dict[str, Any], inputs: InputOptions | None = None) -> dict[str, Any]:
+    """The options an output is made with (how its input is read included), and their sha256
+    fingerprint, as stored in its report."""
+    options = {**options, **({"inputs": asdict(inputs)} if inputs is not None and inputs != InputOptions() else {})}
     kept = {key: options[key] for key in sorted(options) if key not in _NOT_FINGERPRINTED}
     text = json.dumps(kept, sort_keys=True, default=str)
     return {"values": json.loads(text), "fingerprint": hashlib.sha256(text.encode()).hexdigest()}
@@ -123,23 +130,23 @@ def options_record(options: dict[str, Any]) -> dict[str, Any]:
 def stored_fingerprint(target: Path) -> str | None:
     """The options fingerprint in a complete output's report (None for outputs made without one)."""
     try:
-        report = json.loads((target / "wavecompress_report.json").read_text(encoding="utf-8"))
+        report = json.loads((target / REPORT_NAME).read_text(encoding="utf-8"))
         return str(report["options"]["fingerprint"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def convert_one(item: BatchItem, options: dict[str, Any], force: bool = False) -> ItemResult:
+def convert_one(item: BatchItem, options: dict[str, Any], force: bool = False,
+                inputs: InputOptions | None = None) -> ItemResult:
     """Convert one input (never raises: failures come back as a result with their message)."""
-    from .compress import compress
-
     start = time.perf_counter()
     result = ItemResult(str(item.source), str(item.target), "failed")
     try:
         if item.target.exists() and not force:
             raise InputError(f"{item.target}: exists but is incomplete (not written by wavecompress?); remove it or use --force")
-        converted = compress(item.source, progress=False, **options)
-        converted.report.options = options_record(options)
+        inputs = inputs or InputOptions()
+        converted = _convert(item.source, options, inputs)
+        converted.report.options = options_record(options, inputs)
         converted.save(item.target, force=force)
         totals = converted.report.overall()
         result.status = "converted"
@@ -153,6 +160,19 @@ def convert_one(item: BatchItem, options: dict[str, Any], force: bool = False) -
     return result
 
 
+def _convert(source: Path, options: dict[str, Any], inputs: InputOptions) -> Any:
+    """:func:`wavecompress.compress` of one input, read with ``inputs``."""
+    from .calibration import calibration_for
+    from .compress import compress
+    from .deltas import read_input
+    from .deltas.safetensors_reader import skip_nonfinite_layers
+
+    with skip_nonfinite_layers(inputs.allow_nonfinite):
+        _, deltas = read_input(source, inputs.base, None, inputs.include, inputs.exclude)
+        calibration = calibration_for(deltas, inputs.calibration, inputs.base_model, inputs.calibration_tokens)
+        return compress(deltas, progress=False, calibration=calibration, **options)
+
+
 def _init_worker(threads: int) -> None:
     import torch
 
@@ -160,19 +180,19 @@ def _init_worker(threads: int) -> None:
 
 
 def _run_local(todo: list[BatchItem], options: dict[str, Any], force: bool, jobs: int,
-               report: Callable[[ItemResult], None]) -> list[ItemResult]:
+               report: Callable[[ItemResult], None], inputs: InputOptions) -> list[ItemResult]:
     threads = max(1, available_cores() // jobs)
     if jobs == 1:
         results = []
         for item in todo:
-            results.append(convert_one(item, options, force))
+            results.append(convert_one(item, options, force, inputs))
             report(results[-1])
         return results
     # spawn, not fork: forking a process whose torch thread pools are running can deadlock.
     context = multiprocessing.get_context("spawn")
     results: dict[BatchItem, ItemResult] = {}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(convert_one, item, options, force): item for item in todo}
+        futures = {pool.submit(convert_one, item, options, force, inputs): item for item in todo}
         for future in as_completed(futures):
             item = futures[future]
             try:
@@ -185,7 +205,7 @@ def _run_local(todo: list[BatchItem], options: dict[str, Any], force: bool, jobs
 
 
 def _run_ray(todo: list[BatchItem], options: dict[str, Any], force: bool, jobs: int,
-             report: Callable[[ItemResult], None]) -> list[ItemResult]:
+             report: Callable[[ItemResult], None], inputs: InputOptions) -> list[ItemResult]:
     try:
         import ray
     except ImportError:
@@ -195,7 +215,7 @@ def _run_ray(todo: list[BatchItem], options: dict[str, Any], force: bool, jobs: 
         ray.init(address=os.environ.get("RAY_ADDRESS"), num_cpus=None if os.environ.get("RAY_ADDRESS") else jobs,
                  ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
     task = ray.remote(num_cpus=1, max_retries=1)(convert_one)
-    pending = {task.remote(item, options, force): item for item in todo}
+    pending = {task.remote(item, options, force, inputs): item for item in todo}
     results: dict[BatchItem, ItemResult] = {}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
@@ -210,7 +230,8 @@ def _run_ray(todo: list[BatchItem], options: dict[str, Any], force: bool, jobs: 
 
 
 def run_batch(items: list[BatchItem], options: dict[str, Any], jobs: int | None = None, backend: str = "local",
-              force: bool = False, report: Callable[[ItemResult], None] | None = None) -> list[ItemResult]:
+              force: bool = False, report: Callable[[ItemResult], None] | None = None,
+              inputs: InputOptions | None = None) -> list[ItemResult]:
     """Convert every item not already done, ``jobs`` at a time; results in input order.
 
     ``options`` are :func:`wavecompress.compress` keyword arguments (budget, method, ...).
@@ -222,7 +243,7 @@ def run_batch(items: list[BatchItem], options: dict[str, Any], jobs: int | None 
     if jobs < 1:
         raise InputError(f"--jobs must be at least 1, got {jobs}")
     report = report or (lambda result: None)
-    fingerprint = options_record(options)["fingerprint"]
+    fingerprint = options_record(options, inputs)["fingerprint"]
     complete = {item for item in items if not force and is_done(item.target)}
     done = {item for item in complete if stored_fingerprint(item.target) == fingerprint}
     results: dict[BatchItem, ItemResult] = {}
@@ -239,7 +260,7 @@ def run_batch(items: list[BatchItem], options: dict[str, Any], jobs: int | None 
     todo = [item for item in items if item not in complete]
     if todo:
         runner = _run_ray if backend == "ray" else _run_local
-        for item, result in zip(todo, runner(todo, options, force, min(jobs, len(todo)), report)):
+        for item, result in zip(todo, runner(todo, options, force, min(jobs, len(todo)), report, inputs or InputOptions())):
             results[item] = result
     return [results[item] for item in items]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -191,3 +192,23 @@ def calibrate(base_model: str | Path, text_file: str | Path, names: Sequence[str
     model = AutoModel.from_pretrained(str(model_path), local_files_only=True, dtype=torch.float32, use_safetensors=True)
     batches = token_batches(tokenizer, text, max_tokens, min(seq_len, getattr(model.config, "max_position_embeddings", seq_len)))
     return collect_second_moments(model, batches, names, source=text_path.name)
+
+
+def calibration_for(source: Any, calibration: str | Path | None, base_model: str | Path | None = None,
+                    tokens: int = DEFAULT_TOKENS, save_to: str | Path | None = None) -> Calibration | None:
+    """None, a saved activations file, or second moments collected by running ``base_model`` on the
+    ``calibration`` text for the layers of ``source`` (a path or AdapterDeltas)."""
+    from .deltas.in_memory import as_adapter_deltas
+
+    if calibration is None:
+        if base_model is not None or save_to is not None:
+            raise InputError("--base-model and --save-calibration need --calibration (a text file)")
+        return None
+    if base_model is None:
+        return Calibration.load(calibration)
+    deltas = as_adapter_deltas(source)
+    names = getattr(deltas.layers, "names", None) or [layer.name for layer in deltas.layers]
+    collected = calibrate(base_model, calibration, names, max_tokens=tokens)
+    if save_to is not None:
+        collected.save(save_to)
+    return collected

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .compress import DeltaSource, as_adapter_deltas
+from .deltas.in_memory import DeltaSource, as_adapter_deltas
 from .errors import InputError
 from .formats import write_adapter
 from .methods import MethodOptions, lora_svd

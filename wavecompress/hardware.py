@@ -27,11 +27,14 @@ CPU = torch.device("cpu")
 SMALL_RANK = 128  # factors up to this rank: single-threaded linear algebra
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The torch device to convert on: ``None``/"cpu" → CPU; "cuda[:N]" → that GPU, or CPU with a
-    warning when CUDA is not available (the result is the same, only slower)."""
+def resolve_device(device: str | torch.device | None, fallback: bool = True) -> torch.device:
+    """The torch device to compute on: ``None``/"cpu" → CPU; "auto" → CUDA when available, else CPU;
+    "cuda[:N]" → that GPU. When CUDA is asked for but missing: with ``fallback`` (conversion: the
+    result is the same, only slower) the CPU with a warning, else InputError (fine-tuning)."""
     if device is None:
         return CPU
+    if device == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else CPU
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
@@ -41,6 +44,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if resolved.type != "cuda":
         raise InputError(f"device {device!r} is not supported; use cpu or cuda (cuda:N)")
     if not torch.cuda.is_available():
+        if not fallback:
+            raise InputError(f"device {device}: CUDA is not available on this machine (use --device cpu)")
         warnings.warn(f"--device {device}: CUDA is not available on this machine; converting on the CPU instead",
                       RuntimeWarning, stacklevel=2)
         return CPU

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, WavecompressError
+from .layout import CARD_NAME, CONFIG_NAME, REPORT_NAME, WEIGHTS_NAME
 
 # owner/name, optionally @revision (branch, tag or commit); the Hub's own naming rules for each part.
 _REPO_REF = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95})(?:@(?P<revision>[\w.\-/]+))?$")
-DOWNLOAD_PATTERNS = ["adapter_config.json", "adapter_model.safetensors", "README.md"]
-REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors")
+DOWNLOAD_PATTERNS = [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME]
+REQUIRED_FILES = (CONFIG_NAME, WEIGHTS_NAME)
 
 
 @dataclass
@@ -273,23 +274,23 @@ def check_adapter_folder(folder: Path) -> list[str]:
     from .deltas.safetensors_reader import read_json
 
     files = adapter_files(folder)
-    read_json(folder / "adapter_config.json")
-    with open_safetensors(folder / "adapter_model.safetensors"):
+    read_json(folder / CONFIG_NAME)
+    with open_safetensors(folder / WEIGHTS_NAME):
         pass
-    if "wavecompress_report.json" in files:
-        read_json(folder / "wavecompress_report.json")
+    if REPORT_NAME in files:
+        read_json(folder / REPORT_NAME)
     return files
 
 
 def commit_message(folder: Path) -> tuple[str, str]:
     """(summary, description) for the push commit, from the folder's config and report."""
-    from . import __version__
+    from .version import __version__
 
     from .deltas.safetensors_reader import read_json
 
-    config = read_json(folder / "adapter_config.json")
+    config = read_json(folder / CONFIG_NAME)
     prov = config.get("wavecompress") if isinstance(config.get("wavecompress"), dict) else {}
-    report_path = folder / "wavecompress_report.json"
+    report_path = folder / REPORT_NAME
     if not prov and report_path.is_file():  # stock-PEFT configs (lora, waveft-seeded) carry no provenance key
         report = read_json(report_path)
         prov = {"method": report.get("method"), "budget": report.get("budget"), "source": report.get("source")}
@@ -376,7 +377,7 @@ def push_adapter(
         )
     operations: list[Any] = [CommitOperationDelete(path) for path in others]
     for name in files:
-        if name == "README.md":
+        if name == CARD_NAME:
             card = retarget_card((folder / name).read_text(encoding="utf-8"), repo_id)
             operations.append(CommitOperationAdd(name, card.encode("utf-8")))
         else:

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from .. import __version__
+from ..version import __version__
 from .analyze import analyze as analyze_command
 from .convert import convert as convert_command
 from .export import export as export_command

@@ -50,12 +50,6 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def default_output(input_path: Path, method: str, budget: int) -> Path:
-    """./<input name>-<method>-b<budget>, named after the adapter folder (not its weights file)."""
-    stem = input_path.parent.name if input_path.suffix == ".safetensors" else input_path.name
-    return Path(f"{stem or 'adapter'}-{method}-b{budget}")
-
-
 debug_option = click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
 
 
@@ -107,21 +101,3 @@ class LocalOrHubPath(click.Path):
 
 
 INPUT_PATH = LocalOrHubPath()
-
-
-
-
-def allow_nonfinite_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add --allow-nonfinite: skip (and list) LoRA layers holding NaN/Inf instead of refusing the input."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, allow_nonfinite: bool = False, **kwargs: Any) -> Any:
-        from ..deltas.safetensors_reader import skip_nonfinite_layers
-
-        with skip_nonfinite_layers(allow_nonfinite):
-            return command(*args, **kwargs)
-
-    return click.option(
-        "--allow-nonfinite", is_flag=True,
-        help="Skip LoRA layers whose factors hold NaN/Inf (listed as skipped) instead of refusing the input.",
-    )(wrapper)

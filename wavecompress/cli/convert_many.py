@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
 
-from ..batch import BACKENDS, ItemResult, available_cores, exit_code, find_inputs, format_summary, plan, run_batch
+from ..batch import BACKENDS, InputOptions, ItemResult, available_cores, exit_code, find_inputs, format_summary, plan, run_batch
+from ..formats.atomic import atomic_write_bytes
 from ..hardware import cuda_fallback_note
-from ..methods.options import DEFAULT_REORDER, REORDER_CHOICES
-from .common import MethodChoice, debug_option, friendly_errors, method_help
+from .common import debug_option, friendly_errors
 from .guards import check_method_options
+from .options import budget_of, budget_options, calibration_options, input_options, method_kwargs, method_options, run_options
 
 
 def _progress(result: ItemResult) -> None:
@@ -24,63 +28,59 @@ def _progress(result: ItemResult) -> None:
 
 @click.command("convert-many")
 @click.argument("inputs", metavar="INPUT_DIR_OR_GLOB")
+@budget_options
+@method_options
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
-              help="Folder for the outputs: one <input>-<method>-<budget> folder per input.")
-@click.option("--budget", type=int, default=None, help="Stored trainable values per layer (PEFT's n_frequency meaning).")
-@click.option("--budget-total", "budget_total", type=int, default=None, help="Or: stored values for each whole adapter.")
-@click.option("--budget-ratio", "budget_ratio", type=float, default=None,
-              help="Or: a fraction of each input adapter's stored values (0.25 = a quarter).")
-@click.option("--max-size", "max_size", default=None, metavar="SIZE",
-              help="Or: each adapter_model.safetensors at most this big (2MB, 500kB, 1MiB), indices included.")
-@click.option("--allocate", type=click.Choice(["uniform", "global"]), default="uniform", show_default=True,
-              help="uniform: the same budget in every layer; global: split the total by error removed per stored value.")
-@click.option("--method", type=MethodChoice(), default="waveft", show_default=True,
-              help=method_help())
-@click.option("--wavelet", default="db1", show_default=True, help="Orthogonal wavelet family (db1 = Haar, dbN, symN, coifN) or auto.")
-@click.option("--levels", type=int, default=None, help="Decomposition depth per axis (as in convert).")
-@click.option("--reorder/--no-reorder", default=True, show_default=True,
-              help="Permute rows and columns into a smooth order before the wavelet transform (as in convert).")
-@click.option("--order-by", type=click.Choice(REORDER_CHOICES), default=DEFAULT_REORDER, show_default=True,
-              help="How to reorder (as in convert).")
-@click.option("--scaling", type=float, default=None, help="waveft-seeded: PEFT WaveFT's scaling.")
-@click.option("--seed", type=int, default=None, help="waveft-seeded: PEFT WaveFT's random_loc_seed.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, or cuda / cuda:N (CPU fallback with a note).")
+              help="Folder for the outputs: one folder per input, named as convert names it (<input>-<method>-<budget label>).")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the batch results (per input: status, output, errors, seconds) as JSON here.")
+@click.option("--force", is_flag=True, help="Convert again even where a complete output exists (replacing it).")
+@input_options
+@calibration_options
+@run_options
 @click.option("--jobs", type=int, default=None, help=f"Adapters converted at once [default: the cores, here {available_cores()}].")
 @click.option("--backend", type=click.Choice(BACKENDS), default="local", show_default=True,
               help="local: a process pool on this machine; ray: one Ray task per adapter (RAY_ADDRESS joins a "
               "cluster, otherwise a local Ray instance; the outputs folder must be shared by the nodes).")
-@click.option("--force", is_flag=True, help="Convert again even where a complete output exists (replacing it).")
 @debug_option
 @friendly_errors
-def convert_many(inputs: str, out_dir: Path, budget: int | None, budget_total: int | None, budget_ratio: float | None,
-                 max_size: str | None, allocate: str, method: str, wavelet: str, levels: int | None, reorder: bool,
-                 order_by: str, scaling: float | None, seed: int | None, device: str, jobs: int | None, backend: str,
-                 force: bool, debug: bool) -> None:
+def convert_many(inputs: str, out_dir: Path, report_path: Path | None, force: bool, jobs: int | None, backend: str,
+                 debug: bool, **options: Any) -> None:
     """Convert every adapter in INPUT_DIR_OR_GLOB into OUT_DIR, skipping those already done.
 
     INPUT_DIR_OR_GLOB is a folder of adapter folders (and/or .safetensors files), or a quoted glob.
-    A rerun after a crash converts only what is missing. Each failed input is named in one line;
-    the exit code is 0 if all converted, 2 if any input was bad, 1 on an internal error.
+    Every option means what it means for `wavecompress convert`, applied to each input. A rerun after
+    a crash converts only what is missing. Each failed input is named in one line; the exit code is
+    0 if all converted, 2 if any input was bad, 1 on an internal error.
 
     \b
     Examples:
       wavecompress convert-many adapters/ --out converted/ --budget 3000
       wavecompress convert-many 'runs/*/final' --out converted/ --budget 3000 --method wara --jobs 4
+      wavecompress convert-many doras/ --out converted/ --budget 3000 --base path/to/base-model --include 'attn'
       RAY_ADDRESS=auto wavecompress convert-many /shared/adapters --out /shared/out --budget 3000 --backend ray
     """
-    from ..methods.allocation import budget_spec
+    spec = budget_of(options)
+    kwargs = method_kwargs(options)
+    check_method_options(kwargs["scaling"], kwargs["seed"])
+    quiet, device = options.pop("quiet"), options.pop("device")
+    read = InputOptions(base=options.pop("base"), include=tuple(options.pop("include")), exclude=tuple(options.pop("exclude")),
+                        allow_nonfinite=options.pop("allow_nonfinite"), calibration=options.pop("calibration"),
+                        base_model=options.pop("base_model"), calibration_tokens=options.pop("calibration_tokens"))
+    if read.base_model is not None and read.calibration is None:
+        from ..errors import InputError
 
-    spec = budget_spec(budget, budget_total, budget_ratio, max_size)
-    check_method_options(scaling, seed)
-    items = plan(find_inputs(inputs), out_dir, method, spec.label())
+        raise InputError("--base-model needs --calibration (a text file)")
+    items = plan(find_inputs(inputs), out_dir, kwargs["method"], spec)
     if (note := cuda_fallback_note(device)) is not None:
         click.echo(note, err=True)
         device = "cpu"
-    options = dict(budget=budget, budget_total=budget_total, budget_ratio=budget_ratio, max_size=max_size,
-                   allocate=allocate, method=method, wavelet=wavelet, levels=levels,
-                   reorder=order_by if reorder else False, scaling=scaling, seed=seed, device=device)
-    results = run_batch(items, options, jobs=jobs, backend=backend, force=force, report=_progress)
-    click.echo(format_summary(results, method))
+    results = run_batch(items, {"budget": spec, "device": device, **kwargs}, jobs=jobs, backend=backend, force=force,
+                        report=(lambda result: None) if quiet else _progress, inputs=read)
+    click.echo(format_summary(results, kwargs["method"]))
+    if report_path is not None:
+        atomic_write_bytes(report_path, (json.dumps([asdict(r) for r in results], indent=1) + "\n").encode("utf-8"))
+        click.echo(f"wrote {report_path}")
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         click.echo(f"failed: {Path(r.source).name}: {r.message}", err=True)

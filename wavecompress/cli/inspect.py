@@ -15,9 +15,9 @@ from typing import Any
 import click
 
 from ..errors import InputError
+from ..layout import CONFIG_NAME, strip_prefix
 from .common import INPUT_PATH, debug_option, friendly_errors
 
-PREFIX = "base_model.model."
 _TYPES = {
     "LORA": "PEFT LoRA (loads in stock PEFT)",
     "WAVEFT": "PEFT WaveFT, seeded locations (loads in stock PEFT; locations regenerated from random_loc_seed)",
@@ -45,7 +45,7 @@ def _header(weights: Path) -> tuple[dict[str, tuple[list[int], str]], dict[str, 
 
 def _module_of(key: str, known: list[str]) -> tuple[str, str]:
     """(module, tensor name) of a state-dict key."""
-    stripped = key[len(PREFIX):] if key.startswith(PREFIX) else key
+    stripped = strip_prefix(key)
     for name in known:
         if stripped.startswith(name + "."):
             return name, stripped[len(name) + 1:]
@@ -62,7 +62,7 @@ def describe_adapter(path: str | Path) -> dict[str, Any]:
     from ..deltas.safetensors_reader import read_json
 
     path = Path(path)
-    if path.is_file() and path.suffix == ".safetensors" and not (path.parent / "adapter_config.json").exists():
+    if path.is_file() and path.suffix == ".safetensors" and not (path.parent / CONFIG_NAME).exists():
         config, weights = {}, path
     else:
         config_path, weights = locate_adapter(path)

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
-from ..formats.peft_types import LORA, WAVEFT
-from ..methods.registry import method_of_peft_type
+from ..layout import CARD_NAME, CONFIG_NAME, LORA, WAVEFT, WEIGHTS_NAME
 from ..hub import card_license, download_adapter, hub_reference
 from .adapter_deltas import AdapterDeltas, LazyLayers, SkippedLayer
 from .checkpoints import Checkpoint
+from .decoders import decoder_of
 from .full_finetune import filter_layers, read_full_finetune
 from .kohya import is_single_file_lora, read_kohya
 from .lycoris import PEFT_LYCORIS_TYPES, read_peft_lycoris
@@ -19,9 +19,6 @@ from .peft_lora import read_peft_lora
 from .peft_waveft import read_peft_waveft
 from .safetensors_reader import read_json
 from .wavecompress_adapter import read_wavecompress_adapter
-
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
 
 
 def locate_adapter(path: str | Path) -> tuple[Path, Path]:
@@ -73,10 +70,33 @@ def load_deltas(
     if hub is not None:
         deltas.source = f"hf://{hub[0]}@{config_path.parent.name}"  # the snapshot folder is named by commit
     if not deltas.config.get("license"):
-        license_ = card_license(config_path.parent / "README.md")
+        license_ = card_license(config_path.parent / CARD_NAME)
         if license_:
             deltas.config["license"] = license_
     return deltas
+
+
+def read_input(input_path: str | Path | None, base: str | Path | None = None, tuned: str | Path | None = None,
+               include: tuple[str, ...] | list[str] = (), exclude: tuple[str, ...] | list[str] = (),
+               drop_unselected: bool = False) -> tuple[Path, Path | AdapterDeltas]:
+    """(the path that names the output, what to compress) from INPUT / --base / --tuned / --include /
+    --exclude / --drop-unselected.
+
+    A plain adapter path stays a path (read later, lazily); anything that needs the base model or a
+    layer selection is read here.
+    """
+    if tuned is not None:
+        if input_path is not None:
+            raise InputError(f"give either INPUT ({input_path}) or --tuned ({tuned}), not both")
+        if base is None:
+            raise InputError(f"--tuned {tuned} needs --base: a full fine-tune's delta is W_tuned − W_base")
+        return Path(tuned), read_full_finetune(base, tuned, list(include), list(exclude), drop_unselected)
+    if input_path is None:
+        raise InputError("missing INPUT (an adapter) or --base BASE --tuned TUNED (a full fine-tune)")
+    if base is None and not include and not exclude:
+        return Path(input_path), Path(input_path)
+    return Path(input_path), load_deltas(input_path, base=base, include=list(include), exclude=list(exclude),
+                                         drop_unselected=drop_unselected)
 
 
 def _read_local_kind(
@@ -113,10 +133,10 @@ def _read_adapter(path: str | Path, base: str | Path | None = None) -> AdapterDe
         return read_peft_lycoris(config, weights_path)
     if peft_type == WAVEFT:
         return read_peft_waveft(config, weights_path, base)
-    if method_of_peft_type(peft_type) is not None:  # a wavecompress format (stock types are read above)
+    if decoder_of(peft_type) is not None:  # a registered method's own format (stock types are read above)
         return read_wavecompress_adapter(config, weights_path)
     raise InputError(f"{config_path}: unsupported peft_type {peft_type!r} (supported: LORA and wavecompress outputs)")
 
 
 __all__ = ["AdapterDeltas", "Checkpoint", "LayerDelta", "LazyLayers", "SkippedLayer", "load_deltas", "locate_adapter",
-           "read_full_finetune", "read_kohya"]
+           "read_full_finetune", "read_input", "read_kohya"]

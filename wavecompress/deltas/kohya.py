@@ -26,7 +26,6 @@ from .safetensors_file import open_safetensors
 from .safetensors_reader import check_finite, read_safetensors
 
 KIND = "kohya-lora"
-CARRIED_METADATA_PREFIXES = ("ss_", "modelspec.")
 # suffix → role; longer suffixes first so ``_lora.down.weight`` is not read as ``.down.weight``.
 _SUFFIXES = {
     ".lora_down.weight": "down",
@@ -46,11 +45,6 @@ _SUFFIXES = {
     **{f".{key}": key for key in lycoris.LOHA_KEYS + lycoris.LOKR_KEYS + lycoris.TUCKER_KEYS},
 }
 _KEY = re.compile(r"^(?P<module>.+?)(?P<suffix>" + "|".join(re.escape(s) for s in sorted(_SUFFIXES, key=len, reverse=True)) + r")$")
-
-
-def carried_metadata(metadata: dict[str, str]) -> dict[str, str]:
-    """The ``ss_*`` / ``modelspec.*`` entries of a safetensors header (training provenance)."""
-    return {key: value for key, value in metadata.items() if key.startswith(CARRIED_METADATA_PREFIXES)}
 
 
 def is_single_file_lora(path: Path) -> bool:

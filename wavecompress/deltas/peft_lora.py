@@ -18,12 +18,12 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..layout import strip_prefix
 from .adapter_deltas import AdapterDeltas, SkippedLayer
 from .layer_delta import LayerDelta
 from .memory_budget import check_layer_size
 from .safetensors_reader import NonFiniteError, check_finite, nonfinite_layers_skipped, read_safetensors
 
-PREFIX = "base_model.model."
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<kind>A|B|embedding_A|embedding_B|magnitude_vector)(?:\.(?P<adapter>[^.]+))?(?:\.weight)?$")
 
 
@@ -92,10 +92,6 @@ def _expected_rank(config: dict[str, Any], module_name: str) -> int | None:
     if key is not None:
         return int(rank_pattern[key])
     return int(config["r"]) if "r" in config else None
-
-
-def strip_prefix(key: str) -> str:
-    return key[len(PREFIX) :] if key.startswith(PREFIX) else key
 
 
 def read_peft_lora(config: dict[str, Any], weights_path: Path, base: str | Path | None = None) -> AdapterDeltas:

@@ -16,7 +16,8 @@ import torch
 from ..errors import InputError
 from .adapter_deltas import AdapterDeltas
 from .layer_delta import LayerDelta
-from .peft_lora import strip_prefix
+from ..layout import WAVEFT, strip_prefix
+from .decoders import require_decoder
 from .memory_budget import check_layer_size
 from .safetensors_file import open_safetensors
 from .safetensors_reader import check_finite, read_safetensors
@@ -61,8 +62,7 @@ def layer_shapes(names: list[str], metadata: dict[str, str], config: dict[str, A
 
 def read_peft_waveft(config: dict[str, Any], weights_path: Path, base: str | Path | None = None) -> AdapterDeltas:
     """Dense deltas of a WAVEFT adapter, exactly as PEFT's get_delta_weight builds them."""
-    from ..methods import waveft_seeded
-
+    reconstruct = require_decoder(WAVEFT, str(weights_path)).reconstruct
     tensors, metadata = read_safetensors(weights_path)
     spectra = {strip_prefix(key)[: -len(SPECTRUM)]: key for key in tensors if key.endswith(SPECTRUM)}
     if not spectra:
@@ -78,7 +78,7 @@ def read_peft_waveft(config: dict[str, Any], weights_path: Path, base: str | Pat
                              "a WaveFT spectrum must be floats")
         check_finite(weights_path, spectra[name], spectrum.float())
         check_layer_size(weights_path, name, tuple(int(n) for n in shapes[name]))
-        dense = waveft_seeded.reconstruct({"waveft_spectrum": spectrum.to(torch.float32)}, meta, shapes[name])
+        dense = reconstruct({SPECTRUM[1:]: spectrum.to(torch.float32)}, meta, shapes[name])
         layers.append(LayerDelta.from_dense(name, dense, stored_values=spectrum.numel()))
     passthrough = {key: value for key, value in tensors.items() if not key.endswith(SPECTRUM)}
     return AdapterDeltas(source=str(weights_path), kind="peft-waveft", layers=layers, config=config,

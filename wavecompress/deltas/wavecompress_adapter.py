@@ -9,12 +9,12 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..methods.registry import method_of_peft_type
-from ..methods import kept
+from ..layout import CONFIG_NAME, PREFIX
+from . import kept_layers
 from .adapter_deltas import AdapterDeltas
+from .decoders import require_decoder
 from .layer_delta import LayerDelta
 from .memory_budget import check_layer_size
-from .peft_lora import PREFIX
 from .safetensors_file import printable
 from .safetensors_reader import check_finite, read_safetensors
 
@@ -54,7 +54,7 @@ def read_stored_layers(
     tensors, metadata = read_safetensors(weights_path)
     table = config.get("layers")
     if not isinstance(table, dict) or not table:
-        raise InputError(f"{weights_path.parent / 'adapter_config.json'}: missing the per-layer 'layers' table")
+        raise InputError(f"{weights_path.parent / CONFIG_NAME}: missing the per-layer 'layers' table")
     claimed: set[str] = set()
     layers = []
     for name in sorted(table):
@@ -69,8 +69,8 @@ def read_stored_layers(
         entry = table[name]
         shape = entry.get("shape") if isinstance(entry, dict) else None
         if not isinstance(shape, list):
-            raise InputError(f"{weights_path.parent / 'adapter_config.json'}: layer {name} has no 'shape' [d_out, d_in]")
-        check_layer_size(weights_path.parent / "adapter_config.json", name, tuple(shape))
+            raise InputError(f"{weights_path.parent / CONFIG_NAME}: layer {name} has no 'shape' [d_out, d_in]")
+        check_layer_size(weights_path.parent / CONFIG_NAME, name, tuple(shape))
         meta = {key: value for key, value in entry.items() if key != "shape"}
         layers.append(StoredLayer(name, tuple(shape), meta, own))
     passthrough = {key: value for key, value in tensors.items() if key not in claimed}
@@ -79,23 +79,23 @@ def read_stored_layers(
 
 def read_wavecompress_adapter(config: dict[str, Any], weights_path: Path) -> AdapterDeltas:
     """Dense deltas of a top-k WaveFT or WaRA output, plus its passthrough tensors."""
-    method = method_of_peft_type(config["peft_type"])
+    decoder = require_decoder(config["peft_type"], str(weights_path.parent / CONFIG_NAME))
     stored_layers, passthrough, metadata = read_stored_layers(config, weights_path)
     layers = []
     for stored in stored_layers:
         values = sum(v.numel() for v in stored.tensors.values() if v.is_floating_point())  # not indices/permutations
         try:
-            if kept.KEY in stored.meta:  # a layer --include/--exclude left unselected: exactly as stored
-                layers.append(kept.as_delta(stored.name, stored.tensors, stored.shape, stored_values=values, kept=True))
+            if kept_layers.KEY in stored.meta:  # a layer --include/--exclude left unselected: exactly as stored
+                layers.append(kept_layers.as_delta(stored.name, stored.tensors, stored.shape, stored_values=values, kept=True))
                 continue
-            if method.low_rank_factors is not None:  # WaRA: ΔŴ = L @ R, kept factored (re-budgeting needs no dense SVD)
-                left, right = method.low_rank_factors(stored.tensors, stored.meta, stored.shape)
+            if decoder.low_rank_factors is not None:  # WaRA: ΔŴ = L @ R, kept factored (re-budgeting needs no dense SVD)
+                left, right = decoder.low_rank_factors(stored.tensors, stored.meta, stored.shape)
                 layers.append(LayerDelta.from_factors(stored.name, left, right, stored_values=values))
                 continue
-            dense = method.reconstruct(stored.tensors, stored.meta, stored.shape)
+            dense = decoder.reconstruct(stored.tensors, stored.meta, stored.shape)
         except (KeyError, ValueError, RuntimeError, IndexError) as exc:
             raise InputError(f"{weights_path}: layer {stored.name} cannot be rebuilt ({exc})") from None
         layers.append(LayerDelta.from_dense(stored.name, dense, stored_values=values))
     return AdapterDeltas(
-        source=str(weights_path), kind=method.name, layers=layers, config=config, passthrough=passthrough, metadata=metadata
+        source=str(weights_path), kind=decoder.method, layers=layers, config=config, passthrough=passthrough, metadata=metadata
     )

@@ -10,7 +10,8 @@ stay fixed, so the output has the input's format and size.
 
 from .compressed_source import CompressedSource, as_compressed_source, read_compressed
 from .data import Example, read_examples
-from .loop import FinetuneConfig, finetune, resolve_device
+from ..hardware import resolve_device
+from .loop import FinetuneConfig, finetune
 from .model_loading import apply_passthrough, load_base_model, load_tokenizer
 from .result import Figures, FinetuneResult
 from .trainable import KERNEL_CHOICES, StudentDeltas, TrainableDelta

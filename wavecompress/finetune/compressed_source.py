@@ -15,16 +15,15 @@ from typing import Any
 
 import torch
 
-from ..compress import CompressedAdapter
+from ..compressed_adapter import CompressedAdapter
 from ..deltas import AdapterDeltas, locate_adapter
 from ..deltas.peft_lora import read_peft_lora
 from ..deltas.wavecompress_adapter import read_stored_layers
 from ..deltas.safetensors_reader import read_json
 from ..errors import InputError
-from ..formats.peft_types import LORA
+from ..layout import LORA, REPORT_NAME
 from ..methods import CompressedLayer, kept, method_of_peft_type
 
-REPORT_NAME = "wavecompress_report.json"
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..compress import CompressedAdapter
+from ..compressed_adapter import CompressedAdapter
 from ..deltas import AdapterDeltas, load_deltas
 from ..errors import InputError
 from .compressed_source import as_compressed_source

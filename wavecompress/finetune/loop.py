@@ -26,9 +26,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..compress import CompressedAdapter
+from ..compressed_adapter import CompressedAdapter
 from ..deltas import AdapterDeltas, LayerDelta, load_deltas
 from ..errors import InputError
+from ..hardware import resolve_device
 from .compressed_source import CompressedSource, as_compressed_source
 from . import defaults
 from .data import Example, as_examples, make_batches, split_examples
@@ -100,19 +101,6 @@ class FinetuneConfig:
                     self.patience or defaults.AUTO_PATIENCE)
         steps = defaults.default_steps(device_type) if self.steps is None else self.steps
         return steps, self.eval_every or defaults.default_eval_every(steps), self.patience
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' → CUDA when available, else CPU; otherwise the named device (checked)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device}: CUDA is not available on this machine (use --device cpu)")
-    return chosen
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -308,7 +296,7 @@ def finetune(
     if len(examples) < 2:
         raise InputError(f"fine-tuning needs at least 2 texts, got {len(examples)}")
 
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, fallback=False)  # training on the CPU by surprise could take hours
     amp = bool(config.mixed_precision) if config.mixed_precision is not None else device.type == "cuda"
     if amp and device.type != "cuda":
         raise InputError("mixed precision is for CUDA devices; on CPU fine-tuning runs in float32")

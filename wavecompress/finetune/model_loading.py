@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..deltas.peft_lora import PREFIX
+from ..layout import strip_prefix
 from ..errors import InputError
 
 AUTO_CLASSES = {
@@ -31,7 +31,7 @@ def passthrough_targets(passthrough: dict[str, torch.Tensor]) -> dict[str, torch
     """{model parameter name: tensor} for saved whole modules (PEFT key prefixes removed)."""
     out = {}
     for key, value in passthrough.items():
-        name = key[len(PREFIX):] if key.startswith(PREFIX) else key
+        name = strip_prefix(key)
         out[_SAVED_MODULE.sub("", name)] = value
     return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .. import __version__
+from ..version import __version__
 from ..methods.compressed_layer import CompressedLayer
 from ..errors import InputError
 from .peft_types import LORA

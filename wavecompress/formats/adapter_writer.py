@@ -14,9 +14,8 @@ from typing import Any
 import torch
 
 from ..deltas.adapter_deltas import AdapterDeltas
-from ..deltas.kohya import carried_metadata
-from ..deltas.peft_lora import PREFIX
 from ..errors import InputError
+from ..layout import CARD_NAME, CONFIG_NAME, PREFIX, REPORT_NAME, WEIGHTS_NAME, carried_metadata
 from ..methods.compressed_layer import CompressedLayer
 from ..methods.registry import get_method
 from ..report import Report
@@ -26,10 +25,6 @@ from .model_card import render_model_card
 from .peft_types import LORA, WAVEFT
 from .safetensors_writer import deterministic_bytes
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-REPORT_NAME = "wavecompress_report.json"
-CARD_NAME = "README.md"
 
 
 def state_dict(layers: list[CompressedLayer], passthrough: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -2,9 +2,9 @@
 
 Top-k WaveFT and WaRA values sit at positions stock PEFT would not regenerate, so those methods
 write their own ``WAVECOMPRESS_*`` peft_type: stock PEFT refuses an unknown type instead of loading
-values at the wrong places.
+values at the wrong places. The names live in layout.py with the other on-disk names.
 """
 
-LORA = "LORA"
-# Stock PEFT's own WaveFT (seeded locations, values only): loads in unmodified PEFT.
-WAVEFT = "WAVEFT"
+from ..layout import LORA, WAVEFT
+
+__all__ = ["LORA", "WAVEFT"]

@@ -29,11 +29,6 @@ def triton_available() -> bool:
     return True
 
 
-def interpreter_enabled() -> bool:
-    """TRITON_INTERPRET=1: triton runs kernels in Python on CPU tensors (tests only: slow)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def select_backend(device: torch.device | str) -> str:
     """'triton' on CUDA with triton installed (unless WAVECOMPRESS_KERNELS=torch), else 'torch'."""
     forced = os.environ.get("WAVECOMPRESS_KERNELS", "").strip().lower()

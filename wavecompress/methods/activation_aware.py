@@ -27,8 +27,8 @@ import torch
 from ..deltas.layer_delta import LayerDelta
 from ..errors import InputError
 from .compressed_layer import CompressedLayer
+from ..transforms.lowrank import factored_svd
 from .index_codec import index_tensor
-from .lowrank import factored_svd
 from .options import MethodOptions
 from .registry import ActivationAware, Compress, get_method
 

@@ -1,8 +1,7 @@
 """Budget forms and how a budget is split across layers (uniform, or the exact global greedy).
 
-Forms (exactly one): ``per_layer`` stored values in every layer (PEFT's ``n_frequency``), ``total``
-values for the whole adapter, ``ratio`` of the input adapter's stored values, or ``max_bytes`` of
-``adapter_model.safetensors`` on disk (indices and carried-over tensors included).
+The budget itself (its four forms and the allocation mode) is a :class:`~.budget.Budget`, built and
+validated once (methods/budget.py).
 
 ``global`` allocation merges every layer's rate-distortion curve (methods/rate_distortion.py) and
 takes steps in decreasing error-removed-per-stored-value order until the total is spent. For
@@ -13,8 +12,6 @@ breakpoints), and a knapsack heuristic for the few values left over in between.
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,97 +20,13 @@ import numpy as np
 
 from ..deltas.layer_delta import LayerDelta
 from ..errors import InputError
-from .registry import get_method
+from .budget import ALLOCATIONS, Budget, BudgetSpec, budget_spec, parse_size  # noqa: F401 - re-exported
 from .options import MethodOptions
 from .rate_distortion import RDCurve, greedy_take, rd_curve
+from .registry import get_method
 
-ALLOCATIONS = ("uniform", "global")
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 # safetensors header: 8-byte length, then ~100 bytes of JSON per tensor; checked exactly afterwards.
 _HEADER_PER_TENSOR = 160
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes from ``2MB`` (10^6), ``1.5MiB`` (2^20), ``800kB`` or a plain integer."""
-    if isinstance(text, int):
-        size = text
-    else:
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-        unit = match.group(2).lower() if match else None
-        if not match or unit not in _UNITS:
-            raise InputError(f"max size {text!r}: expected a number of bytes with an optional unit (B, kB, MB, GB, KiB, MiB, GiB)")
-        size = int(float(match.group(1)) * _UNITS[unit])
-    if size <= 0:
-        raise InputError(f"max size must be positive, got {text!r}")
-    return size
-
-
-@dataclass(frozen=True)
-class BudgetSpec:
-    """One of the budget forms; see the module docstring. ``rank``: every layer gets what a rank-``rank``
-    LoRA of its shape stores, rank·(d_out + d_in) values (kohya's --network_dim)."""
-
-    per_layer: int | None = None
-    total: int | None = None
-    ratio: float | None = None
-    max_bytes: int | None = None
-    rank: int | None = None
-
-    @property
-    def form(self) -> str:
-        for name in ("per_layer", "total", "ratio", "max_bytes", "rank"):
-            if getattr(self, name) is not None:
-                return name
-        return "per_layer"
-
-    def describe(self) -> str:
-        form = self.form
-        if form == "per_layer":
-            return f"{self.per_layer} values per layer"
-        if form == "total":
-            return f"{self.total} values in total"
-        if form == "ratio":
-            return f"{self.ratio:g} of the input's stored values"
-        if form == "rank":
-            return f"rank {self.rank} per layer ({self.rank}·(d_out+d_in) values)"
-        return f"at most {self.max_bytes} bytes on disk"
-
-    def label(self) -> str:
-        """Short tag for default output names: b3000, t90000, r0.25, s2000000, rank8."""
-        value = getattr(self, self.form)
-        return {"per_layer": "b", "total": "t", "ratio": "r", "max_bytes": "s", "rank": "rank"}[self.form] + f"{value:g}"
-
-    def rank_budgets(self, names: Sequence[str], shapes: dict[str, tuple[int, int]]) -> dict[str, int]:
-        """{layer: rank·(d_out + d_in)} for the ``rank`` form."""
-        return {name: self.rank * (shapes[name][0] + shapes[name][1]) for name in names}
-
-
-def budget_spec(
-    budget: int | None = None,
-    budget_total: int | None = None,
-    budget_ratio: float | None = None,
-    max_size: str | int | None = None,
-    rank: int | None = None,
-) -> BudgetSpec:
-    """Validate that exactly one budget form is given and return it."""
-    given = [name for name, value in (("--budget", budget), ("--budget-total", budget_total),
-                                      ("--budget-ratio", budget_ratio), ("--max-size", max_size), ("--rank", rank))
-             if value is not None]
-    if len(given) != 1:
-        raise InputError("give exactly one budget: --budget N (per layer), --budget-total N, --budget-ratio R, --max-size SIZE, "
-                         "--rank R or --target-error E" + (f" (got {', '.join(given)})" if given else ""))
-    for value, what in ((budget, "budget"), (budget_total, "budget-total"), (rank, "rank")):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-            raise InputError(f"{what} must be a positive integer number of stored values, got {value!r}")
-    if budget_ratio is not None and not (isinstance(budget_ratio, (int, float)) and 0 < budget_ratio < math.inf):
-        raise InputError(f"budget-ratio must be a positive fraction of the input's stored values, got {budget_ratio!r}")
-    return BudgetSpec(
-        per_layer=budget,
-        total=budget_total,
-        ratio=float(budget_ratio) if budget_ratio is not None else None,
-        max_bytes=parse_size(max_size) if max_size is not None else None,
-        rank=rank,
-    )
 
 
 def bytes_per_value(method: str, delta: LayerDelta, options: MethodOptions) -> tuple[float, float]:
@@ -139,7 +52,7 @@ def bytes_per_value(method: str, delta: LayerDelta, options: MethodOptions) -> t
 
 
 def total_values(
-    spec: BudgetSpec, names: Sequence[str], method: str, options: MethodOptions, input_stored_values: int,
+    spec: Budget, names: Sequence[str], method: str, options: MethodOptions, input_stored_values: int,
     fixed_bytes: int = 0, probe: LayerDelta | None = None,
 ) -> int:
     """The whole adapter's budget in stored values for ``method`` over the layers ``names``.
@@ -219,7 +132,7 @@ def plan_budgets(
     layers: Sequence[LayerDelta],
     methods: Sequence[str],
     options: MethodOptions,
-    spec: BudgetSpec,
+    spec: Budget,
     mode: str = "uniform",
     input_stored_values: int = 0,
     fixed_bytes: int = 0,

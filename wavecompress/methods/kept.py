@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import torch
 
+from ..deltas.kept_layers import KEY, as_delta  # noqa: F401 - the reading side, re-exported
 from ..deltas.layer_delta import LayerDelta
 from .compressed_layer import CompressedLayer
 from .options import MethodOptions
 from .registry import Method, register_method
 
 NAME = "kept"
-KEY = "kept"  # per-layer metadata key marking a kept layer in a WAVECOMPRESS_* output
 
 
 def _layer(delta: LayerDelta, method: str, tensors: dict[str, torch.Tensor], meta: dict) -> CompressedLayer:
@@ -50,13 +50,6 @@ def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, 
     if "kept_delta" in tensors:
         return tensors["kept_delta"].float()
     return tensors["kept_B"].float() @ tensors["kept_A"].float()
-
-
-def as_delta(name: str, tensors: dict[str, torch.Tensor], shape: tuple[int, int], **info) -> LayerDelta:
-    """A kept layer read back, factored when it was stored factored."""
-    if "kept_delta" in tensors:
-        return LayerDelta.from_dense(name, tensors["kept_delta"], **info)
-    return LayerDelta.from_factors(name, tensors["kept_B"], tensors["kept_A"], **info)
 
 
 def method_of(adapter_method: str, meta: dict) -> str:

@@ -8,7 +8,7 @@ import torch
 from ..deltas.layer_delta import LayerDelta
 from .activation_aware import dense_error_sq, whitened_svd
 from .compressed_layer import CompressedLayer
-from .lowrank import dense_svd, factored_svd, split_factors, tail_energy, useful_rank
+from ..transforms.lowrank import dense_svd, factored_svd, split_factors, tail_energy, useful_rank
 from .options import MethodOptions
 from .rate_distortion import RDCurve
 from .registry import ActivationAware, Method, register_method

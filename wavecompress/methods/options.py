@@ -38,3 +38,16 @@ class MethodOptions:
 
             method = get_method(method)
         return method.default_levels_reordered if self.reorder else method.default_levels
+
+
+def reorder_choice(reorder: bool | str | None) -> str | None:
+    """The row/column ordering to use: True → the default ordering, False/None/"none" → none."""
+    if reorder is True:
+        return DEFAULT_REORDER
+    if reorder is False or reorder is None or reorder == "none":
+        return None
+    if reorder not in REORDER_CHOICES:
+        from ..errors import InputError
+
+        raise InputError(f"unknown reorder {reorder!r}; choose one of {', '.join(REORDER_CHOICES)} or none")
+    return reorder

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..deltas.decoders import register_decoder, unregister_decoder
 from ..errors import InputError
 
 if TYPE_CHECKING:
@@ -120,6 +121,7 @@ def register_method(method: Method, replace: bool = False) -> Method:
     if clash and not method.stock_peft:
         raise ValueError(f"method {method.name!r}: peft_type {method.peft_type} is already written by {clash[0]!r}")
     _METHODS[method.name] = method
+    register_decoder(method.peft_type, method.name, method.reconstruct, method.low_rank_factors)  # readers rebuild its outputs without importing it
     for listener in list(_LISTENERS):
         listener(method)
     return method
@@ -128,6 +130,7 @@ def register_method(method: Method, replace: bool = False) -> Method:
 def unregister_method(name: str) -> None:
     """Forget method ``name`` (tests that register a toy method clean up with this)."""
     _METHODS.pop(name, None)
+    unregister_decoder(name)
 
 
 def on_register(listener: Callable[[Method], None]) -> None:

@@ -19,8 +19,7 @@ from ..deltas.layer_delta import LayerDelta
 from ..transforms import analysis2d, band_slices, synthesis
 from ..transforms.reorder import unpermute
 from .compressed_layer import CompressedLayer
-from ..hardware import SMALL_RANK, one_thread
-from .lowrank import RELATIVE_ZERO, dense_svd, split_factors, tail_energy
+from ..transforms.lowrank import RELATIVE_ZERO, dense_svd, split_factors, tail_energy
 from .options import MethodOptions
 from .rate_distortion import RDCurve
 from .registry import Method, register_method

@@ -13,20 +13,19 @@ from typing import Any, Optional, Union
 
 from peft.config import PeftConfig
 
+from ..layout import WEIGHTS_NAME, strip_prefix
+
 STORED_TENSORS = "stored_tensors"
-WEIGHTS_NAME = "adapter_model.safetensors"
 
 
 def header_tensor_specs(weights_path: str, names: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
     """{layer name: {tensor key: {"shape", "dtype"}}} read from a safetensors header (no data loaded)."""
     from ..deltas.safetensors_file import open_safetensors
 
-    from ..deltas.peft_lora import PREFIX
-
     specs: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
     with open_safetensors(weights_path) as reader:
         for key in reader.keys():
-            stripped = key[len(PREFIX) :] if key.startswith(PREFIX) else key
+            stripped = strip_prefix(key)
             module, _, tensor = stripped.rpartition(".")
             if module in specs:
                 piece = reader.get_slice(key)

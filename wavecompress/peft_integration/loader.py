@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import InputError
+from ..layout import CONFIG_NAME, WEIGHTS_NAME
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
 LOADING_HINT = "import wavecompress; model = wavecompress.load_adapter(base_model, {path!r})"
 
 
@@ -72,7 +71,7 @@ def load_adapter(base_model: Any, path: str | Path, **kwargs: Any) -> Any:
     ``path``: an output folder (WaRA, top-k WaveFT, LoRA, stock WaveFT), any PEFT LoRA, or a Hub repo id.
     Extra keyword arguments go to PEFT (``is_trainable=True``, ``adapter_name=...``).
     """
-    from . import register
+    from .registration import register
 
     local = Path(path)
     if local.exists():

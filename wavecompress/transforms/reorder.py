@@ -28,8 +28,7 @@ import weakref
 import numpy as np
 import torch
 
-ORDERINGS = ("svd", "fiedler", "greedy")
-DEFAULT_ORDERING = "svd"
+ORDERINGS = ("svd", "fiedler", "greedy")  # the default is methods/options.DEFAULT_REORDER
 FEATURE_RANK = 8
 _DENSE_EIGH_MAX = 2048
 # Greedy costs O(n²·k); above this many rows (or columns) the default falls back to "svd".
@@ -45,7 +44,7 @@ def permutation_dtype(n: int) -> torch.dtype:
 
 def features_from_factors(left: torch.Tensor, right: torch.Tensor, k: int = FEATURE_RANK) -> tuple[torch.Tensor, torch.Tensor]:
     """(row features U_k S_k, column features V_k S_k) of ``left @ right`` via its factored SVD."""
-    from ..methods.lowrank import factored_svd
+    from .lowrank import factored_svd
 
     u, s, vh = factored_svd(left, right)
     k = min(k, s.numel())
