@@ -64,7 +64,7 @@ def test_bf16_output_errors_and_bytes_are_those_of_the_file(method, tmp_path):
     from safetensors import safe_open
 
     import wavecompress as wc
-    from wavecompress.deltas.peft_lora import PREFIX
+    from wavecompress.layout import PREFIX
 
     source = wc.load_deltas(FIXTURE)
     result = wc.compress(source, budget=1000, method=method, dtype="bfloat16", baselines=("lora",))

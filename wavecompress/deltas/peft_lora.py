@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..layout import strip_prefix
+from ..layout import PREFIX, strip_prefix  # noqa: F401 - PREFIX re-exported (it lives in layout.py)
 from .adapter_deltas import AdapterDeltas, SkippedLayer
 from .layer_delta import LayerDelta
 from .memory_budget import check_layer_size

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from ..deltas.layer_delta import LayerDelta
+from ..hardware import SMALL_RANK, one_thread
 from ..transforms import analysis2d, band_slices, synthesis
+from ..transforms.lowrank import RELATIVE_ZERO, dense_svd, split_factors, tail_energy
 from ..transforms.reorder import unpermute
 from .compressed_layer import CompressedLayer
-from ..transforms.lowrank import RELATIVE_ZERO, dense_svd, split_factors, tail_energy
 from .options import MethodOptions
 from .rate_distortion import RDCurve
 from .registry import Method, register_method
