@@ -63,7 +63,7 @@ def floor(adapter: str) -> int:
 def floor_svd(adapter: str) -> int:
     """Read every tensor and take each layer's SVD from its factors."""
     from wavecompress.deltas import load_deltas
-    from wavecompress.methods.lowrank import factored_svd
+    from wavecompress.transforms.lowrank import factored_svd
 
     deltas = load_deltas(adapter)
     for delta in deltas.layers:

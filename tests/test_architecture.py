@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("methods",),  # compression methods, budgets, allocation
     ("report",),
     ("formats", "kernels"),  # writers; fused kernels
-    ("compressed_adapter", "calibration", "pipeline", "auto_select", "compress", "analyze", "export", "rebuild",
+    ("compressed_adapter", "calibration", "pipeline", "auto_select", "compress", "targets", "plan", "analyze", "export",
      "batch", "finetune", "peft_integration"),  # the pipeline and its users
     ("cli", "__init__"),
 ]

@@ -29,21 +29,21 @@ def toy_compress(delta: LayerDelta, budget: int, options: MethodOptions) -> Comp
     keep = torch.sort(torch.topk(energy, rows).indices).values
     dropped = float(energy.sum() - energy[keep].sum())
     return CompressedLayer(name=delta.name, shape=delta.shape, method=TOY,
-                           tensors={"toy_rows": dense[keep].contiguous(), "toy_index": keep.to(torch.int32)},
+                           tensors={"toy_rows": dense[keep].contiguous(), "toy_indices": keep.to(torch.int32)},
                            meta={"rows": rows}, stored_values=rows * dense.shape[1], index_values=rows,
                            error_sq=dropped, energy=float(energy.sum()), budget=budget)
 
 
 def toy_reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int]) -> torch.Tensor:
     out = tensors["toy_rows"].new_zeros(shape)
-    out[tensors["toy_index"].long()] = tensors["toy_rows"]
+    out[tensors["toy_indices"].long()] = tensors["toy_rows"]
     return out
 
 
 @pytest.fixture
 def toy_method():
     method = register_method(Method(name=TOY, peft_type="WAVECOMPRESS_TOY_ROWS", compress=toy_compress,
-                                    reconstruct=toy_reconstruct, tensor_keys=("toy_rows", "toy_index"),
+                                    reconstruct=toy_reconstruct, tensor_keys=("toy_rows", "toy_indices"),
                                     description="whole rows of largest energy"))
     yield method
     unregister_method(TOY)

@@ -31,7 +31,9 @@ class StoredLayer:
 
 def check_stored_tensor(weights_path: Path, key: str, tensor: torch.Tensor) -> None:
     """Refuse tampered stored tensors: indices that are not integers, negative, unsorted or repeated
-    (torch would wrap or overwrite them silently), and values that are not floats."""
+    (torch would wrap or overwrite them silently), and values that are not floats. The format's
+    integer tensors: ``*indices`` (sorted flat indices), ``*index_gaps`` (gap-coded indices, decoded
+    and checked by the method) and ``reorder_*`` (permutations); every other stored tensor is a float."""
     if key.endswith("indices"):
         if tensor.is_floating_point() or tensor.dtype == torch.bool or tensor.dim() != 1:
             raise InputError(f"{weights_path}: tensor {key} must be a 1-D integer tensor, got {str(tensor.dtype).replace('torch.', '')} {list(tensor.shape)}")
