@@ -17,8 +17,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("methods",),  # compression methods, budgets, allocation
     ("report",),
     ("formats", "kernels"),  # writers; fused kernels
-    ("compressed_adapter", "calibration", "pipeline", "auto_select", "compress", "targets", "plan", "analyze", "export",
-     "batch", "finetune", "peft_integration"),  # the pipeline and its users
+    ("compressed_adapter", "calibration", "pipeline", "equal_bytes", "auto_select", "compress", "targets", "plan", "analyze",
+     "export", "batch", "finetune", "peft_integration"),  # the pipeline and its users
     ("cli", "__init__"),
 ]
 MAX_AGAINST_LAYERING = 4
