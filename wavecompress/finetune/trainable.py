@@ -17,13 +17,17 @@ from torch import nn
 from ..errors import InputError
 from ..kernels import select_backend, sparse_haar_synthesis
 from ..methods import CompressedLayer, get_method
-from ..methods.index_codec import GAPS_SUFFIX, stored_indices
+from ..methods.index_codec import GAPS_SUFFIX, PLAIN_SUFFIX, stored_indices
 
 KERNEL_CHOICES = ("auto", "triton", "torch", "off")
 _HAAR = ("db1", "haar")
-_INDEX_KEYS = ("waveft_indices", "waveft" + GAPS_SUFFIX)  # plain (earlier files) or gap-coded
-_FUSED_TENSORS = {"waveft_spectrum", *_INDEX_KEYS, "reorder_rows", "reorder_cols"}
+_PERMUTATIONS = {"reorder_rows", "reorder_cols"}
 _FUSED_META = {"wavelet", "levels", "reorder"}
+
+
+def _index_prefix(method) -> str:
+    """``waveft`` for ``waveft_index_gaps`` / ``waveft_indices``: the prefix of the gap-coded and plain index keys."""
+    return method.indices_key.removesuffix(GAPS_SUFFIX).removesuffix(PLAIN_SUFFIX)
 
 
 def _check_permutation(perm: torch.Tensor, n: int, label: str) -> None:
@@ -34,12 +38,15 @@ def _check_permutation(perm: torch.Tensor, n: int, label: str) -> None:
 
 def fused_eligible(layer: CompressedLayer) -> bool:
     """Whether ``layer`` is a Haar top-k layer the fused synthesis reproduces exactly."""
+    method = get_method(layer.method)
+    if not method.fused_synthesis:
+        return False
+    index_keys = {_index_prefix(method) + GAPS_SUFFIX, _index_prefix(method) + PLAIN_SUFFIX}  # gap-coded, or plain (earlier files)
     return (
-        layer.method == "waveft"
-        and layer.meta.get("wavelet") in _HAAR
-        and "waveft_spectrum" in layer.tensors
-        and any(key in layer.tensors for key in _INDEX_KEYS)
-        and set(layer.tensors) <= _FUSED_TENSORS
+        layer.meta.get("wavelet") in _HAAR
+        and method.values_key in layer.tensors
+        and any(key in layer.tensors for key in index_keys)
+        and set(layer.tensors) <= {method.values_key, *index_keys, *_PERMUTATIONS}
         and set(layer.meta) <= _FUSED_META
     )
 
@@ -64,14 +71,16 @@ class TrainableDelta(nn.Module):
                 self.slots[key] = ("buffer", buffer)
                 self.register_buffer(buffer, tensor.clone())
         self.kernels = kernels
+        method = get_method(layer.method)
         self.fused = kernels != "off" and fused_eligible(layer)
         if self.fused:
             for key, axis in (("reorder_rows", 0), ("reorder_cols", 1)):
                 if key in layer.tensors:
                     _check_permutation(layer.tensors[key], self.shape[axis], f"{layer.name}.{key}")
             # The kernel reads int flat indices: decode the stored (possibly gap-coded) ones once.
-            self.register_buffer("fused_indices", stored_indices(layer.tensors, "waveft"), persistent=False)
-        self._reconstruct = get_method(layer.method).reconstruct
+            self.register_buffer("fused_indices", stored_indices(layer.tensors, _index_prefix(method)), persistent=False)
+            self.values_key = method.values_key
+        self._reconstruct = method.reconstruct
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """{stored key: parameter or buffer}, as the method's ``reconstruct`` expects them."""
@@ -94,7 +103,7 @@ class TrainableDelta(nn.Module):
         backend = self.backend(device)
         if backend is not None:
             return sparse_haar_synthesis(
-                tensors["waveft_spectrum"], self.fused_indices, self.shape, tuple(self.meta["levels"]),
+                tensors[self.values_key], self.fused_indices, self.shape, tuple(self.meta["levels"]),
                 tensors.get("reorder_rows"), tensors.get("reorder_cols"), backend=backend,
             )
         # Every method's reconstruct allocates on its stored tensors' device (no torch.device() mode:

@@ -98,6 +98,9 @@ class Method:
     # The plain method's values are coefficients of an orthonormal basis and its error is the dropped
     # energy, so rounding the values adds exactly Σ(v − round(v))² (methods/precision.py).
     orthonormal_values: bool = False
+    # Top-k coefficients of the periodized wavelet transform (values_key/indices_key, optional row/column
+    # permutations): with Haar, kernels/ synthesise ΔŴ from them directly (the fine-tune's fused path).
+    fused_synthesis: bool = False
     # ``(tensors, meta, shape) -> (L, R)`` with ΔŴ = L @ R of small inner size (WaRA): the error of
     # rounded tensors then comes from Gram matrices, never a dense ΔŴ (methods/precision.py).
     low_rank_factors: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None

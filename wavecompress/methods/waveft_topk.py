@@ -71,6 +71,7 @@ METHOD = register_method(Method(
     activation_aware=topk_variant(compress, VALUES_KEY, INDICES_KEY, weighted_space),
     reorderable=True,
     wavelet=True,
+    fused_synthesis=True,
     default_levels=1,
     # Depths measured best once rows and columns are reordered (benchmarks/reorder_table.py).
     default_levels_reordered=5,
