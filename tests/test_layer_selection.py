@@ -114,3 +114,20 @@ def test_finetune_keeps_the_kept_layers_and_rebudgeting_keeps_them_factored(tmp_
     again = wc.load_deltas(out)
     kept = [layer for layer in again.layers if layer.name.endswith("value")]
     assert kept and all(layer.is_factored and layer.left.shape[1] == 4 for layer in kept)
+
+
+def test_convert_many_keeps_or_drops_unselected_layers_like_convert(tmp_path: Path, lora) -> None:
+    folder, original, _ = lora
+    (tmp_path / "in").mkdir()
+    import shutil
+
+    shutil.copytree(folder, tmp_path / "in" / "a")
+    for flag, out in (([], "kept"), (["--drop-unselected"], "dropped")):
+        result = run("convert-many", tmp_path / "in", "--out", tmp_path / out, "--budget", 100, "--include", "query", *flag)
+        assert result.exit_code == 0, result.output
+    [kept_dir] = [p for p in (tmp_path / "kept").iterdir() if p.is_dir()]
+    [dropped_dir] = [p for p in (tmp_path / "dropped").iterdir() if p.is_dir()]
+    assert sorted(wc.reconstruct(kept_dir)) == sorted(original)
+    assert sorted(wc.reconstruct(dropped_dir)) == sorted(n for n in original if n.endswith("query"))
+    for name in (n for n in original if not n.endswith("query")):
+        torch.testing.assert_close(wc.reconstruct(kept_dir)[name], original[name], rtol=0, atol=1e-6)

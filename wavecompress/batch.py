@@ -37,6 +37,7 @@ class InputOptions:
     base: Path | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    drop_unselected: bool = False
     allow_nonfinite: bool = False
     calibration: Path | None = None
     base_model: Path | None = None
@@ -168,7 +169,7 @@ def _convert(source: Path, options: dict[str, Any], inputs: InputOptions) -> Any
     from .deltas.safetensors_reader import skip_nonfinite_layers
 
     with skip_nonfinite_layers(inputs.allow_nonfinite):
-        _, deltas = read_input(source, inputs.base, None, inputs.include, inputs.exclude)
+        _, deltas = read_input(source, inputs.base, None, inputs.include, inputs.exclude, inputs.drop_unselected)
         calibration = calibration_for(deltas, inputs.calibration, inputs.base_model, inputs.calibration_tokens)
         return compress(deltas, progress=False, calibration=calibration, **options)
 

@@ -65,6 +65,7 @@ def convert_many(inputs: str, out_dir: Path, report_path: Path | None, force: bo
     check_method_options(kwargs["scaling"], kwargs["seed"])
     quiet, device = options.pop("quiet"), options.pop("device")
     read = InputOptions(base=options.pop("base"), include=tuple(options.pop("include")), exclude=tuple(options.pop("exclude")),
+                        drop_unselected=options.pop("drop_unselected"),
                         allow_nonfinite=options.pop("allow_nonfinite"), calibration=options.pop("calibration"),
                         base_model=options.pop("base_model"), calibration_tokens=options.pop("calibration_tokens"))
     if read.base_model is not None and read.calibration is None:
