@@ -152,7 +152,7 @@ def test_report_shows_plain_and_reordered_side_by_side(tmp_path) -> None:
     assert totals_on["waveft"].bytes == totals_off["waveft"].bytes + perm_bytes
     assert not any("reorder_rows" in t for layer in off.layers for t in layer.tensors)
     table = on.report.format_table()
-    assert "waveft-plain err" in table and f"({totals_on['waveft'].bytes} B)" in table
+    assert "(plain/reordered: waveft in the other row/column order)" in table and f"({totals_on['waveft'].bytes} B)" in table
 
 
 def test_cli_no_reorder_and_order_by(tmp_path) -> None:

@@ -15,6 +15,23 @@ from .methods.compressed_layer import CompressedLayer
 REPORT_VERSION = 1
 
 
+def _narrow_legend(headers: list[str], method: str) -> str:
+    """What the 100-column table's baseline headers mean."""
+    same_values = [h for h in headers if not h.endswith("@B")]
+    same_bytes = [h for h in headers if h.endswith("@B")]
+    text = f"{', '.join(same_values)}: error at the same values"
+    if any(h in ("plain", "reordered") for h in headers):
+        text += f" (plain/reordered: {method} in the other row/column order)"
+    if same_bytes:
+        text += f"; {', '.join(same_bytes)}: at the same bytes as the output, allocated globally"
+    return text + "; --wide: every column"
+
+
+def _short_name(name: str, method: str) -> str:
+    """A baseline's column header in the 100-column table: ``plain`` for ``<method>-plain``, ``@B`` for ``@bytes``."""
+    return name.replace(f"{method}-", "").replace("@bytes", "@B")
+
+
 def _block_prefix(names: list[str]) -> str:
     """The part before the block index that every indexed name shares ("bert.encoder.layer." of
     "bert.encoder.layer.3.attention.self.query"), or "" when there is none."""
@@ -203,8 +220,9 @@ class Report:
 
         header = ["layer", "shape", "values", "bytes" if wide else "size", "rel.err"] + (["kept"] if wide else [])
         header += ["act.err"] if weighted else []
+        short = {name: _short_name(name, self.method) for name in base_names}
         for name in base_names:
-            header += [f"{name} values", f"{name} err"] if wide else [f"{name} err"]
+            header += [f"{name} values", f"{name} err"] if wide else [short[name]]
         rows = [cells(layer.name, "×".join(map(str, layer.shape)), layer.result, layer.baselines, layer.budget_clamped)
                 for layer in self.layers]
         overall = cells("OVERALL", f"{len(self.layers)} layers", totals[self.method],
@@ -231,13 +249,15 @@ class Report:
             title = f"method {self.method}, budget {self.allocation['budget']}, allocated {self.allocation['mode']}"
         out = [title, line(header), rule]
         out += [line(r) for r in rows] + [rule, line(overall)]
+        table_lines = len(out)  # never wrapped: the notes below are
         if any(layer.budget_clamped for layer in self.layers):
             out.append("* budget larger than this layer can use; clamped to what it holds")
         if prefix:
             out.append(f"layers N.… are {prefix}N.…")
         out.append("values: trainable stored values; size: on disk, indices and row/column permutations included; "
-                   "<baseline> err: its error at the same budget; <baseline>@bytes: at the same bytes as the output, "
-                   "allocated globally" + ("" if wide else " (--wide: every column)"))
+                   + ("<baseline> err: its error at the same budget; <baseline>@bytes: at the same bytes as the output, "
+                      "allocated globally" if wide else
+                      _narrow_legend(list(short.values()), self.method)))
         out.append("size per method: " + ", ".join(f"{name} {format_bytes(summary.bytes)} ({summary.bytes} B)"
                                                     for name, summary in totals.items()))
         if weighted:
@@ -256,5 +276,6 @@ class Report:
             return "\n".join(out)
         import textwrap
 
-        return "\n".join(wrapped for text in out for wrapped in (
-            [text] if len(text) <= width else textwrap.wrap(text, width, subsequent_indent="  ", break_on_hyphens=False)))
+        return "\n".join(wrapped for index, text in enumerate(out) for wrapped in (
+            [text] if len(text) <= width or index < table_lines
+            else textwrap.wrap(text, width, subsequent_indent="  ", break_on_hyphens=False)))
