@@ -130,7 +130,8 @@ def test_library_compress_reports_baselines_and_overall() -> None:
     layers = {f"layer{i}": lora_delta(32, 48, 4, seed=i) for i in range(3)}
     result = wc.compress(layers, budget=300, method="wara")
     totals = result.report.overall()
-    assert set(totals) == {"wara", "lora", "sparse", "wara-plain"}  # plain ordering reported beside the reordered default
+    # plain ordering reported beside the reordered default; each baseline also at the output's bytes
+    assert set(totals) == {"wara", "lora", "sparse", "wara-plain", "lora@bytes", "sparse@bytes"}
     deltas = result.to_deltas()
     num = sum(float((deltas[n].double() - (b @ a).double()).square().sum()) for n, (b, a) in layers.items())
     den = sum(float((b @ a).double().square().sum()) for b, a in layers.values())
