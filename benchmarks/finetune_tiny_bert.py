@@ -10,7 +10,6 @@ written adapter's ΔŴ merged), on 64 held-out texts. CPU, one thread, about a m
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -19,32 +18,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 import torch  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
 
 import conftest  # noqa: E402,F401  (offline settings for transformers)
 import wavecompress as wc  # noqa: E402
-from test_finetune import kl_teacher_student, texts, tiny_classifier, train_lora, word_tokenizer  # noqa: E402
-from wavecompress.cli import main as cli  # noqa: E402
+from test_finetune import convert_and_finetune, kl_teacher_student, tiny_setup  # noqa: E402
 
 
 def main() -> None:
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="wavecompress-ft-tiny-"))
-    tokenizer = word_tokenizer()
-    data = texts(160, seed=0)
-    lora_dir = train_lora(root / "lora", tokenizer, data)
-    base_dir = root / "base"
-    tiny_classifier().save_pretrained(str(base_dir))
-    tokenizer.save_pretrained(str(base_dir))
-    data_file = root / "data.jsonl"
-    data_file.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in data))
-    held_out = [t for t, _ in texts(64, seed=1)]
-    compressed, tuned = root / "waveft", root / "ft"
-    for args in (["convert", str(lora_dir), "--budget", "48", "--out", str(compressed), "--quiet"],
-                 ["finetune", str(compressed), "--teacher", str(lora_dir), "--base-model", str(base_dir),
-                  "--data", str(data_file), "--steps", "40", "--lr", "2e-3", "--out", str(tuned)]):
-        result = CliRunner().invoke(cli, args, catch_exceptions=False)
-        assert result.exit_code == 0, result.output
+    trained = tiny_setup(root)
+    lora_dir, _, _, tokenizer, held_out = trained
+    compressed, tuned, result = convert_and_finetune(trained, root, "40", "2e-3")
+    assert result.exit_code == 0, result.output
     before = kl_teacher_student(lora_dir, wc.reconstruct(compressed), tokenizer, held_out)
     after = kl_teacher_student(lora_dir, wc.reconstruct(tuned), tokenizer, held_out)
     print("tiny BERT (tests/test_finetune.py setup): waveft --budget 48, finetune --steps 40 --lr 2e-3")

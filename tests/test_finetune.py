@@ -115,10 +115,9 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
         return {k: f.get_tensor(k) for k in f.keys()}
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory):
-    """(lora dir, base model dir, data file, tokenizer, held-out texts) shared by the tests here."""
-    root = tmp_path_factory.mktemp("ft")
+def tiny_setup(root: Path):
+    """(lora dir, base model dir, data file, tokenizer, held-out texts) of the tiny-BERT case under ``root``
+    (also used by benchmarks/finetune_tiny_bert.py)."""
     tokenizer = word_tokenizer()
     data = texts(160, seed=0)
     lora_dir = train_lora(root / "lora", tokenizer, data)
@@ -131,14 +130,27 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     return lora_dir, base_dir, data_file, tokenizer, held_out
 
 
-def test_cli_finetune_lowers_teacher_student_kl_and_keeps_the_format(trained, tmp_path: Path) -> None:
-    lora_dir, base_dir, data_file, tokenizer, held_out = trained
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny-BERT case (see tiny_setup), shared by the tests here."""
+    return tiny_setup(tmp_path_factory.mktemp("ft"))
+
+
+def convert_and_finetune(trained, tmp_path: Path, steps: str, lr: str):
+    """waveft --budget 48 of the tiny LoRA, then `finetune` it: (compressed dir, tuned dir, CLI result)."""
+    lora_dir, base_dir, data_file, _, _ = trained
     compressed = tmp_path / "waveft"
     assert CliRunner().invoke(main, ["convert", str(lora_dir), "--budget", "48", "--out", str(compressed), "--quiet"]).exit_code == 0
     out = tmp_path / "ft"
     result = CliRunner().invoke(main, ["finetune", str(compressed), "--teacher", str(lora_dir), "--base-model", str(base_dir),
-                                       "--data", str(data_file), "--steps", "40", "--lr", "2e-3", "--out", str(out)],
+                                       "--data", str(data_file), "--steps", steps, "--lr", lr, "--out", str(out)],
                                 catch_exceptions=False)
+    return compressed, out, result
+
+
+def test_cli_finetune_lowers_teacher_student_kl_and_keeps_the_format(trained, tmp_path: Path) -> None:
+    lora_dir, _, _, tokenizer, held_out = trained
+    compressed, out, result = convert_and_finetune(trained, tmp_path, "40", "2e-3")
     assert result.exit_code == 0, result.output
     assert "before: teacher-student KL" in result.output and "after:" in result.output
 
@@ -302,13 +314,8 @@ def test_a_lora_output_fine_tunes_and_stays_a_plain_peft_lora(trained, tmp_path:
 
 
 def test_a_harmful_learning_rate_returns_the_input_unchanged_and_says_so(trained, tmp_path: Path) -> None:
-    lora_dir, base_dir, data_file, tokenizer, held_out = trained
-    compressed = tmp_path / "waveft"
-    assert CliRunner().invoke(main, ["convert", str(lora_dir), "--budget", "48", "--out", str(compressed), "--quiet"]).exit_code == 0
-    out = tmp_path / "ft"
-    result = CliRunner().invoke(main, ["finetune", str(compressed), "--teacher", str(lora_dir), "--base-model", str(base_dir),
-                                       "--data", str(data_file), "--steps", "20", "--lr", "30", "--out", str(out)],
-                                catch_exceptions=False)
+    lora_dir, _, data_file, tokenizer, _ = trained
+    compressed, out, result = convert_and_finetune(trained, tmp_path, "20", "30")
     assert result.exit_code == 0, result.output
     assert "kept the input's values unchanged: no step lowered the held-out KL" in result.output
     old, new = _tensors(compressed / "adapter_model.safetensors"), _tensors(out / "adapter_model.safetensors")
