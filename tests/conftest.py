@@ -25,6 +25,15 @@ def tiny_bert(seed: int = 0):
     return BertModel(config).eval()
 
 
+def tiny_bert_with_deltas(deltas: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """tiny_bert() with each named module's weight += its dense ΔW (the merged reference)."""
+    model = tiny_bert()
+    with torch.no_grad():
+        for name, delta in deltas.items():
+            model.get_submodule(name).weight += delta
+    return model
+
+
 def tiny_gpt2(seed: int = 0):
     """A 2-layer GPT-2 (Conv1D layers, fan_in_fan_out) with n_embd 32."""
     from transformers import GPT2Config, GPT2Model

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import wavecompress as wc
-from conftest import make_peft_lora, peft_delta_weights, tiny_bert
+from conftest import make_peft_lora, peft_delta_weights, tiny_bert, tiny_bert_with_deltas
 from wavecompress.cli import main
 from wavecompress.export import export_lora
 
@@ -25,14 +25,6 @@ def run(*args: object):
 def hidden(model: torch.nn.Module) -> torch.Tensor:
     with torch.no_grad():
         return model(input_ids=TOKENS).last_hidden_state
-
-
-def with_deltas(deltas: dict[str, torch.Tensor]) -> torch.nn.Module:
-    model = tiny_bert()
-    with torch.no_grad():
-        for name, delta in deltas.items():
-            model.get_submodule(name).weight += delta
-    return model
 
 
 @pytest.fixture
@@ -64,7 +56,7 @@ def test_unselected_layers_are_kept_exactly_and_load_in_peft(tmp_path: Path, lor
         peft_layer = model.base_model.model.get_submodule(name)
         delta = peft_layer.get_delta_weight("default")
         torch.testing.assert_close(delta.float(), original[name], rtol=0, atol=1e-6)
-    expected = hidden(with_deltas({**original, **{n: rebuilt[n] for n in converted}}))
+    expected = hidden(tiny_bert_with_deltas({**original, **{n: rebuilt[n] for n in converted}}))
     torch.testing.assert_close(hidden(model), expected, rtol=0, atol=1e-5)
     assert float((hidden(model) - original_hidden).abs().max()) > 1e-3  # the converted layers are lossy
     # Exports keep them too.

@@ -8,19 +8,11 @@ import pytest
 import torch
 
 import wavecompress
-from conftest import FIXTURE, make_peft_lora, tiny_bert
+from conftest import FIXTURE, make_peft_lora, tiny_bert, tiny_bert_with_deltas
 from wavecompress.errors import InputError
 from wavecompress.export import export_lora
 
 TOKENS = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(5))
-
-
-def with_deltas(deltas: dict[str, torch.Tensor]) -> torch.nn.Module:
-    model = tiny_bert()
-    with torch.no_grad():
-        for name, delta in deltas.items():
-            model.get_submodule(name).weight += delta
-    return model
 
 
 def hidden(model: torch.nn.Module) -> torch.Tensor:
@@ -47,7 +39,7 @@ def test_one_call_loads_every_format_and_matches_the_dense_reference(tmp_path: P
     for kind, folder in folders.items():
         model = wavecompress.load_adapter(tiny_bert(), folder).eval()
         # stock WaveFT stores no shapes: its reference is the PEFT model that saved it
-        expected = hidden(stock_waveft.eval()) if kind == "stock-waveft" else hidden(with_deltas(wavecompress.reconstruct(folder)))
+        expected = hidden(stock_waveft.eval()) if kind == "stock-waveft" else hidden(tiny_bert_with_deltas(wavecompress.reconstruct(folder)))
         got = hidden(model)
         assert float((got - expected).abs().max()) < 1e-5, kind
         assert float((got - plain).abs().max()) > 1e-3, kind  # the adapter really acted
