@@ -63,7 +63,13 @@ def _compress_all(deltas: AdapterDeltas, name: str, budgets: dict[str, int], opt
     out = {}
     for delta in deltas.layers:
         gram = calibration.gram(delta.name) if calibration is not None else None
-        layer = aware_compress(name, delta, budgets.get(delta.name, 0), options, gram)
-        layer = stored_layer(layer, delta, options.dtype, refit=gram is not None)
-        out[delta.name] = with_activation_error(MethodSummary.of(layer), delta, layer, gram)
+        out[delta.name] = stored_summary(name, delta, budgets.get(delta.name, 0), options, gram)
     return out
+
+
+def stored_summary(name: str, delta, budget: int, options: MethodOptions, gram) -> MethodSummary:
+    """Report summary of method ``name`` on ``delta`` at ``budget``, measured from what would be stored
+    (output precision; activation-aware and with the activation error when ``gram`` is given)."""
+    layer = aware_compress(name, delta, budget, options, gram)
+    layer = stored_layer(layer, delta, options.dtype, refit=gram is not None)
+    return with_activation_error(MethodSummary.of(layer), delta, layer, gram)

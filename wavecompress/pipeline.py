@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .compressed_adapter import CompressedAdapter
 from .deltas import AdapterDeltas, LayerDelta
+from .equal_bytes import add_equal_byte_baselines, stored_summary
 from .errors import InputError
 from .hardware import layer_to_cpu, layer_to_device, resolve_device
 from .methods import BASELINES, CompressedLayer, MethodOptions, get_method
@@ -91,9 +92,7 @@ def run(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
         for name in baselines:
             if name == method:
                 continue
-            other = aware_compress(name, delta, plans[name].budget_of(delta.name), options, gram)
-            other = stored_layer(other, delta, options.dtype, refit=gram is not None)
-            others[name] = with_activation_error(MethodSummary.of(other), delta, other, gram)
+            others[name] = stored_summary(name, delta, plans[name].budget_of(delta.name), options, gram)
         if reorderable:
             variant, summary = order_variant(method, delta, budget, options)
             others[variant] = summary
@@ -102,8 +101,6 @@ def run(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
         rows.append(LayerReport(delta.name, delta.shape, budget, kept.budget_clamped, summary, others))
         del delta  # lazy (streamed) inputs: let this layer's ΔW go before the next one is built
     if baselines:  # every baseline again at the output's bytes (report's <baseline>@bytes columns)
-        from .equal_bytes import add_equal_byte_baselines
-
         add_equal_byte_baselines(deltas, rows, layers, [b for b in baselines if b != method], options, calibration)
     kept = [keep_exactly(delta, method) for delta in deltas.kept]
     layers.extend(kept)
