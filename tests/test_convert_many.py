@@ -194,3 +194,71 @@ def test_convert_and_convert_many_name_outputs_the_same_way(tmp_path: Path, adap
         assert result.exit_code == 0, result.output
         assert result.output.strip().splitlines()[-1] == f"wrote {stem}-waveft-{label}"
     assert sorted(p.name for p in single.iterdir()) == names
+
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "minilm-bbc-lora"
+
+
+@pytest.fixture(scope="module")
+def two_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """in/minilm (the shipped fixture, 31 layers up to 1536×384) and in/tiny (a rank-8 PEFT LoRA of a tiny BERT)."""
+    folder = tmp_path_factory.mktemp("two") / "in"
+    folder.mkdir()
+    shutil.copytree(FIXTURE, folder / "minilm")
+    make_peft_lora(folder / "tiny", r=8, seed=3)
+    return folder
+
+
+def _report(target: Path) -> dict:
+    return json.loads((target / "wavecompress_report.json").read_text())
+
+
+def test_dtype_reaches_every_conversion_and_the_fingerprint(tmp_path: Path, two_inputs: Path) -> None:
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    args = ["convert-many", str(two_inputs), "--out", str(out), "--budget", BUDGET, "--method", "wara", "--baselines", "none"]
+    result = run(*args, "--dtype", "bfloat16", "--jobs", "2")  # the process pool: options pickled to each worker
+    assert result.exit_code == 0, result.output
+    for name, layers in (("minilm", 31), ("tiny", 4)):
+        target = out / f"{name}-wara-b{BUDGET}"
+        tensors = load_file(str(target / "adapter_model.safetensors"))
+        factors = {k: t.dtype for k, t in tensors.items() if k.endswith(".wara_factors")}
+        assert len(factors) == layers and set(factors.values()) == {torch.bfloat16}, name
+        assert _report(target)["options"]["values"]["dtype"] == "bfloat16"
+        # byte for byte what one `convert --dtype bfloat16` writes
+        single = wc.compress(two_inputs / name, budget=int(BUDGET), method="wara", dtype="bfloat16", baselines=())
+        single.save(tmp_path / f"single-{name}")
+        assert (target / "adapter_model.safetensors").read_bytes() == (tmp_path / f"single-{name}" / "adapter_model.safetensors").read_bytes()
+        # the float32 file is larger by exactly 2 bytes per stored value
+        wide = wc.compress(two_inputs / name, budget=int(BUDGET), method="wara", dtype="float32", baselines=())
+        values = wide.report.overall()["wara"].stored_values
+        assert wide.report.overall()["wara"].bytes - single.report.overall()["wara"].bytes == 2 * values > 0
+    # the dtype is part of the resume fingerprint: same options skip, another dtype is refused (never reused)
+    again = run(*args, "--dtype", "bfloat16", "--jobs", "1")
+    assert again.exit_code == 0 and "0 converted, 2 skipped" in again.output, again.output
+    other = run(*args, "--dtype", "float32", "--jobs", "1")
+    assert other.exit_code == 2 and other.output.count("made with other options") == 2, other.output
+
+
+def test_optimise_reaches_every_auto_conversion(tmp_path: Path, two_inputs: Path) -> None:
+    # --rank 2: tiny's candidates rank waveft first at equal values but lora first at equal bytes
+    chosen = {}
+    for optimise in ("values", "bytes"):
+        out = tmp_path / optimise
+        result = run("convert-many", str(two_inputs), "--out", str(out), "--rank", "2", "--method", "auto",
+                     "--optimise", optimise, "--baselines", "none", "--jobs", "1")
+        assert result.exit_code == 0, result.output
+        for name in ("minilm", "tiny"):
+            target = out / f"{name}-auto-rank2"
+            single = wc.compress(two_inputs / name, rank=2, method="auto", optimise=optimise, baselines=())
+            report = _report(target)
+            assert report["method"] == single.report.method
+            assert f"(optimised {optimise}:" in " ".join(report["notes"])
+            assert report["options"]["values"]["optimise"] == optimise
+            chosen[name, optimise] = report["method"]
+    assert chosen == {("minilm", "values"): "wara", ("minilm", "bytes"): "wara",
+                      ("tiny", "values"): "waveft", ("tiny", "bytes"): "lora"}
+    other = run("convert-many", str(two_inputs), "--out", str(tmp_path / "bytes"), "--rank", "2", "--method", "auto",
+                "--optimise", "values", "--baselines", "none", "--jobs", "1")
+    assert other.exit_code == 2 and other.output.count("made with other options") == 2, other.output

@@ -51,3 +51,25 @@ def test_optimise_currency_for_auto(tmp_path: Path, lora_dir: Path) -> None:
     assert by_values.exit_code == 0 and "at this budget (optimised values:" in by_values.output
     by_bytes = convert("--budget", "300", "--optimise", "bytes")
     assert by_bytes.exit_code == 0 and "the smallest candidate file at the value budget" in by_bytes.output
+
+
+def test_optimise_bytes_never_compares_against_an_empty_candidate_and_always_fits_its_own_size(tmp_path: Path) -> None:
+    from conftest import make_peft_lora
+
+    # fixture at 300 values/layer: LoRA stores nothing (rank 1 costs 768 on 384×384), so its near-empty file is
+    # not the size compared at; before, every candidate was refitted to it, none fitted, and convert crashed.
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "minilm-bbc-lora"
+    result = wc.compress(fixture, budget=300, method="auto", optimise="bytes", baselines=())
+    note = result.report.notes[-1]
+    assert result.report.method == "wara" and "lora 0.8108" in note and "at equal bytes (128836 B," in note, note
+    assert result.report.overall()["wara"].relative_error == pytest.approx(0.5904, abs=1e-4)
+    # tiny rank-8 LoRA at --rank 1: LoRA's own file (about 2.3 kB) is the size; the size estimate has no room
+    # for it when refitted, so its value-budget result (which is that size) stands
+    tiny = make_peft_lora(tmp_path / "tiny", r=8, seed=3)[0]
+    result = wc.compress(tiny, rank=1, method="auto", optimise="bytes", baselines=())
+    note = result.report.notes[-1]
+    assert result.report.method == "lora" and "lora 0.8206" in note and "wara does not fit" in note, note
+    assert result.report.overall()["lora"].relative_error == pytest.approx(0.8206, abs=1e-4)
+    result.save(tmp_path / "out")
+    size = (tmp_path / "out" / "adapter_model.safetensors").stat().st_size
+    assert f"at equal bytes ({size} B," in note

@@ -62,8 +62,8 @@ def choose(deltas: AdapterDeltas, job: Job, methods: tuple[str, ...], wavelet_au
     ``methods``: the candidate methods (every ``auto`` method for ``--method auto``); ``wavelet_auto``:
     try each fitting family for wavelet methods (``job.options.wavelet`` otherwise). ``optimise="values"``
     compares the candidates at the job's value budget; ``"bytes"`` at equal file size: the job's
-    ``max_bytes`` when given, else the smallest file any candidate writes at the value budget (every
-    candidate then refitted to that size). Default: bytes with a size budget, else values.
+    ``max_bytes`` when given, else the smallest file any candidate that stores something writes at the
+    value budget (every candidate then refitted to that size). Default: bytes with a size budget, else values.
     """
     by_size = job.budget.max_bytes is not None
     optimise = optimise or ("bytes" if by_size else "values")
@@ -76,6 +76,7 @@ def choose(deltas: AdapterDeltas, job: Job, methods: tuple[str, ...], wavelet_au
     levels = job.options.levels
     trials: list[tuple[float, str, str]] = []
     trial_sizes: dict[tuple[str, str], int] = {}
+    empty: set[tuple[str, str]] = set()  # candidates that store nothing at the value budget (LoRA below rank 1)
     for name in methods:
         families = fitting_wavelets(shapes, levels, name) if wavelet_auto and get_method(name).wavelet else [
             "db1" if wavelet_auto else job.options.wavelet]
@@ -83,20 +84,26 @@ def choose(deltas: AdapterDeltas, job: Job, methods: tuple[str, ...], wavelet_au
             trial = convert(deltas, _candidate(job, name, family, baselines=(), progress=False))
             trials.append((score(trial), name, family))
             trial_sizes[(name, family)] = file_size(trial, deltas)
+            if not trial.report.overall()[name].stored_values:
+                empty.add((name, family))
     where = "at this budget" if optimise == "values" or by_size else ""
+    jobs = {(name, family): job for _, name, family in trials}
     if optimise == "bytes" and not by_size:
-        size = min(trial_sizes.values())
-        job = replace(job, budget=Budget(max_bytes=size, allocate=job.budget.allocate))
+        size = min(v for k, v in trial_sizes.items() if k not in empty or len(empty) == len(trial_sizes))
+        sized = replace(job, budget=Budget(max_bytes=size, allocate=job.budget.allocate))
         refitted = []
-        for _, name, family in trials:
+        for error, name, family in trials:
             try:
-                refitted.append((score(convert(deltas, _candidate(job, name, family, baselines=(), progress=False))),
+                refitted.append((score(convert(deltas, _candidate(sized, name, family, baselines=(), progress=False))),
                                  name, family))
-            except InputError:  # its fixed bytes (permutations, header) alone exceed the size
-                refitted.append((float("inf"), name, family))
+                jobs[name, family] = sized
+            except InputError:  # the size estimate leaves no room for it (permutations, header)
+                fits = trial_sizes[(name, family)] <= size  # e.g. the smallest candidate: its own file is that size
+                refitted.append((error if fits else float("inf"), name, family))
         trials = refitted
         where = f"at equal bytes ({size} B, the smallest candidate file at the value budget)"
     best_error, best_method, best_wavelet = min(trials)
+    job = jobs[best_method, best_wavelet]
     result = convert(deltas, _candidate(job, best_method, best_wavelet))
     measure = "activation-weighted" if result.report.overall()[best_method].activation_relative_error is not None else "relative"
     several = len({t[2] for t in trials}) > 1
