@@ -27,6 +27,7 @@ from .methods.budget import Budget
 from .layout import LORA, WAVEFT
 from .methods.options import DEFAULT_REORDER
 from .methods.precision import stored_layer
+from .methods.shared_permutations import PermutationChoice
 from .report import LayerReport, MethodSummary, Report
 
 
@@ -41,6 +42,8 @@ class Job:
     calibration: Any = None  # a Calibration (second moments per layer) or None
     device: str | torch.device | None = None
     progress: bool | None = False
+    # "bytes" under a size limit: permutations are chosen at equal bytes (methods/shared_permutations.py)
+    currency: str = "values"
 
 
 def check_finite_result(layer: CompressedLayer, source: str) -> None:
@@ -82,11 +85,15 @@ def run(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
     bar = tqdm(deltas.layers, desc=f"{method} {spec.label()}", unit="layer", disable=None if progress is None else not progress)
     target = resolve_device(job.device)  # "cuda": each layer moves there in turn; CPU fallback with a warning
     reorderable = get_method(method).reorderable
+    choice = permutation_choice(deltas, job, plans[method], target) if reorderable and options.reorder and calibration is None else None
     for delta in bar:
         delta = layer_to_device(delta, target)
         budget = plans[method].budget_of(delta.name)
         gram = calibration.gram(delta.name) if calibration is not None else None
-        kept = stored_layer(aware_compress(method, delta, budget, options, gram), delta, options.dtype, refit=gram is not None)
+        if choice is not None:  # own, shared or no permutations, whichever wins (methods/shared_permutations.py)
+            kept = choice.compress(delta)
+        else:
+            kept = stored_layer(aware_compress(method, delta, budget, options, gram), delta, options.dtype, refit=gram is not None)
         check_finite_result(layer_to_cpu(kept), deltas.source)
         others = {}
         for name in baselines:
@@ -116,8 +123,21 @@ def run(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
     describe_allocation(report, spec, plans[method], calibration)
     if (note := lossy_input_note(deltas)) is not None:
         report.notes.append(note)
+    if choice is not None and (note := choice.note()) is not None:
+        report.notes.append(note)
     report.notes.extend(dict.fromkeys(note for layer in layers for note in layer.notes))  # e.g. waveft-seeded's expected loss
     return CompressedAdapter(source=deltas, layers=layers, report=report, options=options)
+
+
+def permutation_choice(deltas: AdapterDeltas, job: Job, plan: Allocation, target) -> PermutationChoice:
+    """The per-layer / shared permutation choice for a reordered method (other group members are read on demand)."""
+    names = layer_names(deltas.layers)
+    shapes = getattr(deltas.layers, "shapes", None) or {layer.name: layer.shape for layer in deltas.layers}
+    index = {name: i for i, name in enumerate(names)}
+    return PermutationChoice(
+        job.method, job.options, dict(shapes), fetch=lambda name: layer_to_device(deltas.layers[index[name]], target),
+        budget_of=plan.budget_of, finish=lambda layer, delta: stored_layer(layer, delta, job.options.dtype),
+        bytes_currency=job.currency == "bytes")
 
 
 def check_kept_fits(deltas: AdapterDeltas, method: str) -> None:
@@ -188,7 +208,7 @@ def fit_to_size(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
         if total <= 0 or total in tried:
             break
         tried.add(total)
-        result = run(deltas, replace(job, budget=spec.with_total(total), baselines=()))
+        result = run(deltas, replace(job, budget=spec.with_total(total), baselines=(), currency="bytes"))
         size = len(serialized_weights(result.layers, deltas, method, result.report.budget))
         if size <= spec.max_bytes:
             if best is None or total > best[1]:
@@ -201,7 +221,7 @@ def fit_to_size(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
             total -= int((size - spec.max_bytes) // per_value) + 1
     if best is not None:
         total, size = best[1], best[2]
-        result = run(deltas, replace(job, budget=spec.with_total(total)))
+        result = run(deltas, replace(job, budget=spec.with_total(total), currency="bytes"))
         result.report.allocation = dict(result.report.allocation or {}, form="max_bytes", budget=spec.describe())
         result.report.notes.append(f"max size {spec.max_bytes} bytes: adapter_model.safetensors about {size} bytes "
                                    f"({total} values for {method})")

@@ -17,6 +17,7 @@ from .layer_delta import LayerDelta
 from .memory_budget import check_layer_size
 from .safetensors_file import printable
 from .safetensors_reader import check_finite, read_safetensors
+from .shared_tensors import resolve_shared
 
 
 @dataclass
@@ -75,6 +76,10 @@ def read_stored_layers(
         check_layer_size(weights_path.parent / CONFIG_NAME, name, tuple(shape))
         meta = {key: value for key, value in entry.items() if key != "shape"}
         layers.append(StoredLayer(name, tuple(shape), meta, own))
+    try:  # tensors stored once for several layers (a shared column permutation) go back to each
+        resolve_shared({layer.name: (layer.tensors, layer.meta) for layer in layers}, str(weights_path))
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     passthrough = {key: value for key, value in tensors.items() if key not in claimed}
     return layers, passthrough, metadata
 

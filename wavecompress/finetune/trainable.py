@@ -14,6 +14,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from ..deltas.shared_tensors import SHARED_TENSORS
 from ..errors import InputError
 from ..kernels import select_backend, sparse_haar_synthesis
 from ..methods import CompressedLayer, get_method
@@ -22,7 +23,7 @@ from ..methods.index_codec import GAPS_SUFFIX, PLAIN_SUFFIX, stored_indices
 KERNEL_CHOICES = ("auto", "triton", "torch", "off")
 _HAAR = ("db1", "haar")
 _PERMUTATIONS = {"reorder_rows", "reorder_cols"}
-_FUSED_META = {"wavelet", "levels", "reorder"}
+_FUSED_META = {"wavelet", "levels", "reorder", SHARED_TENSORS}  # SHARED_TENSORS: which layer stores a shared permutation
 
 
 def _index_prefix(method) -> str:

@@ -104,10 +104,11 @@ def lora_adapter_config(
 
 
 def stored_tensor_specs(layer: CompressedLayer) -> dict[str, dict[str, Any]]:
-    """{tensor key: {"shape", "dtype"}} of a layer's stored tensors: lets PEFT build the layer before loading."""
+    """{tensor key: {"shape", "dtype"}} of the tensors a layer's own keys store: lets PEFT build the
+    layer before loading (tensors shared with another layer are that layer's)."""
     return {
         key: {"shape": list(tensor.shape), "dtype": str(tensor.dtype).replace("torch.", "")}
-        for key, tensor in sorted(layer.tensors.items())
+        for key, tensor in sorted(layer.written_tensors().items())
     }
 
 

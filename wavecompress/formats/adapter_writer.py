@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..deltas.adapter_deltas import AdapterDeltas
+from ..deltas.shared_tensors import check_lenders
 from ..errors import InputError
 from ..layout import CARD_NAME, CONFIG_NAME, PREFIX, REPORT_NAME, WEIGHTS_NAME, carried_metadata
 from ..methods.compressed_layer import CompressedLayer
@@ -28,8 +29,11 @@ from .safetensors_writer import deterministic_bytes
 
 
 def state_dict(layers: list[CompressedLayer], passthrough: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Flat tensor dict in PEFT's key layout, sorted for deterministic files."""
-    tensors = {f"{PREFIX}{layer.name}.{key}": value.contiguous() for layer in layers for key, value in layer.tensors.items()}
+    """Flat tensor dict in PEFT's key layout, sorted for deterministic files (a tensor shared by
+    several layers stored once, under its owner: deltas/shared_tensors.py)."""
+    check_lenders((layer.name, layer.tensors, layer.meta) for layer in layers)
+    tensors = {f"{PREFIX}{layer.name}.{key}": value.contiguous() for layer in layers
+               for key, value in layer.written_tensors().items()}
     for key, value in passthrough.items():
         if key in tensors:
             raise InputError(f"passthrough tensor {key} collides with a converted tensor")

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from ..deltas.shared_tensors import written_tensors
+
 
 @dataclass
 class CompressedLayer:
@@ -31,8 +33,13 @@ class CompressedLayer:
 
     @property
     def stored_bytes(self) -> int:
-        """Bytes on disk for the stored tensors, indices included."""
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+        """Bytes on disk for the stored tensors, indices included (a tensor shared with other layers
+        counts once, at the layer that stores it: deltas/shared_tensors.py)."""
+        return sum(t.numel() * t.element_size() for t in self.written_tensors().values())
+
+    def written_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors this layer's own keys store in the file."""
+        return written_tensors(self.name, self.tensors, self.meta)
 
     @property
     def relative_error(self) -> float:

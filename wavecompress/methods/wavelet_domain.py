@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from ..deltas.layer_delta import LayerDelta
+from ..deltas.shared_tensors import SHARED_TENSORS
 from ..transforms import analysis, analysis2d, axis_levels
 from ..transforms.reorder import FEATURE_RANK, GREEDY_MAX_SIZE, ORDERINGS, features_from_dense, order, permutation_dtype, unpermute
 from .compressed_layer import CompressedLayer
@@ -55,10 +56,17 @@ def layer_ordering(delta: LayerDelta, ordering: str) -> tuple[torch.Tensor, torc
     return delta.cache[key]
 
 
+# delta.cache key: a SharedColumns the layer's column permutation comes from (methods/shared_permutations.py)
+SHARED_COLUMNS = "shared_columns"
+
+
 def reorder_delta(delta: LayerDelta, ordering: str) -> tuple[LayerDelta, dict[str, torch.Tensor]]:
     """The delta with rows and columns permuted by ``ordering``, and the permutation tensors
-    (``reorder_rows``, ``reorder_cols``; int16 when the size fits) to store beside it."""
+    (``reorder_rows``, ``reorder_cols``; int16 when the size fits) to store beside it. The columns
+    follow the group's shared permutation when ``delta.cache`` holds one (``SHARED_COLUMNS``)."""
     rows, cols = layer_ordering(delta, ordering)
+    if SHARED_COLUMNS in delta.cache:
+        cols = delta.cache[SHARED_COLUMNS].order(ordering)
     if delta.is_factored:
         moved = LayerDelta.from_factors(delta.name, delta.left[rows], delta.right[:, cols], **delta.info)
     else:
@@ -92,7 +100,10 @@ def compress_reordered(
         layer = compress_plain(moved, budget, options)
         layer.tensors.update(perms)
         layer.meta["reorder"] = ordering
-        layer.index_values += sum(p.numel() for p in perms.values())
+        if SHARED_COLUMNS in delta.cache:
+            layer.meta[SHARED_TENSORS] = {"reorder_cols": delta.cache[SHARED_COLUMNS].owner}
+        written = layer.written_tensors()  # a borrowed (shared) column permutation is the owner's to count
+        layer.index_values += sum(p.numel() for key, p in perms.items() if key in written)
         if best is None or layer.error_sq < best.error_sq:
             best = layer
     return best

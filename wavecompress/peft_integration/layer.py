@@ -57,6 +57,10 @@ class WavecompressLayer(BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self._delta_cache: dict[str, tuple[tuple, torch.Tensor]] = {}
+        # {adapter: {tensor key: the layer that stores it}}: tensors shared with (stored by) another
+        # layer, e.g. a column permutation q/k/v share (deltas/shared_tensors.py). A plain dict, so
+        # the lender is not registered as a submodule (its tensors are saved once, by itself).
+        self._lenders: dict[str, dict[str, "WavecompressLayer"]] = {}
         self.kwargs = kwargs
         base = self.get_base_layer()
         if isinstance(base, nn.Linear):
@@ -82,11 +86,22 @@ class WavecompressLayer(BaseTunerLayer):
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
+    def borrow(self, adapter: str, key: str, lender: "WavecompressLayer") -> None:
+        """Use ``lender``'s stored tensor ``key`` of ``adapter`` as this layer's own."""
+        self._lenders.setdefault(adapter, {})[key] = lender
+
+    def stored_tensors(self, adapter: str) -> dict[str, torch.Tensor]:
+        """{stored key: tensor} of ``adapter``, borrowed ones included, as ``reconstruct`` expects them."""
+        tensors = self.wavecompress_tensors[adapter].as_dict()
+        for key, lender in self._lenders.get(adapter, {}).items():
+            tensors[key] = getattr(lender.wavecompress_tensors[adapter], key)
+        return tensors
+
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         """ΔŴ (d_out × d_in, float32) of ``adapter`` from the method's ``reconstruct``."""
         from ..methods import get_method
 
-        tensors = self.wavecompress_tensors[adapter].as_dict()
+        tensors = self.stored_tensors(adapter)
         key = tuple((name, id(t), t._version, t.device) for name, t in sorted(tensors.items()))
         cacheable = not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors.values())
         cached = self._delta_cache.get(adapter)

@@ -12,6 +12,7 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 
 from ..methods.registry import method_of_peft_type
 from ..methods import kept
+from ..deltas.shared_tensors import borrowed
 from .config import STORED_TENSORS
 from .layer import TENSORS_ATTR, Linear, WavecompressLayer
 
@@ -53,8 +54,28 @@ class WavecompressModel(BaseTuner):
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
 
+    def inject_adapter(self, model, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        """PEFT's injection, then each layer that borrows a stored tensor (a shared column
+        permutation, deltas/shared_tensors.py) is pointed at the layer that stores it."""
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
+        link_lenders(model, adapter_name)
+
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
         """``<module>.wavecompress_tensors.<adapter>.<tensor>`` ↔ the saved ``<module>.<tensor>``."""
         key = super()._remove_adapter_name_from_key(key, adapter_name)
         return re.sub(rf"\.{TENSORS_ATTR}\.(?=[^.]+$)", ".", key)
+
+
+def link_lenders(model: torch.nn.Module, adapter_name: str) -> None:
+    """Point every borrowed tensor of ``adapter_name`` at its owner layer (ValueError when the owner is not adapted)."""
+    modules = dict(model.named_modules())
+    for name, module in modules.items():
+        if not isinstance(module, WavecompressLayer) or adapter_name not in module.wavecompress_meta:
+            continue
+        for key, owner in borrowed(name, module.wavecompress_meta[adapter_name]).items():
+            lender = modules.get(owner)
+            if (not isinstance(lender, WavecompressLayer) or adapter_name not in lender.wavecompress_tensors
+                    or key not in lender.wavecompress_tensors[adapter_name].as_dict()):
+                raise ValueError(f"layer {name} borrows {key} from {owner}, which this adapter does not store")
+            module.borrow(adapter_name, key, lender)
