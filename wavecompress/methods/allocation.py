@@ -13,7 +13,7 @@ breakpoints), and a knapsack heuristic for the few values left over in between.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import replace, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -72,6 +72,10 @@ def total_values(
     per_value, per_layer = bytes_per_value(method, probe, options)
     overhead = int(fixed_bytes + 8 + len(names) * (4 * _HEADER_PER_TENSOR + per_layer))
     total = int((spec.max_bytes - overhead) // per_value)
+    if total <= 0 and options.reorder and get_method(method).reorderable:
+        # Permutations alone do not fit: under a size limit layers may be stored unpermuted
+        # (methods/shared_permutations.py), so estimate from the plain layer.
+        return total_values(spec, names, method, replace(options, reorder=None), input_stored_values, fixed_bytes, probe)
     if total <= 0:
         raise InputError(f"max size {spec.max_bytes} bytes is below the file's fixed part ({overhead} bytes: header and carried tensors)")
     return total
