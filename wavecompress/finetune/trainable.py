@@ -23,7 +23,9 @@ from ..methods.index_codec import GAPS_SUFFIX, PLAIN_SUFFIX, stored_indices
 KERNEL_CHOICES = ("auto", "triton", "torch", "off")
 _HAAR = ("db1", "haar")
 _PERMUTATIONS = {"reorder_rows", "reorder_cols"}
-_FUSED_META = {"wavelet", "levels", "reorder", SHARED_TENSORS}  # SHARED_TENSORS: which layer stores a shared permutation
+# Metadata a fused layer may carry: SHARED_TENSORS names the layer storing a shared permutation;
+# "stored_tensors" (the config's tensor specs, present on layers read from a folder) says nothing about ΔŴ.
+_FUSED_META = {"wavelet", "levels", "reorder", SHARED_TENSORS, "stored_tensors"}
 
 
 def _index_prefix(method) -> str:
