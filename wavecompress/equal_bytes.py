@@ -1,11 +1,16 @@
-"""Baselines at the output's byte size: ``<baseline>@bytes`` columns of the report.
+"""The report's baseline columns: each baseline at its planned value budget and at the output's bytes.
 
 A user pays in bytes as well as in trainable values. After the output method is compressed, each
-baseline (LoRA, sparse) is compressed again with the same stored bytes as the output (Σ of every
-layer's tensor bytes), allocated globally by the exact greedy over its rate-distortion curves, in
-the output's precision. A baseline's bytes per value are constant (LoRA: one value; sparse: one
-value plus one uint16 gap code, escapes aside), so the value total is the byte total divided by
-that; if escapes push sparse over, the total shrinks until it fits.
+baseline (LoRA, sparse) is compressed at its own planned budget (equal values) and again with the
+same stored bytes as the output (``<baseline>@bytes``: Σ of every layer's tensor bytes), allocated
+globally by the exact greedy over its rate-distortion curves, in the output's precision. A
+baseline's bytes per value are constant (LoRA: one value; sparse: one value plus one uint16 gap
+code, escapes aside), so the value total is the byte total divided by that; if escapes push sparse
+over, the total shrinks until it fits.
+
+One pass over the layers builds each baseline's curve up to that total and its equal-values
+column: the curve's top-k selection is cached on the layer (methods/topk.cached_topk), so the
+equal-values column and every equal-bytes round are prefixes of it, not new passes over ΔW.
 """
 
 from __future__ import annotations
@@ -13,11 +18,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+import torch
+
 from .deltas import AdapterDeltas
 from .methods import CompressedLayer, MethodOptions, get_method
 from .methods.activation_aware import aware_compress, with_activation_error
-from .methods.allocation import BudgetSpec, global_budgets, plan_budgets
+from .hardware import layer_to_device
+from .methods.allocation import Allocation, global_budgets
 from .methods.precision import layer_dtype, stored_layer
+from .methods.rate_distortion import RDCurve, rd_curve
 from .report import LayerReport, MethodSummary
 
 SUFFIX = "@bytes"
@@ -30,31 +39,52 @@ def value_bytes(name: str, options: MethodOptions, probe) -> int:
     return size + (2 if get_method(name).indices_key else 0)
 
 
-def add_equal_byte_baselines(
+def add_baseline_columns(
     deltas: AdapterDeltas, rows: Sequence[LayerReport], layers: Sequence[CompressedLayer], baselines: Sequence[str],
-    options: MethodOptions, calibration=None,
+    plans: dict[str, Allocation], options: MethodOptions, calibration=None, device: torch.device | None = None,
 ) -> int:
-    """Add ``<baseline>@bytes`` to every row of ``rows``; returns the byte size they were held to."""
-    target = sum(layer.stored_bytes for layer in layers if layer.name in {row.name for row in rows})
+    """Add every baseline's equal-values column (at ``plans``) and ``<baseline>@bytes`` column to ``rows``;
+    returns the byte size the latter were held to (0 columns at bytes when there is nothing to hold)."""
+    by_name = {row.name: row for row in rows}
+    target = sum(layer.stored_bytes for layer in layers if layer.name in by_name)
     names = [name for name in baselines if not name.endswith(SUFFIX)]
-    if not names or not rows or target <= 0:
+    if not names or not rows:
         return target
     probe = deltas.layers[0]
+    totals = {name: max(target // value_bytes(name, options, probe), 1) for name in names}
+    curves: dict[str, list[RDCurve]] = {name: [] for name in names}
+    for delta in deltas.layers:
+        row = by_name.get(delta.name)
+        if row is None:
+            continue
+        moved = layer_to_device(delta, device) if device is not None else delta
+        gram = calibration.gram(delta.name) if calibration is not None else None
+        for name in names:
+            if target > 0:  # first the largest selection, so the equal-values column below is a prefix of it
+                curves[name].append(rd_curve(moved, name, options, max_cost=totals[name], gram=gram))
+            row.baselines[name] = stored_summary(name, moved, plans[name].budget_of(delta.name), options, gram)
+        del moved, delta  # lazy (streamed) inputs: one layer's ΔW alive at a time
+    if target <= 0:
+        return target
     for name in names:
-        total = target // value_bytes(name, options, probe)
-        plan = plan_budgets(deltas.layers, [name], options, BudgetSpec(total=max(total, 1)), "global",
-                            calibration=calibration)[name]
-        budgets = plan.budgets
-        for _ in range(_ROUNDS):
-            summaries = _compress_all(deltas, name, budgets, options, calibration)
-            used = sum(s.bytes for s in summaries.values())
-            if used <= target or total <= 1:
-                break
-            total -= (used - target) // value_bytes(name, options, probe) + 1
-            budgets = dict(zip([c.name for c in plan.curves], global_budgets(plan.curves, max(total, 1))[0]))
+        summaries = _at_bytes(deltas, name, curves[name], totals[name], target, options, calibration, probe)
         for row in rows:
             row.baselines[name + SUFFIX] = replace(summaries[row.name], method=name + SUFFIX)
     return target
+
+
+def _at_bytes(deltas: AdapterDeltas, name: str, curves: list[RDCurve], total: int, target: int, options: MethodOptions,
+              calibration, probe) -> dict[str, MethodSummary]:
+    """{layer: summary} of baseline ``name`` globally allocated within ``target`` stored bytes."""
+    summaries = {}
+    for _ in range(_ROUNDS):
+        budgets = dict(zip([c.name for c in curves], global_budgets(curves, max(total, 1))[0]))
+        summaries = _compress_all(deltas, name, budgets, options, calibration)
+        used = sum(s.bytes for s in summaries.values())
+        if used <= target or total <= 1:
+            break
+        total -= (used - target) // value_bytes(name, options, probe) + 1
+    return summaries
 
 
 def _compress_all(deltas: AdapterDeltas, name: str, budgets: dict[str, int], options: MethodOptions,

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .compressed_adapter import CompressedAdapter
 from .deltas import AdapterDeltas, LayerDelta
-from .equal_bytes import add_equal_byte_baselines, stored_summary
+from .equal_bytes import SUFFIX, add_baseline_columns
 from .errors import InputError
 from .hardware import layer_to_cpu, layer_to_device, resolve_device
 from .methods import BASELINES, CompressedLayer, MethodOptions, get_method
@@ -96,10 +96,6 @@ def run(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
             kept = stored_layer(aware_compress(method, delta, budget, options, gram), delta, options.dtype, refit=gram is not None)
         check_finite_result(layer_to_cpu(kept), deltas.source)
         others = {}
-        for name in baselines:
-            if name == method:
-                continue
-            others[name] = stored_summary(name, delta, plans[name].budget_of(delta.name), options, gram)
         if reorderable:
             variant, summary = order_variant(method, delta, budget, options)
             others[variant] = summary
@@ -107,8 +103,11 @@ def run(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
         summary = with_activation_error(MethodSummary.of(kept), delta, kept, gram)
         rows.append(LayerReport(delta.name, delta.shape, budget, kept.budget_clamped, summary, others))
         del delta  # lazy (streamed) inputs: let this layer's ΔW go before the next one is built
-    if baselines:  # every baseline again at the output's bytes (report's <baseline>@bytes columns)
-        add_equal_byte_baselines(deltas, rows, layers, [b for b in baselines if b != method], options, calibration)
+    compared = [b for b in baselines if b != method]
+    if compared:  # each baseline at equal values and at the output's bytes (<baseline>@bytes), one pass
+        add_baseline_columns(deltas, rows, layers, compared, plans, options, calibration, target)
+        for row in rows:  # columns in the report's order: baselines, the other ordering, then @bytes
+            row.baselines = {key: row.baselines[key] for key in sorted(row.baselines, key=_column_rank(compared))}
     kept = [keep_exactly(delta, method) for delta in deltas.kept]
     layers.extend(kept)
     report = Report(
@@ -138,6 +137,15 @@ def permutation_choice(deltas: AdapterDeltas, job: Job, plan: Allocation, target
         job.method, job.options, dict(shapes), fetch=lambda name: layer_to_device(deltas.layers[index[name]], target),
         budget_of=plan.budget_of, finish=lambda layer, delta: stored_layer(layer, delta, job.options.dtype),
         bytes_currency=job.currency == "bytes")
+
+
+def _column_rank(baselines: list[str]):
+    """Sort key of a report column: the baselines in their order, then other columns, then ``@bytes`` ones."""
+    def rank(column: str) -> tuple[int, int]:
+        if column.endswith(SUFFIX):
+            return 2, 0
+        return (0, baselines.index(column)) if column in baselines else (1, 0)
+    return rank
 
 
 def check_kept_fits(deltas: AdapterDeltas, method: str) -> None:

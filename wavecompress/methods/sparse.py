@@ -11,7 +11,7 @@ from .index_codec import stored_indices
 from .options import MethodOptions
 from .rate_distortion import RDCurve, topk_curve
 from .registry import Method, register_method
-from .topk import scatter_dense, select_topk, select_topk_product, topk_layer
+from .topk import cached_topk, scatter_dense, select_topk, select_topk_product, topk_layer
 
 NAME = "sparse"
 # Indices are stored as uint16 gap codes (methods/index_codec.py); files written before that hold
@@ -21,12 +21,14 @@ INDEX_PREFIX = "sparse"
 
 
 def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> CompressedLayer:
-    """Keep the ``budget`` largest entries of ΔW itself (streamed from the factors, never dense)."""
+    """Keep the ``budget`` largest entries of ΔW itself (streamed from the factors, never dense);
+    a larger selection already made on this delta serves smaller budgets (report, curve, @bytes)."""
     capacity = delta.shape[0] * delta.shape[1]
-    if delta.is_factored:
-        selection = select_topk_product(delta.left, delta.right, min(budget, capacity))
-    else:
-        selection = select_topk(delta.dense, min(budget, capacity))
+
+    def select(k: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        return select_topk_product(delta.left, delta.right, k) if delta.is_factored else select_topk(delta.dense, k)
+
+    selection = cached_topk(delta.cache, "sparse_topk", min(budget, capacity), capacity, select)
     return topk_layer(delta, NAME, (VALUES_KEY, INDICES_KEY), {}, selection, budget, capacity)
 
 

@@ -29,6 +29,9 @@ from ..hardware import one_thread
 # Elements per chunk: a few MB keeps each chunk's passes in cache on CPU; on CUDA fewer, larger
 # launches win.
 CHUNK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 26}
+# A dropped energy found as (energy − kept energy) is trusted down to this fraction of the energy:
+# float32 entries put ~1e-7·energy of rounding into the difference, so ≥1e-3 keeps it to ~1e-4 relative.
+DIFFERENCE_FLOOR = 1e-3
 
 
 def index_dtype(numel: int) -> torch.dtype:
@@ -48,8 +51,9 @@ class _StreamingTopK:
     chunk and cost more than the arithmetic.
     """
 
-    def __init__(self, k: int, chunk_numel: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, k: int, chunk_numel: int, device: torch.device, dtype: torch.dtype, track_dropped: bool = True) -> None:
         self.k = k
+        self.track_dropped = track_dropped  # False: the caller derives the dropped energy (energy − kept)
         self.threshold: torch.Tensor | None = None
         self.indices = torch.zeros(0, dtype=torch.int64, device=device)
         self.values = torch.zeros(0, dtype=dtype, device=device)
@@ -64,27 +68,38 @@ class _StreamingTopK:
         flat = chunk.reshape(-1)
         n = flat.numel()
         magnitude, squares = self._magnitude[:n], self._squares[:n]
-        torch.abs(flat, out=magnitude)
         if self.threshold is None:
+            torch.abs(flat, out=magnitude)
             _, local = torch.topk(magnitude, min(self.k, n), sorted=False)
+        elif not self.track_dropped:
+            # One read of the chunk: rows whose min or max passes ±threshold hold the candidates.
+            grid = flat.view(-1, cols)
+            # (separate amax/amin: torch.aminmax along a dim is an order of magnitude slower on CPU)
+            rows = torch.nonzero((grid.amax(dim=1) > self.threshold) | (grid.amin(dim=1) < -self.threshold)).squeeze(1)
+            local = self._hits(grid, rows, cols)
         else:
             # Candidates are rare once the threshold has settled: find the rows holding any (a
             # row-max pass), then search only those rows, instead of a nonzero() over the chunk.
+            torch.abs(flat, out=magnitude)
             grid = magnitude.view(-1, cols)
             rows = torch.nonzero(grid.amax(dim=1) > self.threshold).squeeze(1)
-            if rows.numel():
-                hits = torch.nonzero(grid[rows] > self.threshold)
-                local = rows[hits[:, 0]] * cols + hits[:, 1]
-            else:
-                local = self.indices[:0]
-        torch.mul(flat, flat, out=squares)
-        if local.numel():
-            squares.index_fill_(0, local, 0)
-        self.dropped += squares.sum(dtype=torch.float64)
+            local = self._hits(grid, rows, cols)
+        if self.track_dropped:
+            torch.mul(flat, flat, out=squares)
+            if local.numel():
+                squares.index_fill_(0, local, 0)
+            self.dropped += squares.sum(dtype=torch.float64)
         self.indices = torch.cat([self.indices, local + offset])
         self.values = torch.cat([self.values, flat[local]])
         if self.indices.numel() >= 2 * self.k or (self.threshold is None and self.indices.numel() >= self.k):
             self._shrink()
+
+    def _hits(self, grid: torch.Tensor, rows: torch.Tensor, cols: int) -> torch.Tensor:
+        """Flat chunk positions of the entries of ``rows`` above the threshold in magnitude."""
+        if not rows.numel():
+            return self.indices[:0]
+        hits = torch.nonzero(grid[rows].abs() > self.threshold)
+        return rows[hits[:, 0]] * cols + hits[:, 1]
 
     def _shrink(self) -> None:
         """Keep the k largest candidates; the rest join the dropped energy."""
@@ -92,7 +107,8 @@ class _StreamingTopK:
             _, keep = torch.topk(self.values.abs(), self.k, sorted=False)
             out = torch.ones(self.values.numel(), dtype=torch.bool, device=self.values.device)
             out[keep] = False
-            self.dropped += self.values[out].square().sum(dtype=torch.float64)
+            if self.track_dropped:
+                self.dropped += self.values[out].square().sum(dtype=torch.float64)
             self.indices, self.values = self.indices[keep], self.values[keep]
         if self.indices.numel() == self.k:
             self.threshold = self.values.abs().min()
@@ -114,10 +130,11 @@ class _StreamingTopK:
 ChunkMaker = Callable[[int, int, torch.Tensor | None], torch.Tensor]
 
 
-def _stream_rows(first: int, last: int, cols: int, k: int, make_chunk: ChunkMaker, like: torch.Tensor) -> _StreamingTopK:
-    """Top-k candidates and dropped energy of rows [first, last), one chunk at a time."""
+def _stream_rows(first: int, last: int, cols: int, k: int, make_chunk: ChunkMaker, like: torch.Tensor,
+                 track_dropped: bool = True) -> _StreamingTopK:
+    """Top-k candidates (and dropped energy when ``track_dropped``) of rows [first, last), one chunk at a time."""
     step = chunk_rows((last - first, cols), like.device)
-    selector = _StreamingTopK(k, step * cols, like.device, like.dtype)
+    selector = _StreamingTopK(k, step * cols, like.device, like.dtype, track_dropped)
     scratch = torch.empty(step * cols, dtype=like.dtype, device=like.device)
     for start in range(first, last, step):
         selector.add(make_chunk(start, min(last, start + step), scratch), start * cols)
@@ -134,13 +151,28 @@ def _single_threaded(job: Callable[[], _StreamingTopK]) -> Callable[[], _Streami
     return run
 
 
-def _stream(rows: int, cols: int, k: int, make_chunk: ChunkMaker, like: torch.Tensor):
+def _stream(rows: int, cols: int, k: int, make_chunk: ChunkMaker, like: torch.Tensor, energy: float | None = None):
     """Exact top-k over a rows × cols matrix given by row chunks, using every CPU thread.
 
     On CPU the rows are split across ``torch.get_num_threads()`` Python threads, each running
     single-threaded torch ops on its own row range (torch releases the GIL). Many small parallel
     regions would instead pay an OpenMP barrier per op, ruinous on a shared, oversubscribed machine.
+
+    With the matrix's ``energy`` known (float64, e.g. from factor Gram matrices) each chunk is read
+    once (no squares): the dropped energy is ``energy − Σ kept²``. That difference is only trusted
+    while the dropped part is at least DIFFERENCE_FLOOR of the energy; below it (near-lossless
+    budgets) the selection is streamed again summing the dropped squares themselves.
     """
+    if energy is not None and k > 0:
+        indices, values, _ = _stream_selection(rows, cols, k, make_chunk, like, track_dropped=False)
+        dropped = energy - float(values.double().square().sum())
+        if dropped >= DIFFERENCE_FLOOR * energy:
+            return indices, values, dropped
+    return _stream_selection(rows, cols, k, make_chunk, like)
+
+
+def _stream_selection(rows: int, cols: int, k: int, make_chunk: ChunkMaker, like: torch.Tensor, track_dropped: bool = True):
+    """:func:`_stream`'s pass: (sorted indices, values, dropped energy or 0 when not tracked)."""
     if k == 0:
         step = chunk_rows((rows, cols), like.device)
         dropped = sum(float(make_chunk(r, min(rows, r + step), None).square().sum(dtype=torch.float64))
@@ -151,9 +183,10 @@ def _stream(rows: int, cols: int, k: int, make_chunk: ChunkMaker, like: torch.Te
         per_worker = max(1, CHUNK_ELEMENTS["cpu"] // max(1, cols))
         workers = max(1, min(torch.get_num_threads(), rows // per_worker))
     if workers == 1:
-        return _stream_rows(0, rows, cols, k, make_chunk, like).result(rows * cols)
+        return _stream_rows(0, rows, cols, k, make_chunk, like, track_dropped).result(rows * cols)
     bounds = [rows * i // workers for i in range(workers + 1)]
-    jobs = [_single_threaded(functools.partial(_stream_rows, bounds[i], bounds[i + 1], cols, k, make_chunk, like))
+    jobs = [_single_threaded(functools.partial(_stream_rows, bounds[i], bounds[i + 1], cols, k, make_chunk, like,
+                                               track_dropped))
             for i in range(workers)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         parts = [f.result() for f in [pool.submit(job) for job in jobs]]
@@ -172,16 +205,52 @@ def select_topk(coefficients: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
 
 
 def select_topk_product(left: torch.Tensor, right: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """:func:`select_topk` of ``left @ right`` without forming it (one cache-sized row chunk at a time)."""
+    """:func:`select_topk` of ``left @ right`` without forming it (one cache-sized row chunk at a time);
+    its energy comes from the r × r Gram matrices, so each chunk is read once."""
     rows, cols = left.shape[0], right.shape[1]
     k = min(k, rows * cols)
+    energy = float(((left.T.double() @ left.double()) * (right.double() @ right.T.double())).sum())
 
     def product_rows(start: int, stop: int, scratch: torch.Tensor | None) -> torch.Tensor:
         if scratch is None:
             return left[start:stop] @ right
         return torch.matmul(left[start:stop], right, out=scratch[: (stop - start) * cols].view(stop - start, cols))
 
-    return _stream(rows, cols, k, product_rows, left)
+    return _stream(rows, cols, k, product_rows, left, energy)
+
+
+class TopkPrefix:
+    """The M largest-magnitude entries of one matrix, by decreasing magnitude, and the energy of the rest.
+
+    The top k for any k ≤ M is a prefix of it, so one streaming pass serves every smaller budget
+    (the report's baseline at equal values, its rate-distortion curve and the equal-bytes rounds).
+    """
+
+    def __init__(self, selection: tuple[torch.Tensor, torch.Tensor, float], exhaustive: bool) -> None:
+        indices, values, dropped = selection
+        order = torch.argsort(values.abs(), descending=True, stable=True)
+        self.indices, self.values, self.dropped = indices[order], values[order], dropped
+        self.size, self.exhaustive = values.numel(), exhaustive
+
+    def covers(self, k: int) -> bool:
+        return k <= self.size or self.exhaustive
+
+    def selection(self, k: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(sorted flat indices, values, dropped energy in float64) of the k largest, as select_topk gives."""
+        k = min(k, self.size)
+        rest = self.values[k:]
+        dropped = self.dropped + float(rest.double().square().sum()) if rest.numel() else self.dropped
+        order = torch.argsort(self.indices[:k])
+        return self.indices[:k][order], self.values[:k][order].clone(), dropped
+
+
+def cached_topk(cache: dict, key: object, k: int, numel: int,
+                select: Callable[[int], tuple[torch.Tensor, torch.Tensor, float]]) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``select(k)`` served from the largest selection cached under ``key`` when it holds k or more."""
+    found = cache.get(key)
+    if found is None or not found.covers(k):
+        found = cache[key] = TopkPrefix(select(k), exhaustive=k >= numel)
+    return found.selection(k)
 
 
 def scatter_dense(indices: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:

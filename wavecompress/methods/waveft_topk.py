@@ -16,8 +16,8 @@ from .index_codec import stored_indices
 from .options import MethodOptions
 from .rate_distortion import RDCurve, topk_curve
 from .registry import Method, register_method
-from .topk import scatter_dense, select_topk, topk_layer
-from .wavelet_domain import coefficients, compress_reordered, layer_levels, restore_order
+from .topk import scatter_dense, select_topk, select_topk_product, topk_layer
+from .wavelet_domain import coefficients, compress_reordered, layer_levels, restore_order, transformed_factors
 
 NAME = "waveft"
 # Indices are stored as uint16 gap codes (methods/index_codec.py); files written before that hold
@@ -35,10 +35,13 @@ def compress(delta: LayerDelta, budget: int, options: MethodOptions) -> Compress
 def _compress_in_order(delta: LayerDelta, budget: int, options: MethodOptions) -> CompressedLayer:
     """Top-k of the transform of ``delta`` as given (no reordering)."""
     levels = layer_levels(delta.shape, options.levels_for(METHOD))
-    coeffs = coefficients(delta, options.wavelet, levels)
-    capacity = coeffs.numel()
+    capacity = delta.shape[0] * delta.shape[1]
     meta = {"wavelet": options.wavelet, "levels": list(levels)}
-    selection = select_topk(coeffs, min(budget, capacity))
+    if delta.is_factored:  # streamed from the transformed factors: the coefficient matrix is never formed
+        left_t, right_t = transformed_factors(delta, options.wavelet, levels)
+        selection = select_topk_product(left_t, right_t.T, min(budget, capacity))
+    else:
+        selection = select_topk(coefficients(delta, options.wavelet, levels), min(budget, capacity))
     return topk_layer(delta, NAME, (VALUES_KEY, INDICES_KEY), meta, selection, budget, capacity)
 
 

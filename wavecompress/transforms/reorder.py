@@ -121,23 +121,27 @@ def greedy_scan(features: torch.Tensor) -> torch.Tensor:
     rows[:, k] = np.einsum("ij,ij->i", points, points)
     slack = 1e-12 * 2 * float(rows[:, k].max(initial=0.0))  # far above the rounding of |p|² − 2 p·c
     probe = np.ones(k + 1)
-    ids = np.arange(n)
-    order = np.empty(n, dtype=np.int64)
+    ids = list(range(n))
+    order = [0] * n
+    ranked, close = np.empty(n), np.empty(n, dtype=bool)  # reused every step: no allocation in the loop
     j = int(svd_order(features)[0])
+    current = rows[j, :k].copy()
     for step in range(n):
         m = n - step
         if step:
-            ranked = rows[:m] @ probe
-            j = int(ranked.argmin())
-            close = np.flatnonzero(ranked <= ranked[j] + slack)
-            if close.size > 1:
-                j = int(close[np.square(rows[close, :k] - current).sum(1).argmin()])
+            np.dot(rows[:m], probe, out=ranked[:m])
+            j = int(ranked[:m].argmin())
+            np.less_equal(ranked[:m], ranked[j] + slack, out=close[:m])
+            if np.count_nonzero(close[:m]) > 1:
+                near = np.flatnonzero(close[:m])
+                j = int(near[np.square(rows[near, :k] - current).sum(1).argmin()])
         order[step] = ids[j]
         current = rows[j, :k].copy()
-        probe[:k] = -2.0 * current
-        rows[[j, m - 1]] = rows[[m - 1, j]]
-        ids[[j, m - 1]] = ids[[m - 1, j]]
-    return torch.from_numpy(order)
+        np.multiply(current, -2.0, out=probe[:k])
+        last = m - 1  # swap-remove row j: the unvisited rows stay rows[:m - 1]
+        rows[j], rows[last] = rows[last], rows[j].copy()
+        ids[j], ids[last] = ids[last], ids[j]
+    return torch.tensor(order, dtype=torch.int64)
 
 
 def greedy_lists(features: torch.Tensor) -> torch.Tensor:
