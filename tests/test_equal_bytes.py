@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from click.testing import CliRunner
 
@@ -73,3 +74,25 @@ def test_optimise_bytes_never_compares_against_an_empty_candidate_and_always_fit
     result.save(tmp_path / "out")
     size = (tmp_path / "out" / "adapter_model.safetensors").stat().st_size
     assert f"at equal bytes ({size} B," in note
+
+
+@pytest.mark.parametrize("total", [40, 700, 2000])
+def test_curves_cut_short_then_extended_allocate_exactly_as_full_curves(total: int) -> None:
+    """Sparse curves built only to a small reach, extended where the allocation uses them up, give the same
+    per-layer budgets as curves built to the whole total: one layer holds most of the energy, so it must grow."""
+    from wavecompress.deltas import AdapterDeltas, LayerDelta
+    from wavecompress.equal_bytes import extend_saturated
+    from wavecompress.methods.allocation import global_budgets
+
+    generator = torch.Generator().manual_seed(5)
+    layers = [LayerDelta.from_factors(f"l{i}", torch.randn(40, 3, generator=generator) * scale,
+                                      torch.randn(3, 30, generator=generator)) for i, scale in enumerate([10.0, 1.0, 0.3, 0.1])]
+    deltas = AdapterDeltas(source="synthetic", kind="lora", layers=layers)
+    options = MethodOptions()
+    full = [rd_curve(d, "sparse", options, max_cost=total) for d in layers]
+    reach = max(1, total // 3)  # the four reaches cover 4/3 of the total: only a dominant layer runs out
+    cut = [rd_curve(d, "sparse", options, max_cost=reach) for d in layers]
+    reaches = [reach] * len(layers)
+    extend_saturated(deltas, cut, reaches, total, options)
+    assert global_budgets(cut, total)[0] == global_budgets(full, total)[0]
+    assert reaches[0] == total and reaches[-1] == reach  # the dominant layer was extended, the weakest was not

@@ -31,6 +31,10 @@ from .report import LayerReport, MethodSummary
 
 SUFFIX = "@bytes"
 _ROUNDS = 4
+# Each layer's equal-bytes curve is first built to this many times the average budget per layer (then
+# extended where the allocation reaches its end): a full-length curve per layer costs a top-k of the
+# whole model's budget in every layer.
+CURVE_SHARE = 4
 
 
 def value_bytes(name: str, options: MethodOptions, probe) -> int:
@@ -52,7 +56,9 @@ def add_baseline_columns(
         return target
     probe = deltas.layers[0]
     totals = {name: max(target // value_bytes(name, options, probe), 1) for name in names}
+    shares = {name: CURVE_SHARE * -(-totals[name] // len(rows)) for name in names}
     curves: dict[str, list[RDCurve]] = {name: [] for name in names}
+    reaches: dict[str, list[int]] = {name: [] for name in names}
     for delta in deltas.layers:
         row = by_name.get(delta.name)
         if row is None:
@@ -60,17 +66,51 @@ def add_baseline_columns(
         moved = layer_to_device(delta, device) if device is not None else delta
         gram = calibration.gram(delta.name) if calibration is not None else None
         for name in names:
-            if target > 0:  # first the largest selection, so the equal-values column below is a prefix of it
-                curves[name].append(rd_curve(moved, name, options, max_cost=totals[name], gram=gram))
-            row.baselines[name] = stored_summary(name, moved, plans[name].budget_of(delta.name), options, gram)
+            budget = plans[name].budget_of(delta.name)
+            if target > 0:  # first the larger selection, so the equal-values column below is a prefix of it
+                reach = min(totals[name], max(shares[name], budget))
+                curves[name].append(rd_curve(moved, name, options, max_cost=reach, gram=gram))
+                reaches[name].append(reach)
+            row.baselines[name] = stored_summary(name, moved, budget, options, gram)
         del moved, delta  # lazy (streamed) inputs: one layer's ΔW alive at a time
     if target <= 0:
         return target
     for name in names:
+        extend_saturated(deltas, curves[name], reaches[name], totals[name], options, calibration)
         summaries = _at_bytes(deltas, name, curves[name], totals[name], target, options, calibration, probe)
         for row in rows:
             row.baselines[name + SUFFIX] = replace(summaries[row.name], method=name + SUFFIX)
     return target
+
+
+def extend_saturated(deltas: AdapterDeltas, curves: list[RDCurve], reaches: list[int], total: int,
+                     options: MethodOptions, calibration=None) -> None:
+    """Make the global allocation of ``total`` over ``curves`` exact where a curve was cut short.
+
+    Curve i was built up to ``reaches[i]`` stored values, not to ``total``. A single-group curve whose
+    allocation leaves a step of it untaken is exact as it is: that step removes no more per value than
+    the allocation's last one, and every step beyond removes less still. A curve the allocation used
+    to its end (or with several groups) is rebuilt up to ``total``, until none is left.
+    """
+    while True:
+        budgets = global_budgets(curves, max(total, 1))[0]
+        short = {i for i, (curve, budget) in enumerate(zip(curves, budgets)) if _cut_short(curve, budget, reaches[i], total)}
+        if not short:
+            return
+        wanted = {curves[i].name: i for i in short}
+        for delta in deltas.layers:
+            if delta.name in wanted:
+                i = wanted[delta.name]
+                gram = calibration.gram(delta.name) if calibration is not None else None
+                curves[i], reaches[i] = rd_curve(delta, curves[i].method, options, max_cost=total, gram=gram), total
+
+
+def _cut_short(curve: RDCurve, budget: int, reach: int, total: int) -> bool:
+    """True when ``curve`` (built up to ``reach``) stops before ``total`` and the allocation may want more of it."""
+    if reach >= total or curve.residual <= 0:
+        return False
+    several_groups = len(curve.groups) > 0 and curve.groups.min() != curve.groups.max()
+    return several_groups or budget >= int(curve.costs.sum())
 
 
 def _at_bytes(deltas: AdapterDeltas, name: str, curves: list[RDCurve], total: int, target: int, options: MethodOptions,

@@ -98,6 +98,8 @@ class _StreamingTopK:
         """Flat chunk positions of the entries of ``rows`` above the threshold in magnitude."""
         if not rows.numel():
             return self.indices[:0]
+        if 4 * rows.numel() > grid.shape[0]:  # candidates in most rows (large k): one pass, no gather
+            return torch.nonzero(grid.reshape(-1).abs() > self.threshold).squeeze(1)
         hits = torch.nonzero(grid[rows].abs() > self.threshold)
         return rows[hits[:, 0]] * cols + hits[:, 1]
 
