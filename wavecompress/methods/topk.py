@@ -32,6 +32,8 @@ CHUNK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 26}
 # A dropped energy found as (energy − kept energy) is trusted down to this fraction of the energy:
 # float32 entries put ~1e-7·energy of rounding into the difference, so ≥1e-3 keeps it to ~1e-4 relative.
 DIFFERENCE_FLOOR = 1e-3
+# Values per block of the candidate search (one max per block decides whether it is searched).
+BLOCK = 64
 
 
 def index_dtype(numel: int) -> torch.dtype:
@@ -64,7 +66,6 @@ class _StreamingTopK:
     def add(self, chunk: torch.Tensor, offset: int) -> None:
         """Take the candidates of a row chunk (2-D) whose first flat index is ``offset``."""
         chunk = chunk.reshape(chunk.shape[0], -1) if chunk.dim() > 1 else chunk.reshape(1, -1)
-        cols = chunk.shape[1]
         flat = chunk.reshape(-1)
         n = flat.numel()
         magnitude, squares = self._magnitude[:n], self._squares[:n]
@@ -72,18 +73,10 @@ class _StreamingTopK:
             torch.abs(flat, out=magnitude)
             _, local = torch.topk(magnitude, min(self.k, n), sorted=False)
         elif not self.track_dropped:
-            # One read of the chunk: rows whose min or max passes ±threshold hold the candidates.
-            grid = flat.view(-1, cols)
-            # (separate amax/amin: torch.aminmax along a dim is an order of magnitude slower on CPU)
-            rows = torch.nonzero((grid.amax(dim=1) > self.threshold) | (grid.amin(dim=1) < -self.threshold)).squeeze(1)
-            local = self._hits(grid, rows, cols)
+            local = self._candidates(flat, signed=True)  # one read of the chunk, no squares
         else:
-            # Candidates are rare once the threshold has settled: find the rows holding any (a
-            # row-max pass), then search only those rows, instead of a nonzero() over the chunk.
             torch.abs(flat, out=magnitude)
-            grid = magnitude.view(-1, cols)
-            rows = torch.nonzero(grid.amax(dim=1) > self.threshold).squeeze(1)
-            local = self._hits(grid, rows, cols)
+            local = self._candidates(magnitude, signed=False)
         if self.track_dropped:
             torch.mul(flat, flat, out=squares)
             if local.numel():
@@ -94,14 +87,31 @@ class _StreamingTopK:
         if self.indices.numel() >= 2 * self.k or (self.threshold is None and self.indices.numel() >= self.k):
             self._shrink()
 
-    def _hits(self, grid: torch.Tensor, rows: torch.Tensor, cols: int) -> torch.Tensor:
-        """Flat chunk positions of the entries of ``rows`` above the threshold in magnitude."""
-        if not rows.numel():
-            return self.indices[:0]
-        if 4 * rows.numel() > grid.shape[0]:  # candidates in most rows (large k): one pass, no gather
-            return torch.nonzero(grid.reshape(-1).abs() > self.threshold).squeeze(1)
-        hits = torch.nonzero(grid[rows].abs() > self.threshold)
-        return rows[hits[:, 0]] * cols + hits[:, 1]
+    def _candidates(self, flat: torch.Tensor, signed: bool) -> torch.Tensor:
+        """Ascending chunk positions whose magnitude passes the threshold (``flat`` holds magnitudes
+        unless ``signed``).
+
+        Candidates are rare once the threshold has settled but spread over every row, so the chunk is
+        cut into blocks of BLOCK values: one max (and min, when signed) pass finds the blocks holding
+        any, and only those are searched.
+        """
+        threshold, n = self.threshold, flat.numel()
+        body = n - n % BLOCK
+        blocks = flat[:body].view(-1, BLOCK)
+        # (separate amax/amin: torch.aminmax along a dim is an order of magnitude slower on CPU)
+        passing = blocks.amax(dim=1) > threshold
+        if signed:
+            passing |= blocks.amin(dim=1) < -threshold
+        picked = torch.nonzero(passing).squeeze(1)
+        found = [self.indices[:0]]
+        if 4 * picked.numel() > blocks.shape[0]:  # candidates in most blocks (a large k): one pass, no gather
+            found.append(torch.nonzero(flat[:body].abs() > threshold).squeeze(1))
+        elif picked.numel():
+            hits = torch.nonzero(blocks[picked].abs() > threshold)
+            found.append(picked[hits[:, 0]] * BLOCK + hits[:, 1])
+        if body < n:
+            found.append(torch.nonzero(flat[body:].abs() > threshold).squeeze(1) + body)
+        return torch.cat(found) if len(found) > 2 else found[-1]
 
     def _shrink(self) -> None:
         """Keep the k largest candidates; the rest join the dropped energy."""
