@@ -21,12 +21,14 @@ read + coefficients floor, peak RSS ≤ 2 GB.
     python benchmarks/lora_7b_shapes.py --quick          # 2 decoder layers (14 matrices)
     python benchmarks/lora_7b_shapes.py                  # all 32 layers (224 matrices)
     python benchmarks/lora_7b_shapes.py --layers 8 --threads 1
+    python benchmarks/lora_7b_shapes.py --quick --threads 1 --repeat 3   # medians of 3 interleaved rounds
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -88,7 +90,7 @@ def as_convert(adapter: str, method: str, budget: int, out: str) -> dict:
     import wavecompress
 
     result = wavecompress.compress(adapter, budget=budget, method=method)
-    result.save(out)
+    result.save(out, force=True)  # a later --repeat round replaces the earlier output
     return {name: s.relative_error for name, s in result.report.overall().items()}
 
 
@@ -100,6 +102,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--methods", default="waveft,wara")
     parser.add_argument("--skip-convert", action="store_true", help="only the method-only runs")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of every run, interleaved; medians reported (steadier ratios on a shared machine)")
     args = parser.parse_args()
     n_layers = args.layers or (2 if args.quick else 32)
     methods = args.methods.split(",")
@@ -119,17 +123,24 @@ def main() -> None:
             runs.append((f"{method} (method only)", method_only, (str(adapter), method, args.budget)))
             if not args.skip_convert:
                 runs.append((f"{method} as convert", as_convert, (str(adapter), method, args.budget, str(work / f"out-{method}"))))
+        samples: dict[str, list[tuple[float, float, object]]] = {label: [] for label, _, _ in runs}
+        for round_ in range(max(1, args.repeat)):  # round-robin: every run sees the same load drift
+            for label, fn, fn_args in runs:
+                seconds, peak, extra = measure(fn, *fn_args, threads=args.threads)
+                samples[label].append((seconds, peak, extra))
+                print(f"  round {round_ + 1}: {label}: {seconds:.2f} s, peak RSS {peak:.0f} MB", flush=True)
         rows = []
-        for label, fn, fn_args in runs:
-            seconds, peak, extra = measure(fn, *fn_args, threads=args.threads)
-            rows.append((label, seconds, peak, extra))
-            print(f"  measured {label}: {seconds:.2f} s, peak RSS {peak:.0f} MB", flush=True)
+        for label, _, _ in runs:
+            taken = samples[label]
+            rows.append((label, statistics.median(t[0] for t in taken), max(t[1] for t in taken), taken[-1][2]))
+        if args.repeat > 1:
+            print(f"(medians of {args.repeat} interleaved rounds; peak RSS: the largest)")
         floor_s = rows[0][1]
         floors = {"coefficients": rows[0][1], "read": rows[1][1], "factored svd": rows[2][1]}
         own = {"waveft": "coefficients", "sparse": "coefficients", "wara": "factored svd", "lora": "factored svd"}
         print()
-        print(f"| run | seconds | ms per matrix | × read + coefficients | × read | peak RSS (MB) |")
-        print(f"|---|---:|---:|---:|---:|---:|")
+        print("| run | seconds | ms per matrix | × read + coefficients | × read | peak RSS (MB) |")
+        print("|---|---:|---:|---:|---:|---:|")
         for label, seconds, peak, _ in rows:
             print(f"| {label} | {seconds:.2f} | {1000 * seconds / matrices:.0f} | {seconds / floor_s:.2f} | "
                   f"{seconds / floors['read']:.2f} | {peak:.0f} |")
