@@ -106,3 +106,95 @@ def test_picture_keeps_labels_visible_curves_apart_and_zero_errors_marked(lora: 
     assert all(y > 0 for y in zero_marks[0].get_ydata())  # on the axis, not lost at log(0)
     assert "error 0 (exact)" in [t.get_text() for t in fig.legends[0].get_texts()]
     plt.close(fig)
+
+
+def _report(lora: Path, budget: int, method: str, dtype: str):
+    """convert's report totals of ``method`` at ``budget`` (its -plain column beside it)."""
+    return wc.compress(lora, budget=budget, method=method, dtype=dtype, baselines=()).report.overall()
+
+
+def test_bytes_axis_is_what_the_report_counts(lora: Path) -> None:
+    from wavecompress.methods.budget import Budget
+
+    result = analyze(lora, ["waveft", "wara", "lora"], x="bytes", dtype="bfloat16", mark=Budget.of(300))
+    assert result.x == "bytes" and result.dtype == "bfloat16" and 300 in result.budgets
+    checked = [300, result.budgets[5], result.budgets[-1]]  # the marked budget, a small grid point, the top
+    for budget in checked:
+        i = result.budgets.index(budget)
+        for method in ("waveft", "wara", "lora"):
+            totals = _report(lora, budget, method, "bfloat16")[method]
+            assert result.bytes[method]["all"][i] == totals.bytes, (method, budget)
+            assert result.errors[method]["all"][i] == pytest.approx(totals.relative_error, rel=1e-6, abs=1e-9)
+        # the plain-order curve is the report's waveft-plain column (unpermuted, so no permutation bytes)
+        plain = wc.compress(lora, budget=budget, method="waveft", dtype="bfloat16", baselines=("lora",)).report.overall()
+        assert result.bytes["waveft-plain"]["all"][i] == plain["waveft-plain"].bytes < plain["waveft"].bytes
+    sizes = result.sizes_at(300)
+    assert sizes["lora"] == 2048 == 4 * 2 * 256  # rank 4 of 32×32 fits 300 values: 256 values, bf16, 4 layers
+    # a group's bytes are its layers' bytes: the query and value panels add up to all
+    assert [a + b for a, b in zip(result.bytes["wara"]["attention.self.query"], result.bytes["wara"]["attention.self.value"])] \
+        == result.bytes["wara"]["all"]
+    ten = result.thresholds["all"]["waveft"]["10%"]
+    assert result.threshold_bytes["all"]["waveft"]["10%"] == _report(lora, ten, "waveft", "bfloat16")["waveft"].bytes
+    # float32 values cost 2 bytes more each than bfloat16 (indices and permutations unchanged)
+    wide = analyze(lora, ["waveft"], plain_variants=False, x="bytes", dtype="float32", mark=Budget.of(300))
+    i = wide.budgets.index(300)
+    assert wide.bytes["waveft"]["all"][i] - result.bytes["waveft"]["all"][result.budgets.index(300)] == 2 * 4 * 300
+
+
+def test_budget_and_size_markers_sit_at_their_sizes(tmp_path: Path, lora: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from wavecompress.analyze import MARK_GID, figure
+
+    out = tmp_path / "bytes"
+    run = CliRunner().invoke(main, ["analyze", str(lora), "--out", str(out), "--x", "bytes", "--budget", "300",
+                                    "--methods", "waveft,lora", "--dtype", "bfloat16"])
+    assert run.exit_code == 0, run.output
+    waveft, lora_bytes = _report(lora, 300, "waveft", "bfloat16")["waveft"].bytes, _report(lora, 300, "lora", "bfloat16")["lora"].bytes
+    assert f"--budget 300: waveft {waveft} B, lora {lora_bytes} B," in run.output
+    data = json.loads((out / "rate_distortion.json").read_text())
+    assert data["x"] == "bytes" and data["mark"] == {"per_layer": 300, "max_bytes": None, "label": "--budget 300"}
+    i = data["budgets_per_layer"].index(300)
+    assert data["stored_bytes"]["waveft"]["all"][i] == waveft
+    rows = list(csv.DictReader((out / "rate_distortion.csv").open()))
+    assert {int(r["stored_bytes"]) for r in rows if r["budget_per_layer"] == "300" and r["method"] == "lora"} == {2048, 1024}
+
+    from wavecompress.methods.budget import Budget
+
+    result = analyze(lora, ["waveft", "lora"], x="bytes", dtype="bfloat16", mark=Budget.of(300))
+    fig = figure(result)
+    marks = sorted(line.get_xdata()[0] for line in fig.axes[0].lines if line.get_gid() == MARK_GID)
+    assert marks == sorted(result.sizes_at(300).values())  # one per method, at its own size in the "all" panel
+    query = sorted(line.get_xdata()[0] for line in fig.axes[1].lines if line.get_gid() == MARK_GID)
+    assert query == sorted(result.sizes_at(300, "attention.self.query").values())
+    assert "--budget 300" in [t.get_text().strip() for t in fig.axes[0].texts]
+    plt.close(fig)
+
+    sized = analyze(lora, ["waveft", "lora"], x="bytes", mark=Budget.of(max_size="3kB"))
+    fig = figure(sized)
+    assert [line.get_xdata()[0] for line in fig.axes[0].lines if line.get_gid() == MARK_GID] == [3000]
+    assert not [line for ax in fig.axes[1:] for line in ax.lines if line.get_gid() == MARK_GID]  # whole-adapter size
+    plt.close(fig)
+    table = sized.format_table().splitlines()
+    column = [c.strip() for c in table[0].split("|")].index("≤ 3.00 kB")  # the --max-size is a table column
+    cell = table[2].split("|")[column].strip()
+    assert table[2].startswith("| waveft |")
+    error, used = sized.error_within("waveft", "all", 3000)
+    assert cell == f"{error:.4f}" and used <= 3000
+    larger = [b for b in sized.bytes["waveft"]["all"] if b > used]
+    assert larger and min(larger) > 3000  # the next plotted point no longer fits
+
+    values = figure(analyze(lora, ["lora"], reorder=False, mark=Budget.of(300)))
+    assert [line.get_xdata()[0] for line in values.axes[0].lines if line.get_gid() == MARK_GID] == [300]
+    plt.close(values)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-size", "3kB"], "--max-size marks a file size: use it with --x bytes"),
+    (["--dtype", "bfloat16"], "--dtype sets the precision the sizes are measured in"),
+    (["--x", "bytes", "--budget", "300", "--max-size", "3kB"], "give exactly one budget"),
+])
+def test_marker_and_dtype_misuse_is_one_line(tmp_path: Path, lora: Path, args: list[str], message: str) -> None:
+    run = CliRunner().invoke(main, ["analyze", str(lora), "--out", str(tmp_path / "x"), *args])
+    assert run.exit_code == 2 and message in run.output and "Traceback" not in run.output, run.output
+    assert not (tmp_path / "x").exists()

@@ -23,13 +23,23 @@ from .common import INPUT_PATH, debug_option, friendly_errors
 @click.option("--order-by", type=click.Choice(REORDER_CHOICES), default=DEFAULT_REORDER, show_default=True,
               help="How to reorder (as in convert): svd, fiedler, greedy or best.")
 @click.option("--max-budget", type=int, default=None, help="Largest per-layer budget to evaluate [default: the largest layer's size].")
+@click.option("--x", "x_axis", type=click.Choice(["values", "bytes"]), default="values", show_default=True,
+              help="x axis: stored values per layer, or stored bytes (each point's size as convert's report counts it: "
+              "tensors, indices and permutations, in --dtype).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True,
+              help="With --x bytes: the stored precision the sizes (and errors) are measured in, as in convert.")
+@click.option("--budget", type=int, default=None, help="Mark this budget (values per layer) on the plot; with --x bytes "
+              "each method's marker sits at its own size; the table gives each method's bytes there.")
+@click.option("--max-size", "max_size", default=None, metavar="SIZE",
+              help="With --x bytes: mark this adapter size (300kB, 1MB) on the all-layers panel and add it to the table.")
 @click.option("--title", default=None, help="Plot title.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @debug_option
 @friendly_errors
 def analyze(input_path: Path, out_dir: Path, methods: str, wavelet: str, levels: int | None, reorder: bool, order_by: str,
-            max_budget: int | None, title: str | None, force: bool, debug: bool) -> None:
-    """Plot relative error vs budget (stored values per layer) for every method and layer group.
+            max_budget: int | None, x_axis: str, dtype: str, budget: int | None, max_size: str | None,
+            title: str | None, force: bool, debug: bool) -> None:
+    """Plot relative error vs budget (stored values per layer, or --x bytes) for every method and layer group.
 
     Prints the error of each method at a few budgets and the budget at which each reaches 10%,
     5% and 1% error over all layers; the folder gets the plot, every point as CSV, and JSON.
@@ -38,19 +48,32 @@ def analyze(input_path: Path, out_dir: Path, methods: str, wavelet: str, levels:
     Example:
       wavecompress analyze fixtures/minilm-bbc-lora --out analysis/
       wavecompress analyze fixtures/minilm-bbc-lora --out analysis-svd/ --order-by svd
+      wavecompress analyze fixtures/minilm-bbc-lora --out analysis-bytes/ --x bytes --dtype bfloat16 --budget 3000
+      wavecompress analyze fixtures/minilm-bbc-lora --out analysis-300k/ --x bytes --max-size 300kB
     """
-    from ..analyze import PNG_NAME, analyze as run_analysis, write_analysis
+    from ..analyze import PNG_NAME, analyze as run_analysis, check_axis, write_analysis
+    from ..methods.budget import Budget
 
     from .guards import check_outputs
 
+    mark = Budget.of(budget, None, None, max_size) if budget is not None or max_size is not None else None
+    check_axis(x_axis, dtype, mark)
     check_outputs([input_path], out_dir, force=force)
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     if not chosen:
         raise InputError("--methods is empty")
     result = run_analysis(input_path, chosen, wavelet=wavelet, levels=levels, reorder=order_by if reorder else False,
-                          max_budget=max_budget, progress=None)  # a bar on a terminal: one step per layer
-    click.echo(f"relative error over all {len(result.groups['all'])} layers (budget = stored values per layer):")
+                          max_budget=max_budget, progress=None,  # a bar on a terminal: one step per layer
+                          x=x_axis, dtype=dtype, mark=mark)
+    layers = len(result.groups["all"])
+    if result.bytes is None:
+        click.echo(f"relative error over all {layers} layers (budget = stored values per layer):")
+    else:
+        click.echo(f"relative error over all {layers} layers at a stored size (uniform budgets per layer, {result.dtype}):")
     click.echo(result.format_table())
+    if result.bytes is not None and budget is not None:
+        sizes = ", ".join(f"{m} {size} B" for m, size in result.sizes_at(budget).items())
+        click.echo(f"--budget {budget}: {sizes}")
     for note in result.notes:
         click.echo(note)
     write_analysis(result, out_dir, force=force, title=title)
