@@ -287,49 +287,91 @@ def analyze(source: DeltaSource, methods: Sequence[str] = DEFAULT_METHODS, wavel
 def measure_sizes(analysis: Analysis, deltas, variants: dict[str, tuple[str, MethodOptions]],
                   curves: dict[str, list[RDCurve]], dtype: str, progress: bool | None) -> None:
     """Fill ``analysis.bytes`` (and its errors) with what ``convert --budget b --dtype dtype`` reports at
-    every plotted budget, and the bytes at each threshold budget (one more pass over the layers)."""
+    every plotted budget, and the bytes at each threshold budget.
+
+    A reordered method is converted by the pipeline itself at each budget (its layers may share a column
+    permutation, chosen by measured error: methods/shared_permutations.py), which also gives its
+    ``-plain`` column; any other curve is the report's per-layer summary (equal_bytes.stored_summary)."""
     from tqdm.auto import tqdm
 
-    from .equal_bytes import stored_summary
-
     budgets = analysis.budgets
-    by_name = {variant: {c.name: c for c in layer_curves} for variant, layer_curves in curves.items()}
-    wanted = {v: {b for g in analysis.groups for b in analysis.thresholds[g][v].values() if b is not None} for v in variants}
-    found: dict[str, dict[str, dict[int, Any]]] = {v: {} for v in variants}  # variant → layer → budget → summary
-    bar = tqdm(deltas.layers, desc=f"measure bytes of {len(variants)} curves per layer", unit="layer",
-               disable=None if progress is None else not progress)
-    seen: set[str] = set()
-    for delta in bar:
-        seen.add(str(layer_dtype(dtype, delta)).replace("torch.", ""))
-        for variant, (method, opts) in variants.items():
-            curve = by_name[variant][delta.name]
-            # an exact curve holds every step the method can take: any larger budget stores the same layer
-            full = int(curve.costs.sum()) if get_method(method).rd_curve is not None else None
-            opts = replace(opts, dtype=dtype)
-            summaries: dict[int, Any] = {}
-            for budget in sorted({*budgets, *wanted[variant]}):
-                key = budget if full is None else min(budget, full)
-                if key not in summaries:
-                    summaries[key] = stored_summary(method, delta, key, opts, None)
-                summaries[budget] = summaries[key]
-            found[variant][delta.name] = summaries
+    wanted = {v: {*budgets, *(b for g in analysis.groups for b in analysis.thresholds[g][v].values() if b is not None)}
+              for v in variants}
+    # an exact curve holds every step its method can take: any larger budget stores the same layer
+    full = {v: {c.name: int(c.costs.sum()) if get_method(variants[v][0]).rd_curve is not None else None for c in cs}
+            for v, cs in curves.items()}
+    converted = {v: f"{m}-plain" for v, (m, opts) in variants.items() if v == m and opts.reorder and get_method(m).reorderable}
+    found: dict[str, dict[int, dict[str, Any]]] = {v: {} for v in variants}  # variant → budget → layer → summary
+    runs = [(v, b) for v in converted for b in sorted(wanted[v] | wanted.get(converted[v], set()))]
+    for variant, budget in tqdm(runs, desc="measure bytes: convert at each budget", unit="run",
+                                disable=None if progress is None or not runs else not progress):
+        _converted_sizes(found, deltas, variant, converted[variant], budget, variants[variant][1], dtype,
+                         _saturation(full, variant, converted[variant]))
+    seen = _per_layer_sizes(found, deltas, {v: variants[v] for v in variants if v not in converted and v not in converted.values()},
+                            wanted, full, dtype, progress)
     if dtype == "auto":  # name what auto found: the input's dtype(s)
         dtype = "/".join(sorted(seen))
     analysis.bytes, analysis.threshold_bytes, analysis.dtype = {}, {g: {} for g in analysis.groups}, dtype
     for variant in variants:
         analysis.bytes[variant] = {}
+        at = found[variant]
         for group, names in analysis.groups.items():
-            layers = [found[variant][name] for name in names]
-            analysis.bytes[variant][group] = [sum(layer[b].bytes for layer in layers) for b in budgets]
-            error_sq = [sum(layer[b].error_sq for layer in layers) for b in budgets]
-            energy = sum(layer[budgets[0]].energy for layer in layers)
+            analysis.bytes[variant][group] = [sum(at[b][name].bytes for name in names) for b in budgets]
+            error_sq = [sum(at[b][name].error_sq for name in names) for b in budgets]
+            energy = sum(at[budgets[0]][name].energy for name in names)
             analysis.errors[variant][group] = [(e / energy) ** 0.5 if energy > 0 else 0.0 for e in error_sq]
             analysis.threshold_bytes[group][variant] = {
-                key: (sum(layer[b].bytes for layer in layers) if b is not None else None)
+                key: (sum(at[b][name].bytes for name in names) if b is not None else None)
                 for key, b in analysis.thresholds[group][variant].items()}
     analysis.notes.append(f"x = stored bytes in {dtype} as convert's report counts them (tensors, indices and permutations; "
                           "the safetensors header comes on top); errors measured from the rounded values; "
                           "size columns: the largest plotted per-layer budget that fits")
+
+
+def _saturation(full: dict[str, dict[str, int | None]], *variants: str) -> int | None:
+    """The largest per-layer budget that changes any layer of these curves (None: not known, a sampled curve)."""
+    sizes = [n for v in variants for n in full.get(v, {}).values()]
+    return None if not sizes or None in sizes else max(sizes)
+
+
+def _converted_sizes(found: dict, deltas, variant: str, plain: str, budget: int, options: MethodOptions, dtype: str,
+                     saturated: int | None) -> None:
+    """The report's per-layer summaries of ``convert --budget budget`` (and its -plain column) into ``found``."""
+    from .pipeline import Job, run
+
+    key = budget if saturated is None else min(budget, saturated)
+    if key not in found[variant]:
+        job = Job(method=variant, budget=Budget(per_layer=key), options=replace(options, dtype=dtype), baselines=())
+        rows = run(deltas, job).report.layers
+        found[variant][key] = {row.name: row.result for row in rows}
+        if plain in found:
+            found[plain][key] = {row.name: row.baselines[plain] for row in rows}
+    found[variant][budget] = found[variant][key]
+    if plain in found:
+        found[plain][budget] = found[plain][key]
+
+
+def _per_layer_sizes(found: dict, deltas, variants: dict[str, tuple[str, MethodOptions]], wanted: dict[str, set[int]],
+                     full: dict[str, dict[str, int | None]], dtype: str, progress: bool | None) -> set[str]:
+    """Each layer's report summary (equal_bytes.stored_summary) at every wanted budget into ``found``;
+    returns the stored dtypes met."""
+    from tqdm.auto import tqdm
+
+    from .equal_bytes import stored_summary
+
+    seen: set[str] = set()
+    bar = tqdm(deltas.layers, desc=f"measure bytes of {len(variants)} curves per layer", unit="layer",
+               disable=None if progress is None or not variants else not progress)
+    for delta in bar:
+        seen.add(str(layer_dtype(dtype, delta)).replace("torch.", ""))
+        for variant, (method, opts) in variants.items():
+            opts, limit, summaries = replace(opts, dtype=dtype), full[variant][delta.name], {}
+            for budget in sorted(wanted[variant]):
+                key = budget if limit is None else min(budget, limit)
+                if key not in summaries:
+                    summaries[key] = stored_summary(method, delta, key, opts, None)
+                found[variant].setdefault(budget, {})[delta.name] = summaries[key]
+    return seen
 
 
 # (color, line style, marker, width, z-order): baselines drawn wide and pale underneath, plain-order variants
