@@ -106,7 +106,9 @@ def test_the_default_table_fits_100_columns_and_wide_shows_everything(tmp_path: 
     narrow = run("convert", folder, "--budget", 300, "--method", "wara", "--out", tmp_path / "n")
     wide = run("convert", folder, "--budget", 300, "--method", "wara", "--wide", "--out", tmp_path / "w")
     assert narrow.exit_code == 0 and wide.exit_code == 0
-    table = narrow.output.split("\nwara: ")[0]  # the table and its notes, up to the summary line
-    assert max(len(line) for line in table.splitlines()) <= 100
+    assert max(len(line) for line in narrow.output.splitlines()) <= 100  # table, notes and the verdict lines
+    verdict = narrow.output.split("\nwara: ")[1].splitlines()
+    assert verdict[1].startswith("  equal values: ") and verdict[2].startswith("  equal bytes (")
+    table = narrow.output.split("\nwara: ")[0]
     assert " kB" in table and "lora values" not in table and "lora values" in wide.output
     assert max(len(line) for line in wide.output.splitlines()) > 100

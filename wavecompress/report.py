@@ -166,9 +166,13 @@ class Report:
     def verdict(self) -> str:
         """One line in both currencies: the method's figures, then who wins at equal trainable values
         (baselines at the same budget) and at equal bytes (``<baseline>@bytes``, see equal_bytes.py)."""
+        return " | ".join(self.verdict_parts())
+
+    def verdict_parts(self) -> list[str]:
+        """The verdict's parts: the method's figures, then one part per currency that has a comparison."""
         totals = self.overall()
         own = totals[self.method]
-        line = f"{self.method}: {own.stored_values} values, {own.bytes} B, relative error {own.relative_error:.4f}"
+        parts = [f"{self.method}: {own.stored_values} values, {own.bytes} B, relative error {own.relative_error:.4f}"]
         at_values = {n: s for n, s in totals.items() if not n.endswith("@bytes")}
         at_bytes = {self.method: own} | {n: s for n, s in totals.items() if n.endswith("@bytes")}
         for label, group in (("equal values", at_values), (f"equal bytes ({own.bytes} B)", at_bytes)):
@@ -176,8 +180,8 @@ class Report:
                 continue
             best = min(group, key=lambda n: (group[n].relative_error, n != self.method))
             others = ", ".join(f"{n.removesuffix('@bytes')} {s.relative_error:.4f}" for n, s in group.items() if n != self.method)
-            line += f" | {label}: {others} -> {best.removesuffix('@bytes')} wins"
-        return line
+            parts.append(f"{label}: {others} -> {best.removesuffix('@bytes')} wins")
+        return parts
 
     def to_json(self) -> dict[str, Any]:
         return {

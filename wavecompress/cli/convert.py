@@ -134,7 +134,8 @@ def _convert(input_path: Path | None, out_dir: Path | None, report_path: Path | 
     method = report.method
     if not quiet:
         click.echo(report.format_table(wide=wide))
-    click.echo(report.verdict())
+    first, *currencies = report.verdict_parts()  # one currency per line: the table's 100 columns hold them
+    click.echo("\n  ".join([first, *currencies]))
     if quiet:
         for note in report.notes:
             if note.startswith(("auto:", "target error")):
