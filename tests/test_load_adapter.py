@@ -91,3 +91,18 @@ def test_building_the_base_model_does_not_report_the_adapters_head_as_missing() 
         outputs[case] = done.stdout + done.stderr
     assert "MISSING" not in outputs["head"]  # the adapter brings the classifier: nothing alarming
     assert "MISSING" in outputs["none"]  # without one, transformers' report stays (the check above can fail)
+
+
+@pytest.mark.parametrize("method", ["wara", "lora"])
+def test_only_the_saved_head_counts_as_head_never_adapter_tensors(tmp_path: Path, method: str) -> None:
+    """The head spec built from an output holds exactly its non-adapter tensors (the fixture's classifier),
+    never permutations or factors, whether the format is wavecompress's (layers table) or PEFT's LoRA."""
+    import json
+
+    from wavecompress.peft_integration.loader import _head_passthrough
+
+    out = wavecompress.compress(FIXTURE, budget=800, method=method, baselines=()).save(tmp_path / method)
+    config = json.loads((out / "adapter_config.json").read_text())
+    heads = _head_passthrough(out / "adapter_model.safetensors", config)
+    assert sorted(key.split("base_model.model.")[-1] for key in heads) == ["classifier.bias", "classifier.weight"]
+    assert heads[next(k for k in heads if k.endswith("classifier.weight"))].shape == (5, 384)

@@ -33,9 +33,15 @@ def quiet_head_initialisation() -> Iterator[None]:
         hf_logging.set_verbosity(previous)
 
 
-def _head_passthrough(weights: Path) -> dict[str, Any]:
-    """{key: tensor-like with .shape} of the weights that are not adapter factors (e.g. a classifier head)."""
+def _head_passthrough(weights: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """{key: tensor-like with .shape} of the weights that are not adapter tensors (e.g. a classifier head).
+
+    Adapter tensors: every key under a layer of the config's ``layers`` table (wavecompress outputs,
+    permutations included), a registered method's tensor key (``Method.tensor_keys``) and PEFT's LoRA
+    family (``lora_A``, ``lora_B``, ``lora_magnitude_vector``, ``lora_embedding_*``)."""
     from ..deltas.safetensors_file import open_safetensors
+    from ..layout import PREFIX
+    from ..methods import all_methods
 
     class _Spec:
         def __init__(self, shape: list[int]) -> None:
@@ -44,10 +50,17 @@ def _head_passthrough(weights: Path) -> dict[str, Any]:
         def dim(self) -> int:
             return len(self.shape)
 
+    table = config.get("layers")
+    prefixes = tuple(f"{PREFIX}{name}." for name in table) if isinstance(table, dict) else ()
+    suffixes = tuple(f".{key}" for method in all_methods() for key in method.tensor_keys)
+
+    def is_adapter(key: str) -> bool:
+        return key.startswith(prefixes) or key.endswith(suffixes) or ".lora_" in key
+
     out = {}
     with open_safetensors(weights) as reader:
         for key in reader.keys():
-            if "lora_" not in key and "waveft" not in key and "wara" not in key and "kept_" not in key:
+            if not is_adapter(key):
                 out[key] = _Spec(reader.get_slice(key).get_shape())
     return out
 
@@ -59,7 +72,7 @@ def build_base_model(name: str | Path, adapter: str | Path) -> Any:
     folder = Path(adapter)
     config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")) if (folder / CONFIG_NAME).is_file() else {}
     weights = folder / WEIGHTS_NAME
-    heads = _head_passthrough(weights) if weights.is_file() else {}
+    heads = _head_passthrough(weights, config) if weights.is_file() else {}
     with quiet_head_initialisation():
         return load_base_model(str(name), config.get("task_type"), heads)
 
