@@ -29,7 +29,7 @@ from .common import INPUT_PATH, debug_option, friendly_errors
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True,
               help="With --x bytes: the stored precision the sizes (and errors) are measured in, as in convert.")
 @click.option("--budget", type=int, default=None, help="Mark this budget (values per layer) on the plot; with --x bytes "
-              "each method's marker sits at its own size; the table gives each method's bytes there.")
+              "each method's marker sits at its own size, and a line under the table prints each method's bytes there.")
 @click.option("--max-size", "max_size", default=None, metavar="SIZE",
               help="With --x bytes: mark this adapter size (300kB, 1MB) on the all-layers panel and add it to the table.")
 @click.option("--title", default=None, help="Plot title.")
