@@ -87,6 +87,11 @@ def test_shared_permutation_round_trips_through_every_loader(tmp_path: Path, met
     memory = result.to_deltas()
     rebuilt = wavecompress.reconstruct(out)
     assert all(torch.equal(rebuilt[name], memory[name]) for name in memory)
+    from wavecompress.export import export_lora
+
+    export_lora(out, tmp_path / f"{method}-lora", max_error=0)  # lossless LoRA of what the file holds
+    exported = wavecompress.reconstruct(tmp_path / f"{method}-lora")
+    assert all(torch.allclose(exported[name], memory[name], atol=1e-5) for name in memory)
     model = wavecompress.load_adapter(tiny_bert(), out).eval()
     reference = tiny_bert_with_deltas(memory)
     with torch.no_grad():
@@ -137,11 +142,10 @@ def test_fixture_keeps_per_layer_permutations_where_sharing_loses() -> None:
     choice = PermutationChoice("wara", options, {n: l.shape for n, l in by_name.items()}, fetch=by_name.__getitem__,
                                budget_of=lambda name: 3000, finish=lambda layer, delta: stored_layer(layer, delta, "auto"))
     assert len(choice.group_of) == 12  # query + value of 6 blocks
-    group = choice.group_of["bert.encoder.layer.0.attention.self.query"] if "bert.encoder.layer.0.attention.self.query" in choice.group_of else None
-    group = group or next(g for name, g in choice.group_of.items() if ".layer.0." in name)
+    group = next(g for name, g in choice.group_of.items() if ".layer.0." in name)
     deltas = {name: by_name[name] for name in group.members}
     own = {name: choice._own(deltas[name], 3000) for name in group.members}
-    shared = choice._shared(group, deltas, {name: 3000 for name in group.members}, own)
+    shared = choice._shared(group, deltas, {name: 3000 for name in group.members})
     energy = sum(d.energy() for d in deltas.values())
     assert round((sum(l.error_sq for l in own.values()) / energy) ** 0.5, 4) == 0.4771
     assert round((sum(l.error_sq for l in shared.values()) / energy) ** 0.5, 4) == 0.5135
@@ -172,3 +176,25 @@ def test_a_permutation_that_does_not_pay_is_left_out_under_a_size_limit() -> Non
     assert layers["blocks.dense"].relative_error == 0.0 and layers["blocks.dense"].stored_values == 21
     assert layers["rough.dense"].meta.get("reorder") == "greedy" and round(layers["rough.dense"].relative_error, 4) == 0.4219
     assert "1 layers stored unpermuted" in " ".join(by_bytes.report.notes)
+
+
+def test_a_size_below_the_permutations_is_met_by_layers_paying_for_them_from_their_values(tmp_path: Path) -> None:
+    from wavecompress.methods import MethodOptions
+    from wavecompress.methods.shared_permutations import bytes_share
+
+    generator = torch.Generator().manual_seed(2)
+    deltas = {f"block.{i}.dense": torch.randn(256, 2, generator=generator) @ torch.randn(2, 256, generator=generator)
+              for i in range(4)}
+    shapes = [(256, 256)] * 4  # 4 × 1024 bytes of int16 permutations
+    assert bytes_share("waveft", MethodOptions(reorder="greedy"), shapes, 6000) == "plain"
+    assert bytes_share("waveft", MethodOptions(reorder="greedy"), shapes, 8200) == "permuted"
+    assert bytes_share("waveft", MethodOptions(), shapes, 6000) is None
+    # 6 kB: the header and all four permutations would not fit (this was refused); now each layer pays
+    # its permutations out of its own share or is stored plain.
+    result = wavecompress.compress(deltas, max_size="6kB", method="waveft", baselines=(), allocate="global")
+    out = result.save(tmp_path / "out")
+    assert (out / "adapter_model.safetensors").stat().st_size <= 6000
+    assert round(result.report.relative_error, 4) == 0.894
+    assert [layer.meta.get("reorder") for layer in result.layers] == [None, "greedy", "greedy", "greedy"]
+    rebuilt = wavecompress.reconstruct(out)
+    assert all(torch.equal(rebuilt[name], delta) for name, delta in result.to_deltas().items())

@@ -27,7 +27,7 @@ from .methods.budget import Budget
 from .layout import LORA, WAVEFT
 from .methods.options import DEFAULT_REORDER
 from .methods.precision import stored_layer
-from .methods.shared_permutations import PermutationChoice
+from .methods.shared_permutations import PermutationChoice, bytes_share
 from .report import LayerReport, MethodSummary, Report
 
 
@@ -42,8 +42,9 @@ class Job:
     calibration: Any = None  # a Calibration (second moments per layer) or None
     device: str | torch.device | None = None
     progress: bool | None = False
-    # "bytes" under a size limit: permutations are chosen at equal bytes (methods/shared_permutations.py)
-    currency: str = "values"
+    # Under a size limit, what a layer's planned values count for permutation choices
+    # (methods/shared_permutations.py BYTES_SHARES: "permuted" or "plain"); None: a values budget.
+    bytes_share: str | None = None
 
 
 def check_finite_result(layer: CompressedLayer, source: str) -> None:
@@ -136,7 +137,7 @@ def permutation_choice(deltas: AdapterDeltas, job: Job, plan: Allocation, target
     return PermutationChoice(
         job.method, job.options, dict(shapes), fetch=lambda name: layer_to_device(deltas.layers[index[name]], target),
         budget_of=plan.budget_of, finish=lambda layer, delta: stored_layer(layer, delta, job.options.dtype),
-        bytes_currency=job.currency == "bytes")
+        bytes_share=job.bytes_share)
 
 
 def _column_rank(baselines: list[str]):
@@ -209,14 +210,17 @@ def fit_to_size(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
     options = replace(job.options, scaling=None, seed=None)  # the byte probes do not depend on them
     carried = sum(t.numel() * t.element_size() for t in deltas.passthrough.values())
     names = layer_names(deltas.layers)
-    total = total_values(spec, names, method, options, deltas.stored_values, carried, deltas.layers[0])
+    shapes = getattr(deltas.layers, "shapes", None) or {layer.name: layer.shape for layer in deltas.layers}
+    share = bytes_share(method, options, shapes.values(), spec.max_bytes)  # how layers pay for permutations
+    sizing = replace(options, reorder=None) if share == "plain" else options
+    total = total_values(spec, names, method, sizing, deltas.stored_values, carried, deltas.layers[0])
     per_value = bytes_per_value(method, deltas.layers[0], options)[0]
     best, tried = None, set()
     for _ in range(5):
         if total <= 0 or total in tried:
             break
         tried.add(total)
-        result = run(deltas, replace(job, budget=spec.with_total(total), baselines=(), currency="bytes"))
+        result = run(deltas, replace(job, budget=spec.with_total(total), baselines=(), bytes_share=share))
         size = len(serialized_weights(result.layers, deltas, method, result.report.budget))
         if size <= spec.max_bytes:
             if best is None or total > best[1]:
@@ -229,7 +233,7 @@ def fit_to_size(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
             total -= int((size - spec.max_bytes) // per_value) + 1
     if best is not None:
         total, size = best[1], best[2]
-        result = run(deltas, replace(job, budget=spec.with_total(total), currency="bytes"))
+        result = run(deltas, replace(job, budget=spec.with_total(total), bytes_share=share))
         result.report.allocation = dict(result.report.allocation or {}, form="max_bytes", budget=spec.describe())
         result.report.notes.append(f"max size {spec.max_bytes} bytes: adapter_model.safetensors about {size} bytes "
                                    f"({total} values for {method})")
