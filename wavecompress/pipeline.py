@@ -22,12 +22,12 @@ from .errors import InputError
 from .hardware import layer_to_cpu, layer_to_device, resolve_device
 from .methods import BASELINES, CompressedLayer, MethodOptions, get_method
 from .methods.activation_aware import aware_compress, with_activation_error
-from .methods.allocation import Allocation, bytes_per_value, layer_names, plan_budgets, total_values
+from .methods.allocation import Allocation, bytes_per_value, bytes_total, layer_names, plan_budgets, total_values
 from .methods.budget import Budget
 from .layout import LORA, WAVEFT
 from .methods.options import DEFAULT_REORDER
 from .methods.precision import stored_layer
-from .methods.shared_permutations import PermutationChoice, bytes_share
+from .methods.shared_permutations import PermutationChoice
 from .report import LayerReport, MethodSummary, Report
 
 
@@ -210,8 +210,9 @@ def fit_to_size(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
     options = replace(job.options, scaling=None, seed=None)  # the byte probes do not depend on them
     carried = sum(t.numel() * t.element_size() for t in deltas.passthrough.values())
     names = layer_names(deltas.layers)
-    shapes = getattr(deltas.layers, "shapes", None) or {layer.name: layer.shape for layer in deltas.layers}
-    share = bytes_share(method, options, shapes.values(), spec.max_bytes)  # how layers pay for permutations
+    share = None  # how reordered layers pay for their permutations (methods/shared_permutations.py)
+    if options.reorder and get_method(method).reorderable:
+        share = "permuted" if bytes_total(spec, names, method, options, carried, deltas.layers[0])[0] > 0 else "plain"
     sizing = replace(options, reorder=None) if share == "plain" else options
     total = total_values(spec, names, method, sizing, deltas.stored_values, carried, deltas.layers[0])
     per_value = bytes_per_value(method, deltas.layers[0], options)[0]

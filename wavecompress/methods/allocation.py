@@ -69,18 +69,18 @@ def total_values(
         if total <= 0:
             raise InputError(f"budget-ratio {spec.ratio:g} of {input_stored_values} input values leaves nothing to store")
         return total
-    total, overhead = _bytes_total(spec, names, method, options, fixed_bytes, probe)
+    total, overhead = bytes_total(spec, names, method, options, fixed_bytes, probe)
     if total <= 0 and options.reorder and get_method(method).reorderable:
         # The permutations alone do not fit: layers pay for them out of their own values or are
         # stored plain (methods/shared_permutations.py), so size the total from the plain layer.
-        total, overhead = _bytes_total(spec, names, method, replace(options, reorder=None), fixed_bytes, probe)
+        total, overhead = bytes_total(spec, names, method, replace(options, reorder=None), fixed_bytes, probe)
     if total <= 0:
         raise InputError(f"max size {spec.max_bytes} bytes is below the file's fixed part ({overhead} bytes: header and carried tensors)")
     return total
 
 
-def _bytes_total(spec: Budget, names: Sequence[str], method: str, options: MethodOptions, fixed_bytes: int,
-                 probe: LayerDelta) -> tuple[int, int]:
+def bytes_total(spec: Budget, names: Sequence[str], method: str, options: MethodOptions, fixed_bytes: int,
+                probe: LayerDelta) -> tuple[int, int]:
     """(values of ``method`` that fit in ``spec.max_bytes``, the bytes taken first: header, carried tensors and
     per-layer fixed bytes)."""
     per_value, per_layer = bytes_per_value(method, probe, options)

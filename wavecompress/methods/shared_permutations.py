@@ -11,7 +11,9 @@ sum of squared errors decides (it is what the overall relative error adds up):
 - **bytes budget** (``--max-size``): choices are compared within the same bytes. A layer's share is
   its planned k values plus, when the plan counted them (``bytes_share="permuted"``: the size limit
   holds every layer's permutations), the bytes of its permutations; when it did not
-  (``"plain"``: the permutations alone exceed the limit) just the k values. Within that share: the
+  (``"plain"``: the permutations alone exceed the limit) just the k values. (Planning every size
+  the "plain" way was measured too: on the fixture in bf16 better at 100 kB, waveft 0.7597 vs 0.8415,
+  wara 0.6285 vs 0.6397, but far worse at 129 kB, wara 0.7539 vs 0.5904, and at 300 kB.) Within that share: the
   plain layer, the permuted layer with what its permutations leave, and a group sharing one column
   permutation (each member paying its rows and an equal part of the shared columns). The lowest
   error wins (a group shares when that beats its members' own best), so a permutation that does not
@@ -20,7 +22,7 @@ sum of squared errors decides (it is what the overall relative error adds up):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -62,16 +64,6 @@ def permutation_bytes(shape: tuple[int, int], stores_columns: bool = True) -> in
     rows = shape[0] * torch.empty((), dtype=permutation_dtype(shape[0])).element_size()
     cols = shape[1] * torch.empty((), dtype=permutation_dtype(shape[1])).element_size()
     return rows + (cols if stores_columns else 0)
-
-
-def bytes_share(method: str, options: MethodOptions, shapes: Iterable[tuple[int, int]], max_bytes: int) -> str | None:
-    """What the planned values of a ``max_bytes`` conversion count (``BYTES_SHARES``): "permuted" while every
-    layer's permutations take at most half the size, else "plain" (on the fixture in bf16 at 100 kB, where
-    they take 75%: waveft 0.7597 vs 0.8415, wara 0.6285 vs 0.6397; at 300 kB, 25%: 0.4615 vs 0.4709, 0.2907
-    vs 0.3093); None when ``method`` is not reordered."""
-    if not options.reorder or not get_method(method).reorderable:
-        return None
-    return "plain" if sum(permutation_bytes(shape) for shape in shapes) > max_bytes / 2 else "permuted"
 
 
 @dataclass
