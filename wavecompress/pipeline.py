@@ -27,7 +27,7 @@ from .methods.budget import Budget
 from .layout import LORA, WAVEFT
 from .methods.options import DEFAULT_REORDER
 from .methods.precision import stored_layer
-from .methods.shared_permutations import PermutationChoice
+from .methods.shared_permutations import PermutationChoice, bytes_share
 from .report import LayerReport, MethodSummary, Report
 
 
@@ -86,7 +86,10 @@ def run(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
     bar = tqdm(deltas.layers, desc=f"{method} {spec.label()}", unit="layer", disable=None if progress is None else not progress)
     target = resolve_device(job.device)  # "cuda": each layer moves there in turn; CPU fallback with a warning
     reorderable = get_method(method).reorderable
-    choice = permutation_choice(deltas, job, plans[method], target) if reorderable and options.reorder and calibration is None else None
+    # Permutations are chosen per layer / group only under a size limit (job.bytes_share): at a values
+    # budget sharing lost in every group measured (methods/shared_permutations.py), so that path is unchanged.
+    choice = (permutation_choice(deltas, job, plans[method], target)
+              if reorderable and options.reorder and calibration is None and job.bytes_share is not None else None)
     for delta in bar:
         delta = layer_to_device(delta, target)
         budget = plans[method].budget_of(delta.name)
@@ -212,7 +215,10 @@ def fit_to_size(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
     names = layer_names(deltas.layers)
     share = None  # how reordered layers pay for their permutations (methods/shared_permutations.py)
     if options.reorder and get_method(method).reorderable:
-        share = "permuted" if bytes_total(spec, names, method, options, carried, deltas.layers[0])[0] > 0 else "plain"
+        plain = replace(options, reorder=None)
+        room = bytes_total(spec, names, method, plain, carried, deltas.layers[0])[0] * bytes_per_value(method, deltas.layers[0], plain)[0]
+        shapes = getattr(deltas.layers, "shapes", None) or {layer.name: layer.shape for layer in deltas.layers}
+        share = bytes_share(shapes.values(), room)
     sizing = replace(options, reorder=None) if share == "plain" else options
     total = total_values(spec, names, method, sizing, deltas.stored_values, carried, deltas.layers[0])
     per_value = bytes_per_value(method, deltas.layers[0], options)[0]

@@ -4,10 +4,12 @@ layers that read the same input (transforms/permutation_groups.py), or none at a
 Each choice is measured on what would be stored (after rounding to the output dtype), and the
 sum of squared errors decides (it is what the overall relative error adds up):
 
-- **values budget** (PEFT's meaning; permutations are fixed, not trained, and cost no values): a
-  group shares one column permutation when its error is no higher than with per-layer
-  permutations (sharing always stores fewer bytes, (n−1)·d_in·2); every layer stays permuted, so
-  outputs where sharing does not win are unchanged.
+- **values budget** (PEFT's meaning; permutations are fixed, not trained, and cost no values): every
+  layer keeps its own permutations and the pipeline does not use this class (no extra work). Measured:
+  at equal values a shared order lost in every group of both benchmark cases (fixture wara 3000,
+  block 0 query+value 0.4771 → 0.5135; full fine-tune q/k/v, e.g. 0.9020 → 0.9154), since the
+  bytes it saves buy nothing there. With ``bytes_share=None`` the class still measures it (a group
+  shares when its error is no higher).
 - **bytes budget** (``--max-size``): choices are compared within the same bytes. A layer's share is
   its planned k values plus, when the plan counted them (``bytes_share="permuted"``: the size limit
   holds every layer's permutations), the bytes of its permutations; when it did not
@@ -22,7 +24,7 @@ sum of squared errors decides (it is what the overall relative error adds up):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -64,6 +66,12 @@ def permutation_bytes(shape: tuple[int, int], stores_columns: bool = True) -> in
     rows = shape[0] * torch.empty((), dtype=permutation_dtype(shape[0])).element_size()
     cols = shape[1] * torch.empty((), dtype=permutation_dtype(shape[1])).element_size()
     return rows + (cols if stores_columns else 0)
+
+
+def bytes_share(shapes: Iterable[tuple[int, int]], room: float) -> str:
+    """``BYTES_SHARES`` entry for a size limit leaving ``room`` bytes for layer tensors: "permuted" when
+    every layer's permutations fit in it (then the plan holds them), else "plain"."""
+    return "permuted" if sum(permutation_bytes(shape) for shape in shapes) < room else "plain"
 
 
 @dataclass
