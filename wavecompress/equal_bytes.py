@@ -21,11 +21,11 @@ from dataclasses import replace
 import torch
 
 from .deltas import AdapterDeltas
-from .methods import CompressedLayer, MethodOptions, get_method
+from .methods import CompressedLayer, MethodOptions
 from .methods.activation_aware import aware_compress, with_activation_error
 from .hardware import layer_to_device
 from .methods.allocation import Allocation, global_budgets
-from .methods.precision import layer_dtype, stored_layer
+from .methods.precision import stored_layer, value_bytes
 from .methods.rate_distortion import RDCurve, rd_curve
 from .report import LayerReport, MethodSummary
 
@@ -35,12 +35,6 @@ _ROUNDS = 4
 # extended where the allocation reaches its end): a full-length curve per layer costs a top-k of the
 # whole model's budget in every layer.
 CURVE_SHARE = 4
-
-
-def value_bytes(name: str, options: MethodOptions, probe) -> int:
-    """Bytes one stored value of baseline ``name`` costs (value, plus a gap code for top-k)."""
-    size = layer_dtype(options.dtype, probe).itemsize
-    return size + (2 if get_method(name).indices_key else 0)
 
 
 def add_baseline_columns(

@@ -44,6 +44,14 @@ def layer_dtype(choice: str, delta: LayerDelta) -> torch.dtype:
     return DTYPES[_INPUT_NAMES.get(name, "float32")]
 
 
+def value_bytes(method: str, options, delta: LayerDelta) -> int:
+    """Bytes one more stored value of ``method`` costs on ``delta``: the value in its stored dtype,
+    plus a uint16 gap code for a top-k method (methods/index_codec.py; escapes aside)."""
+    from . import get_method
+
+    return layer_dtype(options.dtype, delta).itemsize + (2 if get_method(method).indices_key else 0)
+
+
 def _topk_rounding_sq(layer: CompressedLayer, values_key: str, rounded: torch.Tensor) -> float:
     values = layer.tensors[values_key].double()
     return float((values - rounded.double()).square().sum())

@@ -34,7 +34,7 @@ from ..transforms.permutation_groups import PermutationGroup, find_groups, share
 from ..transforms.reorder import GREEDY_MAX_SIZE, ORDERINGS, permutation_dtype
 from .compressed_layer import CompressedLayer
 from .options import MethodOptions
-from .precision import layer_dtype
+from .precision import value_bytes
 from .registry import get_method
 from .wavelet_domain import SHARED_COLUMNS, layer_features
 
@@ -54,11 +54,6 @@ class SharedColumns:
         if ordering not in self.orders:
             self.orders[ordering] = shared_column_order(self.features, ordering)
         return self.orders[ordering]
-
-
-def value_bytes(method: str, options: MethodOptions, delta: LayerDelta) -> int:
-    """Bytes one more stored value of ``method`` costs (the value, plus a uint16 gap code for top-k)."""
-    return layer_dtype(options.dtype, delta).itemsize + (2 if get_method(method).indices_key else 0)
 
 
 def permutation_bytes(shape: tuple[int, int], stores_columns: bool = True) -> int:
