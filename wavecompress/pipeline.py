@@ -242,8 +242,10 @@ def fit_to_size(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
         total, size = best[1], best[2]
         result = run(deltas, replace(job, budget=spec.with_total(total), bytes_share=share))
         result.report.allocation = dict(result.report.allocation or {}, form="max_bytes", budget=spec.describe())
+        stored = result.report.overall()[method].stored_values
+        planned = "" if stored == total else f" of {total} planned"  # rank steps; permutations paid from values
         result.report.notes.append(f"max size {spec.max_bytes} bytes: adapter_model.safetensors about {size} bytes "
-                                   f"({total} values for {method})")
+                                   f"({stored} values stored{planned} for {method})")
         return result
     raise InputError(f"max size {spec.max_bytes} bytes is too small for {method} on {deltas.source}")
 
