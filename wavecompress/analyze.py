@@ -366,7 +366,7 @@ def _per_layer_sizes(found: dict, deltas, variants: dict[str, tuple[str, MethodO
         seen.add(str(layer_dtype(dtype, delta)).replace("torch.", ""))
         for variant, (method, opts) in variants.items():
             opts, limit, summaries = replace(opts, dtype=dtype), full[variant][delta.name], {}
-            for budget in sorted(wanted[variant]):
+            for budget in sorted(wanted[variant], reverse=True):  # largest first: a cached top-k serves the rest
                 key = budget if limit is None else min(budget, limit)
                 if key not in summaries:
                     summaries[key] = stored_summary(method, delta, key, opts, None)
