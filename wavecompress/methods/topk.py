@@ -6,10 +6,12 @@ the k largest magnitudes are the optimal support and their own values are the op
 (identity basis).
 
 Selection streams over row chunks that fit in cache: the first chunk's top-k sets a threshold,
-later chunks contribute only the entries above it, and the dropped energy is summed exactly
-(float64 over the dropped squares, never a difference of two large energies). A full-matrix
-``torch.topk`` on CPU is an order of magnitude slower and needs several matrix-sized temporaries;
-:func:`select_topk_product` never forms the matrix at all.
+later chunks contribute only the entries above it (searched in the blocks whose max passes it). For
+a dense matrix the dropped energy is summed in float64 over the dropped squares. For a product of
+factors (:func:`select_topk_product`, which never forms the matrix) it is the factors' exact Gram
+energy minus the kept energy, so each chunk is read once; below DIFFERENCE_FLOOR of the energy that
+difference is not trusted and the dropped squares are summed instead. A full-matrix ``torch.topk``
+on CPU is an order of magnitude slower and needs several matrix-sized temporaries.
 """
 
 from __future__ import annotations
