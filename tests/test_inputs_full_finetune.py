@@ -72,6 +72,20 @@ def test_sharded_pair_streams_exact_deltas_and_skips_the_rest(sharded_pair) -> N
     assert deltas.stored_values == sum(tuned_sd[n + ".weight"].numel() for n in names)
 
 
+def test_a_layer_fine_tuning_left_unchanged_is_reported_skipped_once(tmp_path: Path) -> None:
+    """The layers are iterated several times in one convert (the method, the baseline columns, their
+    allocation): an unchanged layer is still listed once."""
+    base, tuned = tiny_bert(), perturb(tiny_bert(), only="query")
+    base.save_pretrained(tmp_path / "base")
+    tuned.save_pretrained(tmp_path / "tuned")
+    report = wc.compress(read_full_finetune(tmp_path / "base", tmp_path / "tuned"), budget=50, method="waveft").report
+    names = [entry["name"] for entry in report.skipped]
+    assert len(names) == len(set(names))
+    unchanged = [n for n in names if n.endswith("attention.self.key")]
+    assert len(unchanged) == 2 and {row.name for row in report.layers} == {
+        f"encoder.layer.{i}.attention.self.query" for i in range(2)}
+
+
 def test_convert_cli_full_rank_lora_loads_in_peft_and_reproduces_the_tuned_model(sharded_pair, tmp_path: Path) -> None:
     from peft import PeftModel
 

@@ -48,8 +48,8 @@ class LazyLayers(Sequence):
     def __iter__(self) -> Iterator[LayerDelta]:
         for name, _, _, factory in self.entries:
             layer = factory()
-            if layer is None:
-                if self.skipped is not None:
+            if layer is None:  # recorded once, however often the layers are iterated (baselines, allocation)
+                if self.skipped is not None and all(entry.name != name for entry in self.skipped):
                     self.skipped.append(SkippedLayer(name, self.none_reason))
                 continue
             yield layer
