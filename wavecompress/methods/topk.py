@@ -63,7 +63,7 @@ class _StreamingTopK:
         self.values = torch.zeros(0, dtype=dtype, device=device)
         self.dropped = torch.zeros((), dtype=torch.float64, device=device)
         self._magnitude = torch.empty(chunk_numel, dtype=dtype, device=device)
-        self._squares = torch.empty(chunk_numel, dtype=dtype, device=device)
+        self._squares = torch.empty(chunk_numel if track_dropped else 0, dtype=dtype, device=device)
 
     def add(self, chunk: torch.Tensor, offset: int) -> None:
         """Take the candidates of a row chunk (2-D) whose first flat index is ``offset``."""
@@ -105,15 +105,16 @@ class _StreamingTopK:
         if signed:
             passing |= blocks.amin(dim=1) < -threshold
         picked = torch.nonzero(passing).squeeze(1)
-        found = [self.indices[:0]]
         if 4 * picked.numel() > blocks.shape[0]:  # candidates in most blocks (a large k): one pass, no gather
-            found.append(torch.nonzero(flat[:body].abs() > threshold).squeeze(1))
+            found = torch.nonzero(flat[:body].abs() > threshold).squeeze(1)
         elif picked.numel():
             hits = torch.nonzero(blocks[picked].abs() > threshold)
-            found.append(picked[hits[:, 0]] * BLOCK + hits[:, 1])
-        if body < n:
-            found.append(torch.nonzero(flat[body:].abs() > threshold).squeeze(1) + body)
-        return torch.cat(found) if len(found) > 2 else found[-1]
+            found = picked[hits[:, 0]] * BLOCK + hits[:, 1]
+        else:
+            found = self.indices[:0]
+        if body == n:
+            return found
+        return torch.cat([found, torch.nonzero(flat[body:].abs() > threshold).squeeze(1) + body])
 
     def _shrink(self) -> None:
         """Keep the k largest candidates; the rest join the dropped energy."""
