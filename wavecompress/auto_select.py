@@ -16,6 +16,7 @@ import pywt
 from .compressed_adapter import CompressedAdapter
 from .deltas import AdapterDeltas
 from .errors import InputError
+from .methods.allocation import layer_shapes
 from .methods.budget import Budget
 from .methods.options import MethodOptions
 from .methods.registry import get_method
@@ -72,7 +73,7 @@ def choose(deltas: AdapterDeltas, job: Job, methods: tuple[str, ...], wavelet_au
     if optimise == "values" and by_size:
         raise InputError("--optimise values compares at a value budget; --max-size is a byte budget (use --optimise bytes "
                          "or --budget/--budget-total/--budget-ratio)")
-    shapes = [tuple(shape) for shape in getattr(deltas.layers, "shapes", {}).values()] or [layer.shape for layer in deltas.layers]
+    shapes = list(layer_shapes(deltas.layers).values())
     levels = job.options.levels
     trials: list[tuple[float, str, str]] = []
     trial_sizes: dict[tuple[str, str], int] = {}

@@ -24,7 +24,7 @@ from .deltas import AdapterDeltas
 from .methods import CompressedLayer, MethodOptions
 from .methods.activation_aware import aware_compress, with_activation_error
 from .hardware import layer_to_device
-from .methods.allocation import Allocation, global_budgets
+from .methods.allocation import Allocation, global_budgets, layer_names
 from .methods.precision import stored_layer, value_bytes
 from .methods.rate_distortion import RDCurve, rd_curve
 from .report import LayerReport, MethodSummary
@@ -59,13 +59,15 @@ def add_baseline_columns(
             continue
         moved = layer_to_device(delta, device) if device is not None else delta
         gram = calibration.gram(delta.name) if calibration is not None else None
+        at_values = {}
         for name in names:
             budget = plans[name].budget_of(delta.name)
             if target > 0:  # first the larger selection, so the equal-values column below is a prefix of it
                 reach = min(totals[name], max(shares[name], budget))
                 curves[name].append(rd_curve(moved, name, options, max_cost=reach, gram=gram))
                 reaches[name].append(reach)
-            row.baselines[name] = stored_summary(name, moved, budget, options, gram)
+            at_values[name] = stored_summary(name, moved, budget, options, gram)
+        row.baselines = at_values | row.baselines  # the report's order: baselines first, @bytes columns last
         del moved, delta  # lazy (streamed) inputs: one layer's ΔW alive at a time
     if target <= 0:
         return target
@@ -86,17 +88,16 @@ def extend_saturated(deltas: AdapterDeltas, curves: list[RDCurve], reaches: list
     the allocation's last one, and every step beyond removes less still. A curve the allocation used
     to its end (or with several groups) is rebuilt up to ``total``, until none is left.
     """
+    position = {name: i for i, name in enumerate(layer_names(deltas.layers))}
     while True:
         budgets = global_budgets(curves, max(total, 1))[0]
-        short = {i for i, (curve, budget) in enumerate(zip(curves, budgets)) if _cut_short(curve, budget, reaches[i], total)}
+        short = [i for i, (curve, budget) in enumerate(zip(curves, budgets)) if _cut_short(curve, budget, reaches[i], total)]
         if not short:
             return
-        wanted = {curves[i].name: i for i in short}
-        for delta in deltas.layers:
-            if delta.name in wanted:
-                i = wanted[delta.name]
-                gram = calibration.gram(delta.name) if calibration is not None else None
-                curves[i], reaches[i] = rd_curve(delta, curves[i].method, options, max_cost=total, gram=gram), total
+        for i in short:  # only these layers are read again (a streamed input builds no other ΔW)
+            delta = deltas.layers[position[curves[i].name]]
+            gram = calibration.gram(delta.name) if calibration is not None else None
+            curves[i], reaches[i] = rd_curve(delta, curves[i].method, options, max_cost=total, gram=gram), total
 
 
 def _cut_short(curve: RDCurve, budget: int, reach: int, total: int) -> bool:

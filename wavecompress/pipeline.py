@@ -17,12 +17,12 @@ from tqdm.auto import tqdm
 
 from .compressed_adapter import CompressedAdapter
 from .deltas import AdapterDeltas, LayerDelta
-from .equal_bytes import SUFFIX, add_baseline_columns
+from .equal_bytes import add_baseline_columns
 from .errors import InputError
 from .hardware import layer_to_cpu, layer_to_device, resolve_device
 from .methods import BASELINES, CompressedLayer, MethodOptions, get_method
 from .methods.activation_aware import aware_compress, with_activation_error
-from .methods.allocation import Allocation, bytes_per_value, bytes_total, layer_names, plan_budgets, total_values
+from .methods.allocation import Allocation, bytes_per_value, bytes_total, layer_names, layer_shapes, plan_budgets, total_values
 from .methods.budget import Budget
 from .layout import LORA, WAVEFT
 from .methods.options import DEFAULT_REORDER
@@ -110,8 +110,6 @@ def run(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
     compared = [b for b in baselines if b != method]
     if compared:  # each baseline at equal values and at the output's bytes (<baseline>@bytes), one pass
         add_baseline_columns(deltas, rows, layers, compared, plans, options, calibration, target)
-        for row in rows:  # columns in the report's order: baselines, the other ordering, then @bytes
-            row.baselines = {key: row.baselines[key] for key in sorted(row.baselines, key=_column_rank(compared))}
     kept = [keep_exactly(delta, method) for delta in deltas.kept]
     layers.extend(kept)
     report = Report(
@@ -135,21 +133,12 @@ def run(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
 def permutation_choice(deltas: AdapterDeltas, job: Job, plan: Allocation, target) -> PermutationChoice:
     """The per-layer / shared permutation choice for a reordered method (other group members are read on demand)."""
     names = layer_names(deltas.layers)
-    shapes = getattr(deltas.layers, "shapes", None) or {layer.name: layer.shape for layer in deltas.layers}
     index = {name: i for i, name in enumerate(names)}
     return PermutationChoice(
-        job.method, job.options, dict(shapes), fetch=lambda name: layer_to_device(deltas.layers[index[name]], target),
+        job.method, job.options, layer_shapes(deltas.layers),
+        fetch=lambda name: layer_to_device(deltas.layers[index[name]], target),
         budget_of=plan.budget_of, finish=lambda layer, delta: stored_layer(layer, delta, job.options.dtype),
         bytes_share=job.bytes_share)
-
-
-def _column_rank(baselines: list[str]):
-    """Sort key of a report column: the baselines in their order, then other columns, then ``@bytes`` ones."""
-    def rank(column: str) -> tuple[int, int]:
-        if column.endswith(SUFFIX):
-            return 2, 0
-        return (0, baselines.index(column)) if column in baselines else (1, 0)
-    return rank
 
 
 def check_kept_fits(deltas: AdapterDeltas, method: str) -> None:
@@ -217,8 +206,7 @@ def fit_to_size(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
     if options.reorder and get_method(method).reorderable:
         plain = replace(options, reorder=None)
         room = bytes_total(spec, names, method, plain, carried, deltas.layers[0])[0] * bytes_per_value(method, deltas.layers[0], plain)[0]
-        shapes = getattr(deltas.layers, "shapes", None) or {layer.name: layer.shape for layer in deltas.layers}
-        share = bytes_share(shapes.values(), room)
+        share = bytes_share(layer_shapes(deltas.layers).values(), room)
     sizing = replace(options, reorder=None) if share == "plain" else options
     total = total_values(spec, names, method, sizing, deltas.stored_values, carried, deltas.layers[0])
     per_value = bytes_per_value(method, deltas.layers[0], options)[0]

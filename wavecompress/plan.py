@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from .compress import as_adapter_deltas, reorder_choice
-from .methods import MethodOptions, get_method, method_names
-from .methods.allocation import BudgetSpec, bytes_per_value, layer_names, uniform_budgets
+from .methods import MethodOptions, method_names
+from .methods.allocation import BudgetSpec, bytes_per_value, layer_names, layer_shapes, uniform_budgets
 from .report import format_bytes
 from .transforms import validate_wavelet
 
@@ -42,7 +42,7 @@ def describe_plan(source: Any, spec: BudgetSpec | None, target_error: float | No
     """The dry-run text: input, output, method and budget form, one row per layer, estimated size."""
     deltas = as_adapter_deltas(source)
     names = layer_names(deltas.layers)
-    shapes = getattr(deltas.layers, "shapes", None) or {layer.name: tuple(layer.shape) for layer in deltas.layers}
+    shapes = layer_shapes(deltas.layers)
     budgets, total, how = planned_budgets(spec, names, shapes, allocate, deltas.stored_values)
     form = f"target error {target_error:g}" if spec is None else spec.describe()
     lines = [f"dry run: {deltas.source} → {target} (nothing computed or written)",

@@ -139,6 +139,12 @@ def layer_names(layers: Sequence[LayerDelta]) -> list[str]:
     return list(names) if names is not None else [layer.name for layer in layers]
 
 
+def layer_shapes(layers: Sequence[LayerDelta]) -> dict[str, tuple[int, int]]:
+    """{name: (d_out, d_in)} of ``layers`` without computing lazy ones."""
+    shapes = getattr(layers, "shapes", None)
+    return dict(shapes) if shapes is not None else {layer.name: tuple(layer.shape) for layer in layers}
+
+
 def plan_budgets(
     layers: Sequence[LayerDelta],
     methods: Sequence[str],
@@ -164,7 +170,7 @@ def plan_budgets(
     if spec.per_layer is not None and mode == "uniform":
         return {m: Allocation(m, mode, spec.per_layer * len(names), {}, spec.per_layer) for m in methods}
     if spec.rank is not None:
-        shapes = getattr(layers, "shapes", None) or {layer.name: tuple(layer.shape) for layer in layers}
+        shapes = layer_shapes(layers)
         per_layer = spec.rank_budgets(names, shapes)
         if mode == "uniform":  # the same rank everywhere: each layer's own rank·(d_out + d_in)
             return {m: Allocation(m, mode, sum(per_layer.values()), dict(per_layer)) for m in methods}
