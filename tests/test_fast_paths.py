@@ -22,7 +22,8 @@ def plain_topk(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("shape,k", [((9000, 64), 3000), ((5, 7), 35), ((5, 7), 1), ((1, 1), 1), ((300, 1000), 20000)])
+@pytest.mark.parametrize("shape,k", [((9000, 64), 3000), ((5, 7), 35), ((5, 7), 1), ((1, 1), 1), ((300, 1000), 20000),
+                                     ((20000, 64), 500)])
 def test_streamed_topk_equals_one_full_topk(shape: tuple[int, int], k: int, threads: int) -> None:
     generator = torch.Generator().manual_seed(shape[0] + k)
     left, right = torch.randn(shape[0], 6, generator=generator), torch.randn(6, shape[1], generator=generator)
@@ -47,6 +48,36 @@ def test_streamed_topk_equals_one_full_topk(shape: tuple[int, int], k: int, thre
     finally:
         torch.set_num_threads(saved)
     assert torch.get_num_threads() == saved
+
+
+def test_a_product_topk_starts_from_the_k_th_largest_of_its_highest_energy_rows() -> None:
+    """The starting threshold is a lower bound of the k-th largest magnitude (any subset's k-th largest
+    is), taken from the rows of most energy; with it the selection is still the exact top-k."""
+    from wavecompress.methods.topk import sampled_threshold
+
+    generator = torch.Generator().manual_seed(11)
+    left, right = torch.randn(20000, 6, generator=generator), torch.randn(6, 64, generator=generator)
+    left[12000:12100] *= 5  # the loud rows, far from the first chunk: the sample should be taken there
+    row_energy = ((left.double() @ right.double()) ** 2).sum(1)
+    threshold = sampled_threshold(20000, 64, 500, lambda rows: left[rows] @ right, row_energy, torch.device("cpu"))
+    magnitudes = (left @ right).abs().reshape(-1)
+    kth = float(torch.topk(magnitudes, 500).values[-1])
+    assert threshold is not None and float(threshold) <= kth
+    loudest = torch.topk(row_energy, 64).indices  # SAMPLE_ROWS rows, all among the loud ones
+    assert float(threshold) == float(torch.topk((left[loudest] @ right).abs().reshape(-1), 500).values[-1])
+    assert float(threshold) > 0.9 * kth  # close to it; a first chunk (4096 quiet rows) gives far less:
+    assert float(torch.topk((left[:4096] @ right).abs().reshape(-1), 500).values[-1]) < 0.5 * kth
+    assert sampled_threshold(200, 64, 500, lambda rows: left[rows] @ right, row_energy[:200], torch.device("cpu")) is None
+
+
+def test_a_threshold_that_ties_the_k_th_largest_falls_back_to_the_exact_selection() -> None:
+    """A ±1 matrix: every magnitude equals the sampled threshold, so none passes it; the selection is
+    streamed again without it and still keeps k entries (the first k, as the plain stream does)."""
+    signs = torch.where(torch.arange(20000) % 3 == 0, -1.0, 1.0)
+    left, right = signs[:, None], torch.ones(1, 64)
+    indices, values, dropped = select_topk_product(left, right, 500)
+    assert indices.numel() == 500 and bool((values.abs() == 1).all())
+    assert dropped == pytest.approx(20000 * 64 - 500, rel=1e-12)
 
 
 def test_near_lossless_product_topk_sums_the_dropped_squares_exactly() -> None:
