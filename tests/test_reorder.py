@@ -170,7 +170,7 @@ def test_cli_no_reorder_and_order_by(tmp_path) -> None:
     assert {meta["reorder"] for meta in config["layers"].values()} == {"fiedler"}
 
 
-def test_greedy_is_the_nearest_neighbour_chain_and_falls_back_to_svd_on_large_layers(monkeypatch) -> None:
+def test_greedy_is_the_nearest_neighbour_chain_and_falls_back_to_snake_on_large_layers(monkeypatch) -> None:
     from wavecompress.methods import wavelet_domain
     from wavecompress.transforms.reorder import greedy_order, svd_order
 
@@ -185,7 +185,37 @@ def test_greedy_is_the_nearest_neighbour_chain_and_falls_back_to_svd_on_large_la
     mixed = LayerDelta.from_factors("l", *shuffled(*smooth_factors()))
     monkeypatch.setattr(wavelet_domain, "GREEDY_MAX_SIZE", 150)
     layer = get_method("waveft").compress(mixed, 300, MethodOptions(reorder="greedy"))
-    assert layer.meta["reorder"] == "svd"
+    assert layer.meta["reorder"] == "snake"
+    snake = get_method("waveft").compress(mixed, 300, MethodOptions(reorder="snake"))
+    assert torch.equal(layer.tensors["reorder_rows"], snake.tensors["reorder_rows"])
+    assert layer.error_sq == snake.error_sq
+
+
+def test_snake_walks_a_lattice_between_neighbours() -> None:
+    """On a shuffled 8×8×8 lattice (spacings 4, 2, 1 along the three feature axes) the snake steps only
+    between neighbouring lattice points: no step is longer than one spacing of the widest axis, and the
+    mean squared step is a few units where a random order's is ~230 (= 2·Σ variances)."""
+    from wavecompress.transforms.reorder import snake_order
+
+    axes = torch.meshgrid(*(torch.arange(8, dtype=torch.float64),) * 3, indexing="ij")
+    lattice = torch.stack(axes, -1).reshape(-1, 3) * torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64)
+    features = lattice[torch.randperm(512, generator=torch.Generator().manual_seed(0))]
+    path = features[snake_order(features)]
+    assert sorted(snake_order(features).tolist()) == list(range(512))
+    steps = (path[1:] - path[:-1]).square().sum(1)
+    assert float(steps.max()) == 16.0  # one x spacing, between bands
+    random_mean = 2 * float(lattice.var(0, unbiased=False).sum())
+    assert float(steps.mean()) < 0.03 * random_mean
+
+
+def test_snake_is_the_svd_order_on_one_axis_and_ignores_feature_signs() -> None:
+    from wavecompress.transforms.reorder import snake_order, svd_order
+
+    features = torch.randn(300, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert torch.equal(snake_order(features[:, :1]), svd_order(features[:, :1]))
+    flipped = features * torch.tensor([-1.0, 1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64)
+    assert torch.equal(snake_order(flipped), snake_order(features))
+    assert not torch.equal(snake_order(features), svd_order(features))
 
 
 @pytest.mark.parametrize("n,duplicates", [(40, 0), (700, 0), (700, 300), (2500, 0)])

@@ -59,7 +59,8 @@ method_options = group(
                  help="Permute rows and columns into a smooth order (from the delta) before the wavelet transform "
                  "(waveft, wara; stored as int16/int32 permutations). The other ordering is always reported beside it."),
     click.option("--order-by", type=click.Choice(REORDER_CHOICES), default=DEFAULT_REORDER, show_default=True,
-                 help="How to reorder: svd (leading singular vectors), fiedler (spectral), greedy (nearest neighbour), "
+                 help="How to reorder: svd (leading singular vectors), fiedler (spectral), greedy (nearest neighbour; "
+                 "layers with a side above 2048 use snake), snake (boustrophedon through 3 feature axes), "
                  "best (try each per layer, keep the lowest error)."),
     click.option("--baselines", "baselines", default="default", show_default=True, metavar="LIST",
                  help="Report columns computed beside the method at the same budget: comma-separated methods (lora, sparse), "

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 # benchmarks/reorder_table.py); "best" tries every ordering
 # per layer and keeps the lowest error.
 DEFAULT_REORDER = "greedy"
-REORDER_CHOICES = ("svd", "fiedler", "greedy", "best")
+REORDER_CHOICES = ("svd", "fiedler", "greedy", "snake", "best")
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,7 @@ class PermutationChoice:
                 return None
         orderings = ORDERINGS if self.options.reorder == "best" else (self.options.reorder,)
         if any(max(self.shapes[name]) > GREEDY_MAX_SIZE for name in group.members):
-            orderings = tuple(dict.fromkeys("svd" if o == "greedy" else o for o in orderings))
+            orderings = tuple(dict.fromkeys("snake" if o == "greedy" else o for o in orderings))
         best = None
         for ordering in orderings:
             options = replace(self.options, reorder=ordering)

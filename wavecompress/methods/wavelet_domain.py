@@ -86,14 +86,14 @@ def compress_reordered(
 
     Permutations are orthogonal, so the error is unchanged by undoing them. They are counted in
     ``index_values`` and bytes, never in ``stored_values`` (they are fixed, not trained).
-    Layers with a side above GREEDY_MAX_SIZE use "svd" where "greedy" was asked (O(n²) cost);
+    Layers with a side above GREEDY_MAX_SIZE use "snake" where "greedy" was asked (O(n²) cost);
     ``meta["reorder"]`` always names the ordering actually used.
     """
     if not options.reorder:
         return compress_plain(delta, budget, options)
     candidates = ORDERINGS if options.reorder == "best" else (options.reorder,)
     if max(delta.shape) > GREEDY_MAX_SIZE:
-        candidates = tuple(dict.fromkeys("svd" if o == "greedy" else o for o in candidates))
+        candidates = tuple(dict.fromkeys("snake" if o == "greedy" else o for o in candidates))
     best = None
     for ordering in candidates:
         moved, perms = reorder_delta(delta, ordering)

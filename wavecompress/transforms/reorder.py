@@ -14,7 +14,12 @@ Orderings (``ORDERINGS``):
   the features (dense eigh up to 2048 rows, LOBPCG above).
 - ``greedy``: nearest-neighbour chain on the features, starting at the smallest leading-vector
   entry. O(n²·k) time, O(n·k) memory; measured best on the MiniLM fixture, so the default, but
-  layers with a side above ``GREEDY_MAX_SIZE`` use ``svd`` instead (recorded in the metadata).
+  layers with a side above ``GREEDY_MAX_SIZE`` use ``snake`` instead (recorded in the metadata):
+  on a CPU the chain is a Python loop of n steps (~36 ms for n = 4096).
+- ``snake``: a boustrophedon through the leading three feature axes (bands, sub-bands, sorted
+  cells; see :func:`snake_order`). A few torch sorts, O(n log n). On the fixture it measured lower
+  error than ``greedy`` at every budget up to 10000 values per layer and higher at 30000
+  (waveft 0.230 against 0.215), and lower than ``svd`` at every budget.
 
 A permutation ``p`` means row ``i`` of the reordered matrix is row ``p[i]`` of ΔW:
 ``M = ΔW[p][:, q]`` and ``ΔW = M[argsort(p)][:, argsort(q)]`` (:func:`unpermute`).
@@ -28,11 +33,14 @@ import weakref
 import numpy as np
 import torch
 
-ORDERINGS = ("svd", "fiedler", "greedy")  # the default is methods/options.DEFAULT_REORDER
+ORDERINGS = ("svd", "fiedler", "greedy", "snake")  # the default is methods/options.DEFAULT_REORDER
 FEATURE_RANK = 8
 _DENSE_EIGH_MAX = 2048
-# Greedy costs O(n²·k); above this many rows (or columns) the default falls back to "svd".
-GREEDY_MAX_SIZE = 8192
+# Greedy costs O(n²·k) in a loop of n Python steps; a layer with a side above this uses "snake".
+GREEDY_MAX_SIZE = 2048
+# The snake orders by this many leading feature axes, in cells of about SNAKE_CELL rows.
+SNAKE_AXES = 3
+SNAKE_CELL = 8
 # Nearest rows listed per row for the greedy walk (a fallback scan covers the rest exactly).
 GREEDY_NEIGHBOURS = 16
 
@@ -93,6 +101,35 @@ def fiedler_order(features: torch.Tensor) -> torch.Tensor:
         _, vectors = torch.lobpcg(normalized, k=3, X=start, largest=True, niter=200)
         second = vectors[:, 1]
     return torch.sort(_canonical_sign(second * inv_sqrt_degree), stable=True).indices
+
+
+def snake_order(features: torch.Tensor) -> torch.Tensor:
+    """Boustrophedon through the leading SNAKE_AXES feature axes: the rows are cut into bands along
+    the first axis, each band into sub-bands along the second (direction alternating from band to
+    band), and each sub-band is sorted along the third (alternating again). Each axis gets bands in
+    proportion to its spread, so cells of about SNAKE_CELL rows are roughly square in feature space
+    and neighbours in the order are neighbours in feature space. Signs are made canonical first."""
+    n, k = features.shape
+    if n < 3 or k == 0:
+        return svd_order(features)
+    axes = min(SNAKE_AXES, k)
+    points = torch.stack([_canonical_sign(features[:, a].double()) for a in range(axes)], dim=1)
+    return torch.cat(_snake(points, torch.arange(n, device=features.device), 0, False))
+
+
+def _snake(points: torch.Tensor, rows: torch.Tensor, axis: int, reverse: bool) -> list[torch.Tensor]:
+    """:func:`snake_order`'s pieces for ``rows``, cut along ``axis`` and the axes after it."""
+    ranked = rows[torch.sort(points[rows, axis], stable=True, descending=reverse).indices]
+    last = points.shape[1] - 1
+    if axis == last or rows.numel() <= SNAKE_CELL:
+        return [ranked]
+    spread = points[rows, axis:].std(0).clamp_min(torch.finfo(torch.float64).tiny)
+    share = float(spread[0] / spread.log().mean().exp())  # this axis's spread over the geometric mean
+    bands = int(round((rows.numel() / SNAKE_CELL) ** (1.0 / (last - axis + 1)) * share))
+    pieces = []
+    for index, band in enumerate(torch.tensor_split(ranked, max(1, min(rows.numel(), bands)))):
+        pieces += _snake(points, band, axis + 1, bool(index % 2))
+    return pieces
 
 
 def greedy_order(features: torch.Tensor) -> torch.Tensor:
@@ -215,7 +252,7 @@ def nearest_lists(queries: torch.Tensor, pool: torch.Tensor, k: int, block: int 
     return torch.gather(candidates, 1, ranked).cpu()
 
 
-_ORDER_FUNCTIONS = {"svd": svd_order, "fiedler": fiedler_order, "greedy": greedy_order}
+_ORDER_FUNCTIONS = {"svd": svd_order, "fiedler": fiedler_order, "greedy": greedy_order, "snake": snake_order}
 
 
 def order(features: torch.Tensor, ordering: str) -> torch.Tensor:
