@@ -7,7 +7,7 @@ For each Llama-2-7B projection shape (r=16 LoRA factors already on the GPU), tim
   build on);
 - each method's ``compress`` (plain order) with its ratio to its own floor (waveft and sparse:
   coefficients; wara and lora: factored svd);
-- ``ordering``: the default (greedy) row and column orderings of the layer.
+- ``ordering``: the default (auto) row and column orderings of the layer.
 Then the whole pipeline, ``wavecompress.compress(..., device="cuda")`` (default ordering, the
 other-ordering variant and both baselines, as ``convert`` runs), in ms per 4096×4096 layer
 (goal ≤ 20 ms), with the host→device copy of the factors beside it. Without CUDA it says so and

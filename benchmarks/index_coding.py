@@ -17,6 +17,7 @@ import torch
 
 import wavecompress as wc
 from wavecompress.methods import MethodOptions, get_method
+from wavecompress.methods.options import DEFAULT_REORDER
 from wavecompress.methods.index_codec import index_bytes, stored_indices
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,7 +34,7 @@ def main() -> None:
     print(f"{args.adapter}: {len(layers)} layers; index bytes summed over all layers")
     print(f"{'method':8s} {'budget':>6s} {'int32':>9s} {'gaps':>9s} {'rows':>9s}  smaller")
     for method in ("waveft", "sparse"):
-        options = MethodOptions(reorder="greedy") if method == "waveft" else MethodOptions()
+        options = MethodOptions(reorder=DEFAULT_REORDER) if method == "waveft" else MethodOptions()
         for budget in args.budgets:
             totals = {"int32": 0, "gaps": 0, "rows": 0}
             for delta in layers:

@@ -13,7 +13,7 @@ The reordered variants use ``--order-by`` (default: the library's current defaul
 table measured with another ordering can be regenerated with the same flag.
 
     python benchmarks/logit_agreement.py [--adapter fixtures/minilm-bbc-lora] [--budget 3000] [--quick] [--texts N]
-                                         [--order-by svd|fiedler|greedy|snake|best]
+                                         [--order-by auto|svd|fiedler|greedy|snake|best]
 """
 
 from __future__ import annotations

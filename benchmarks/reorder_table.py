@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "fixtures"))
 import wavecompress as wc  # noqa: E402
 from wavecompress.layout import PREFIX  # noqa: E402
 from wavecompress.methods import MethodOptions, get_method  # noqa: E402
+from wavecompress.methods.options import DEFAULT_REORDER  # noqa: E402
 from wavecompress.transforms.reorder import ORDERINGS  # noqa: E402
 
 
@@ -42,7 +43,7 @@ def variants(quick: bool) -> list[tuple[str, str, MethodOptions]]:
     rows = [("lora (truncated SVD)", "lora", MethodOptions()), ("sparse (weight domain)", "sparse", MethodOptions())]
     waveft_levels = (1, 5) if quick else (1, 3, 5, 7)
     wara_levels = (3,) if quick else (1, 3, 5)
-    orderings = ("svd", "greedy") if quick else ORDERINGS
+    orderings = ("svd", "greedy", "snake", DEFAULT_REORDER) if quick else ORDERINGS + (DEFAULT_REORDER,)
     rows += [(f"waveft plain L{lv}", "waveft", MethodOptions(levels=lv)) for lv in (1, 5)]
     rows += [(f"waveft {o} L{lv}", "waveft", MethodOptions(levels=lv, reorder=o)) for o in orderings for lv in waveft_levels]
     rows += [(f"wara plain L{lv}", "wara", MethodOptions(levels=lv)) for lv in (3,)]
@@ -144,11 +145,12 @@ def accuracy_table(adapter: Path, budgets: list[int], quick: bool) -> None:
     zero_acc = acc({}, source.passthrough)
     print(f"\nheld-out accuracy on {len(test)} BBC test examples ({time.perf_counter() - start:.0f}s for the references)")
     print(f"  original LoRA through PEFT {peft_acc:.4f}; merged W+ΔW {merged_acc:.4f}; classifier only (ΔW = 0) {zero_acc:.4f}")
+    default = DEFAULT_REORDER
     configs = [("lora", "lora", False), ("waveft plain L1", "waveft", False), ("waveft svd L5", "waveft", "svd"),
-               ("waveft greedy L5", "waveft", "greedy"), ("wara plain L3", "wara", False), ("wara svd L3", "wara", "svd"),
-               ("wara greedy L3", "wara", "greedy")]
+               ("waveft greedy L5", "waveft", "greedy"), (f"waveft {default} L5", "waveft", default), ("wara plain L3", "wara", False),
+               ("wara svd L3", "wara", "svd"), ("wara greedy L3", "wara", "greedy"), (f"wara {default} L3", "wara", default)]
     if quick:
-        configs = [c for c in configs if c[0] in ("lora", "waveft greedy L5", "wara plain L3", "wara greedy L3")]
+        configs = [c for c in configs if c[0] in ("lora", f"waveft {default} L5", "wara plain L3", f"wara {default} L3")]
     header = f"  {'method':18s}" + "".join(f"{'b=' + str(b):>16s}" for b in budgets)
     print(header)
     with tempfile.TemporaryDirectory() as tmp:

@@ -63,7 +63,7 @@ def test_optimise_bytes_never_compares_against_an_empty_candidate_and_always_fit
     result = wc.compress(fixture, budget=300, method="auto", optimise="bytes", baselines=())
     note = result.report.notes[-1]
     assert result.report.method == "wara" and "lora 0.8108" in note and "at equal bytes (128836 B," in note, note
-    assert result.report.overall()["wara"].relative_error == pytest.approx(0.5904, abs=1e-4)
+    assert result.report.overall()["wara"].relative_error == pytest.approx(0.5378, abs=1e-4)
     # tiny rank-8 LoRA at --rank 1: LoRA's own file (about 2.3 kB) is the size; the size estimate has no room
     # for it when refitted, so its value-budget result (which is that size) stands
     tiny = make_peft_lora(tmp_path / "tiny", r=8, seed=3)[0]

@@ -111,7 +111,7 @@ def test_permutations_round_trip_through_save_and_reconstruct(tmp_path, method: 
     assert len(perm_keys) == 2 * len(result.layers)
     assert all(tensors[k].dtype == torch.int16 for k in perm_keys)
     config = json.loads((saved / "adapter_config.json").read_text())
-    assert all(meta["reorder"] == "greedy" for meta in config["layers"].values())
+    assert {meta["reorder"] for meta in config["layers"].values()} <= {"greedy", "snake"}  # auto: the lower error of the two
     expected = result.to_deltas()
     rebuilt = wc.reconstruct(saved)
     assert set(rebuilt) == set(expected)
@@ -171,7 +171,7 @@ def test_cli_no_reorder_and_order_by(tmp_path) -> None:
 
 
 def test_greedy_is_the_nearest_neighbour_chain_and_falls_back_to_snake_on_large_layers(monkeypatch) -> None:
-    from wavecompress.methods import wavelet_domain
+    from wavecompress.transforms import reorder
     from wavecompress.transforms.reorder import greedy_order, svd_order
 
     features = torch.randn(40, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
@@ -183,7 +183,7 @@ def test_greedy_is_the_nearest_neighbour_chain_and_falls_back_to_snake_on_large_
         left.remove(current)
     assert greedy_order(features).tolist() == chain
     mixed = LayerDelta.from_factors("l", *shuffled(*smooth_factors()))
-    monkeypatch.setattr(wavelet_domain, "GREEDY_MAX_SIZE", 150)
+    monkeypatch.setattr(reorder, "GREEDY_MAX_SIZE", 150)
     layer = get_method("waveft").compress(mixed, 300, MethodOptions(reorder="greedy"))
     assert layer.meta["reorder"] == "snake"
     snake = get_method("waveft").compress(mixed, 300, MethodOptions(reorder="snake"))
@@ -232,3 +232,20 @@ def test_the_device_greedy_walk_gives_the_scanned_chain(n: int, duplicates: int)
         assert torch.equal(listed, scanned)
     length = [float((features[o[1:]] - features[o[:-1]]).norm(dim=1).sum()) for o in (scanned, listed)]
     assert length[1] == pytest.approx(length[0], rel=1e-12)
+
+
+def test_auto_keeps_the_lower_error_of_greedy_and_snake_and_takes_snake_alone_on_large_layers() -> None:
+    from wavecompress.transforms.reorder import ORDERINGS, ordering_candidates
+
+    assert ordering_candidates("auto", [(384, 1536)]) == ("greedy", "snake")
+    assert ordering_candidates("auto", [(384, 384), (4096, 384)]) == ("snake",)  # a group: its largest side counts
+    assert ordering_candidates("greedy", [(4096, 4096)]) == ("greedy",)
+    assert ordering_candidates("greedy", [(11008, 4096)]) == ("snake",)
+    assert ordering_candidates("best", [(384, 384)]) == ORDERINGS
+    assert ordering_candidates("best", [(11008, 4096)]) == ("svd", "fiedler", "snake")
+    mixed = LayerDelta.from_factors("l", *shuffled(*smooth_factors()))
+    for method in ("waveft", "wara"):
+        errors = {o: get_method(method).compress(mixed, 300, MethodOptions(reorder=o)).error_sq for o in ("greedy", "snake")}
+        auto = get_method(method).compress(mixed, 300, MethodOptions(reorder="auto"))
+        assert auto.error_sq == min(errors.values())
+        assert auto.meta["reorder"] == min(errors, key=errors.get)

@@ -69,7 +69,7 @@ def test_shared_permutation_round_trips_through_every_loader(tmp_path: Path, met
     result = wavecompress.compress(sharing_deltas(), max_size="9kB", allocate="global", method=method)
     assert ("2 groups of layers reading the same input share one column permutation; 2 layers stored unpermuted"
             in " ".join(result.report.notes))
-    assert round(result.report.relative_error, 4) == {"wara": 0.3553, "waveft": 0.3429}[method]
+    assert round(result.report.relative_error, 4) == {"wara": 0.3398, "waveft": 0.3429}[method]
     out = result.save(tmp_path / method)
     assert (out / "adapter_model.safetensors").stat().st_size <= 9000
     stored = load_file(out / "adapter_model.safetensors")
@@ -136,14 +136,14 @@ def test_a_borrowed_tensor_without_its_owner_is_refused(tmp_path: Path) -> None:
 
 def test_fixture_keeps_per_layer_permutations_where_sharing_loses() -> None:
     """MiniLM's query/value read one input, but their LoRA input sides differ: one shared order
-    costs error (layer 0: 0.4771 → 0.5135 over query+value at 3000), so the output is unchanged."""
+    costs error (layer 0: 0.4637 → 0.4888 over query+value at 3000, default ordering), so the output is unchanged."""
     from wavecompress.methods import MethodOptions
     from wavecompress.methods.precision import stored_layer
     from wavecompress.methods.shared_permutations import PermutationChoice
 
     source = wavecompress.load_deltas(FIXTURE)
     by_name = {layer.name: layer for layer in source.layers}
-    options = MethodOptions(reorder="greedy")
+    options = MethodOptions(reorder="auto")
     choice = PermutationChoice("wara", options, {n: l.shape for n, l in by_name.items()}, fetch=by_name.__getitem__,
                                budget_of=lambda name: 3000, finish=lambda layer, delta: stored_layer(layer, delta, "auto"))
     assert len(choice.group_of) == 12  # query + value of 6 blocks
@@ -152,10 +152,10 @@ def test_fixture_keeps_per_layer_permutations_where_sharing_loses() -> None:
     own = {name: choice._own(deltas[name], 3000) for name in group.members}
     shared = choice._shared(group, deltas, {name: 3000 for name in group.members})
     energy = sum(d.energy() for d in deltas.values())
-    assert round((sum(l.error_sq for l in own.values()) / energy) ** 0.5, 4) == 0.4771
-    assert round((sum(l.error_sq for l in shared.values()) / energy) ** 0.5, 4) == 0.5135
+    assert round((sum(l.error_sq for l in own.values()) / energy) ** 0.5, 4) == 0.4637
+    assert round((sum(l.error_sq for l in shared.values()) / energy) ** 0.5, 4) == 0.4888
     result = wavecompress.compress(FIXTURE, budget=3000, method="wara", baselines=())
-    assert round(result.report.relative_error, 4) == 0.3315
+    assert round(result.report.relative_error, 4) == 0.3103
     assert not any("shared_tensors" in layer.meta for layer in result.layers)
 
 
@@ -171,9 +171,10 @@ def blocky_deltas() -> dict[str, torch.Tensor]:
 
 
 def test_a_permutation_that_does_not_pay_is_left_out_under_a_size_limit() -> None:
-    # By values (PEFT's budget: permutations are fixed, cost no values) both layers stay permuted, as before.
+    # By values (PEFT's budget: permutations are fixed, cost no values) both layers stay permuted, as before
+    # (auto: the lower error of greedy and snake per layer; greedy alone gave 0.7683 on the rough layer).
     by_values = wavecompress.compress(blocky_deltas(), budget=20, method="waveft", baselines=())
-    assert [(l.meta.get("reorder"), round(l.relative_error, 4)) for l in by_values.layers] == [("greedy", 0.5592), ("greedy", 0.7683)]
+    assert [(l.meta.get("reorder"), round(l.relative_error, 4)) for l in by_values.layers] == [("greedy", 0.5592), ("snake", 0.7348)]
     # By bytes: the block layer's 128 bytes of permutations buy it exactness as plain values instead.
     by_bytes = wavecompress.compress(blocky_deltas(), max_size="2kB", method="waveft", baselines=(), allocate="global")
     layers = {layer.name: layer for layer in by_bytes.layers}
@@ -192,11 +193,11 @@ def test_a_size_below_the_permutations_is_met_by_layers_paying_for_them_from_the
     result = wavecompress.compress(deltas, max_size="6kB", method="waveft", baselines=(), allocate="global")
     out = result.save(tmp_path / "out")
     assert (out / "adapter_model.safetensors").stat().st_size <= 6000
-    assert round(result.report.relative_error, 4) == 0.894
-    assert [layer.meta.get("reorder") for layer in result.layers] == [None, "greedy", "greedy", "greedy"]
+    assert round(result.report.relative_error, 4) == 0.8324  # greedy alone: 0.894
+    assert [layer.meta.get("reorder") for layer in result.layers] == [None, "snake", "snake", "snake"]
     rebuilt = wavecompress.reconstruct(out)
     assert all(torch.equal(rebuilt[name], delta) for name, delta in result.to_deltas().items())
     # 8 kB holds the permutations (4 × 1024 bytes of int16): every layer keeps them, as before.
     result = wavecompress.compress(deltas, max_size="8kB", method="waveft", baselines=(), allocate="global")
-    assert [layer.meta.get("reorder") for layer in result.layers] == ["greedy"] * 4
-    assert round(result.report.relative_error, 4) == 0.6790
+    assert [layer.meta.get("reorder") for layer in result.layers] == ["greedy", "greedy", "snake", "snake"]
+    assert round(result.report.relative_error, 4) == 0.6741  # greedy alone: 0.6790

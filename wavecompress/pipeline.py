@@ -265,13 +265,16 @@ def fit_to_error(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
     else:
         raise InputError(f"--target-error {target:g}: {method} did not reach it (error {error:.4f} at {total} values)")
     report = result.report
-    tried = sorted(set(search.tried) | {(t, e) for t, e in checks[:-1]})
+    # Curve predictions, replaced by the measured error wherever a total was converted: a prediction
+    # can be optimistic (WaRA's curve replays its greedy at the largest budget), a conversion is not.
+    measured = dict(checks)
+    tried = sorted({**dict(search.tried), **measured}.items())
     report.allocation = dict(report.allocation or {}, form="target_error", target_error=target, total=total,
                              budget=f"error ≤ {target:g} ({total} values in total)",
-                             tried=[{"total": t, "relative_error": e} for t, e in tried])
+                             tried=[{"total": t, "relative_error": e, "converted": t in measured} for t, e in tried])
     below = [t for t in tried if t[0] < total]
     report.notes.append(
         f"target error {target:g}: {method} needed {total} values in total ({total / max(len(report.layers), 1):.0f} per layer "
         f"on average), overall error {error:.5f}; found by binary search over {len(tried)} totals on the global allocation"
-        + (f" ({below[-1][0]} values: {below[-1][1]:.5f})" if below else ""))
+        + (f" ({below[-1][0]} values: {below[-1][1]:.5f}{'' if below[-1][0] in measured else ' predicted'})" if below else ""))
     return result

@@ -21,7 +21,7 @@ from .common import INPUT_PATH, debug_option, friendly_errors
 @click.option("--reorder/--no-reorder", default=True, show_default=True,
               help="Reorder rows/columns before the transform (waveft, wara); the plain order is plotted beside it.")
 @click.option("--order-by", type=click.Choice(REORDER_CHOICES), default=DEFAULT_REORDER, show_default=True,
-              help="How to reorder (as in convert): svd, fiedler, greedy, snake or best.")
+              help="How to reorder (as in convert): auto, svd, fiedler, greedy, snake or best.")
 @click.option("--max-budget", type=int, default=None, help="Largest per-layer budget to evaluate [default: the largest layer's size].")
 @click.option("--x", "x_axis", type=click.Choice(["values", "bytes"]), default="values", show_default=True,
               help="x axis: stored values per layer, or stored bytes (each point's size as convert's report counts it: "

@@ -59,9 +59,9 @@ method_options = group(
                  help="Permute rows and columns into a smooth order (from the delta) before the wavelet transform "
                  "(waveft, wara; stored as int16/int32 permutations). The other ordering is always reported beside it."),
     click.option("--order-by", type=click.Choice(REORDER_CHOICES), default=DEFAULT_REORDER, show_default=True,
-                 help="How to reorder: svd (leading singular vectors), fiedler (spectral), greedy (nearest neighbour; "
-                 "layers with a side above 2048 use snake), snake (boustrophedon through 3 feature axes), "
-                 "best (try each per layer, keep the lowest error)."),
+                 help="How to reorder: auto (greedy and snake, the lower error per layer; snake alone when a side is above "
+                 "2048), snake (boustrophedon through 3 feature axes), svd (leading singular vectors), fiedler (spectral), "
+                 "greedy (nearest-neighbour chain, O(n²): sides above 8192 use snake), best (try each, keep the lowest error)."),
     click.option("--baselines", "baselines", default="default", show_default=True, metavar="LIST",
                  help="Report columns computed beside the method at the same budget: comma-separated methods (lora, sparse), "
                  "none, or default (every baseline). The sparse column forms each dense ΔW: leave it out to save time on big layers."),

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .registry import Method
 
-# Row/column ordering used by default (greedy measured best on the MiniLM fixture, see
-# benchmarks/reorder_table.py); "best" tries every ordering
-# per layer and keeps the lowest error.
-DEFAULT_REORDER = "greedy"
-REORDER_CHOICES = ("svd", "fiedler", "greedy", "snake", "best")
+# Row/column ordering used by default: "auto" keeps the lower-error of greedy and snake per layer
+# (snake alone on layers with a side above 2048); "best" tries every ordering per layer and keeps the
+# lowest error (transforms/reorder.py ordering_candidates; measured by benchmarks/reorder_table.py).
+DEFAULT_REORDER = "auto"
+REORDER_CHOICES = ("auto", "svd", "fiedler", "greedy", "snake", "best")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import torch
 
 from ..deltas.layer_delta import LayerDelta
 from ..transforms.permutation_groups import PermutationGroup, find_groups, shared_column_order
-from ..transforms.reorder import GREEDY_MAX_SIZE, ORDERINGS, permutation_dtype
+from ..transforms.reorder import ordering_candidates, permutation_dtype
 from .compressed_layer import CompressedLayer
 from .options import MethodOptions
 from .precision import value_bytes
@@ -167,11 +167,8 @@ class PermutationChoice:
                 values[name] = self._values_after(deltas[name], budgets[name], cost)
             if min(values.values()) <= 0:
                 return None
-        orderings = ORDERINGS if self.options.reorder == "best" else (self.options.reorder,)
-        if any(max(self.shapes[name]) > GREEDY_MAX_SIZE for name in group.members):
-            orderings = tuple(dict.fromkeys("snake" if o == "greedy" else o for o in orderings))
         best = None
-        for ordering in orderings:
+        for ordering in ordering_candidates(self.options.reorder, [self.shapes[name] for name in group.members]):
             options = replace(self.options, reorder=ordering)
             layers = {}
             for name in group.members:

@@ -9,7 +9,7 @@ import torch
 from ..deltas.layer_delta import LayerDelta
 from ..deltas.shared_tensors import SHARED_TENSORS
 from ..transforms import analysis, analysis2d, axis_levels
-from ..transforms.reorder import FEATURE_RANK, GREEDY_MAX_SIZE, ORDERINGS, features_from_dense, order, permutation_dtype, unpermute
+from ..transforms.reorder import FEATURE_RANK, features_from_dense, order, ordering_candidates, permutation_dtype, unpermute
 from .compressed_layer import CompressedLayer
 from .options import MethodOptions
 
@@ -81,21 +81,18 @@ def reorder_delta(delta: LayerDelta, ordering: str) -> tuple[LayerDelta, dict[st
 def compress_reordered(
     delta: LayerDelta, budget: int, options: MethodOptions, compress_plain: Callable[..., CompressedLayer]
 ) -> CompressedLayer:
-    """``compress_plain`` on the reordered delta (``options.reorder``; "best" keeps the ordering
-    with the lowest error), with the permutations added to the stored tensors and metadata.
+    """``compress_plain`` on the reordered delta (``options.reorder``; "auto" and "best" keep the
+    ordering with the lowest error, see reorder.ordering_candidates), with the permutations added to
+    the stored tensors and metadata.
 
     Permutations are orthogonal, so the error is unchanged by undoing them. They are counted in
     ``index_values`` and bytes, never in ``stored_values`` (they are fixed, not trained).
-    Layers with a side above GREEDY_MAX_SIZE use "snake" where "greedy" was asked (O(n²) cost);
     ``meta["reorder"]`` always names the ordering actually used.
     """
     if not options.reorder:
         return compress_plain(delta, budget, options)
-    candidates = ORDERINGS if options.reorder == "best" else (options.reorder,)
-    if max(delta.shape) > GREEDY_MAX_SIZE:
-        candidates = tuple(dict.fromkeys("snake" if o == "greedy" else o for o in candidates))
     best = None
-    for ordering in candidates:
+    for ordering in ordering_candidates(options.reorder, [delta.shape]):
         moved, perms = reorder_delta(delta, ordering)
         layer = compress_plain(moved, budget, options)
         layer.tensors.update(perms)

@@ -9,17 +9,21 @@ whose pairwise distances are exactly the distances between rows (columns) of the
 
 Orderings (``ORDERINGS``):
 - ``svd``: sort by the leading left / right singular vector. O((d_out + d_in)·r²) from LoRA
-  factors; the measured default.
+  factors.
 - ``fiedler``: spectral ordering, sort by the Fiedler vector of a Gaussian similarity graph on
   the features (dense eigh up to 2048 rows, LOBPCG above).
 - ``greedy``: nearest-neighbour chain on the features, starting at the smallest leading-vector
-  entry. O(n²·k) time, O(n·k) memory; measured best on the MiniLM fixture, so the default, but
-  layers with a side above ``GREEDY_MAX_SIZE`` use ``snake`` instead (recorded in the metadata):
-  on a CPU the chain is a Python loop of n steps (~36 ms for n = 4096).
+  entry. O(n²·k) time, O(n·k) memory: on a CPU a Python loop of n steps (~36 ms for n = 4096).
+  Layers with a side above ``GREEDY_MAX_SIZE`` use ``snake`` instead (recorded in the metadata).
 - ``snake``: a boustrophedon through the leading three feature axes (bands, sub-bands, sorted
-  cells; see :func:`snake_order`). A few torch sorts, O(n log n). On the fixture it measured lower
-  error than ``greedy`` at every budget up to 10000 values per layer and higher at 30000
-  (waveft 0.230 against 0.215), and lower than ``svd`` at every budget.
+  cells; see :func:`snake_order`): a few torch sorts on the features' device, O(n log n).
+
+``greedy`` wins at high budgets per layer and ``snake`` at low ones (measured on the MiniLM fixture
+and its full fine-tune, ``python benchmarks/reorder_table.py``: snake lower from 300 to 10000
+values per layer on the LoRA, greedy lower at 30000 and on the full fine-tune from 3000 up), so
+the default, ``auto`` (:func:`ordering_candidates`), tries both on layers whose sides are at most
+``AUTO_GREEDY_MAX_SIZE`` (where greedy is cheap) and keeps the lower error, and takes ``snake``
+alone on larger layers (7B-shaped layers: budgets of ~0.02 % of the entries, far in snake's range).
 
 A permutation ``p`` means row ``i`` of the reordered matrix is row ``p[i]`` of ΔW:
 ``M = ΔW[p][:, q]`` and ``ΔW = M[argsort(p)][:, argsort(q)]`` (:func:`unpermute`).
@@ -29,15 +33,18 @@ Permutations are orthogonal maps, so errors measured on M are errors on ΔW.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 
-ORDERINGS = ("svd", "fiedler", "greedy", "snake")  # the default is methods/options.DEFAULT_REORDER
+ORDERINGS = ("svd", "fiedler", "greedy", "snake")  # one ordering each; methods/options.REORDER_CHOICES adds auto, best
 FEATURE_RANK = 8
 _DENSE_EIGH_MAX = 2048
 # Greedy costs O(n²·k) in a loop of n Python steps; a layer with a side above this uses "snake".
-GREEDY_MAX_SIZE = 2048
+GREEDY_MAX_SIZE = 8192
+# "auto" tries greedy beside snake only on layers with no side above this (~12 ms per side on a CPU).
+AUTO_GREEDY_MAX_SIZE = 2048
 # The snake orders by this many leading feature axes, in cells of about SNAKE_CELL rows.
 SNAKE_AXES = 3
 SNAKE_CELL = 8
@@ -253,6 +260,23 @@ def nearest_lists(queries: torch.Tensor, pool: torch.Tensor, k: int, block: int 
 
 
 _ORDER_FUNCTIONS = {"svd": svd_order, "fiedler": fiedler_order, "greedy": greedy_order, "snake": snake_order}
+
+
+def ordering_candidates(reorder: str, shapes: Iterable[tuple[int, int]]) -> tuple[str, ...]:
+    """The orderings to try, lowest error kept, for ``reorder`` on layers of these ``shapes`` (one
+    layer, or a group sharing a permutation): ``best`` every ordering, ``auto`` greedy and snake
+    (snake alone when a side exceeds AUTO_GREEDY_MAX_SIZE), else ``reorder``; greedy becomes snake
+    when a side exceeds GREEDY_MAX_SIZE."""
+    side = max((max(shape) for shape in shapes), default=0)
+    if reorder == "best":
+        candidates = ORDERINGS
+    elif reorder == "auto":
+        candidates = ("greedy", "snake") if side <= AUTO_GREEDY_MAX_SIZE else ("snake",)
+    else:
+        candidates = (reorder,)
+    if side > GREEDY_MAX_SIZE:
+        candidates = tuple("snake" if o == "greedy" else o for o in candidates)
+    return tuple(dict.fromkeys(candidates))
 
 
 def order(features: torch.Tensor, ordering: str) -> torch.Tensor:
