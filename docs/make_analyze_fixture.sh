@@ -1,6 +1,6 @@
 #!/bin/sh
 # Regenerate docs/analyze_fixture.png from the shipped fixture LoRA and print the README's table.
-# Usage (repository root, venv active): sh docs/make_analyze_fixture.sh [--order-by svd|fiedler|greedy|best]
+# Usage (repository root, venv active): sh docs/make_analyze_fixture.sh [--order-by auto|svd|fiedler|greedy|snake|best]
 # (default: the current default ordering of `wavecompress analyze`; the README's figure uses it)
 set -e
 out="$(mktemp -d)/analysis"

@@ -44,6 +44,20 @@ def test_curves_match_convert_and_thresholds_are_exact(lora: Path) -> None:
     assert result.thresholds["all"]["lora"]["1%"] == 512
 
 
+def test_reordered_curves_are_what_convert_reports_at_each_budget(lora: Path) -> None:
+    """With the default ordering (auto: greedy and snake, the lower error per layer at the budget
+    converted) each point is the lower of the two orderings' curves per layer, as convert picks."""
+    result = analyze(lora, ["waveft", "wara"], plain_variants=False)
+    for method in ("waveft", "wara"):
+        for budget in (16, 256, result.budgets[10], result.budgets[-1]):
+            report = wc.compress(lora, budget=budget, method=method, baselines=()).report
+            assert result.error_at(method, "all", budget) == pytest.approx(report.relative_error, rel=1e-5, abs=1e-7)
+    # the two orderings win at different budgets here, so neither single curve would match
+    wins = {o: [analyze(lora, ["waveft"], reorder=o, plain_variants=False).error_at("waveft", "all", b) for b in (16, 256)]
+            for o in ("greedy", "snake")}
+    assert (wins["greedy"][0] < wins["snake"][0]) != (wins["greedy"][1] < wins["snake"][1])
+
+
 def test_analyze_writes_png_csv_json(tmp_path: Path, lora: Path) -> None:
     out = tmp_path / "analysis"
     run = CliRunner().invoke(main, ["analyze", str(lora), "--out", str(out)])

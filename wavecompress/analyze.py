@@ -31,9 +31,10 @@ from .methods import all_methods, get_method
 from .methods.budget import Budget
 from .methods.options import MethodOptions, reorder_choice
 from .methods.precision import layer_dtype, validate_dtype
-from .methods.rate_distortion import RDCurve, rd_curve
+from .methods.rate_distortion import LowestCurve, RDCurve, rd_curve
 from .report import format_bytes
 from .transforms import validate_wavelet
+from .transforms.reorder import ordering_candidates
 
 # Every method with its own exact curve (Method.rd_curve): waveft, wara, lora, sparse.
 DEFAULT_METHODS = tuple(m.name for m in all_methods() if m.rd_curve is not None)
@@ -219,6 +220,16 @@ def threshold_budget(curves: list[RDCurve], target: float, high: int) -> int | N
     return high
 
 
+def layer_curve(delta, method: str, options: MethodOptions, max_cost: int | None) -> RDCurve | LowestCurve:
+    """The layer's curve; with several candidate orderings (auto, best) one curve per ordering, read
+    as the lowest at each budget, since convert keeps the lowest-error ordering at the budget it runs."""
+    if options.reorder and get_method(method).reorderable:
+        candidates = ordering_candidates(options.reorder, [delta.shape])
+        if len(candidates) > 1:
+            return LowestCurve([rd_curve(delta, method, replace(options, reorder=o), max_cost=max_cost) for o in candidates])
+    return rd_curve(delta, method, options, max_cost=max_cost)
+
+
 def analyze(source: DeltaSource, methods: Sequence[str] = DEFAULT_METHODS, wavelet: str = "db1", levels: int | None = None,
             reorder: bool | str | None = True, plain_variants: bool = True, max_budget: int | None = None,
             progress: bool | None = False, x: str = "values", dtype: str = "auto", mark: Budget | None = None) -> Analysis:
@@ -241,7 +252,7 @@ def analyze(source: DeltaSource, methods: Sequence[str] = DEFAULT_METHODS, wavel
         for m in methods:
             if get_method(m).reorderable:
                 variants[f"{m}-plain"] = (m, MethodOptions(wavelet=options.wavelet, levels=levels, reorder=None))
-    curves: dict[str, list[RDCurve]] = {v: [] for v in variants}
+    curves: dict[str, list[RDCurve | LowestCurve]] = {v: [] for v in variants}
     groups: dict[str, list[str]] = {}
     top = 0
     from tqdm.auto import tqdm
@@ -252,7 +263,7 @@ def analyze(source: DeltaSource, methods: Sequence[str] = DEFAULT_METHODS, wavel
         top = max(top, delta.shape[0] * delta.shape[1])
         groups.setdefault(layer_group(delta.name), []).append(delta.name)
         for variant, (method, opts) in variants.items():
-            curves[variant].append(rd_curve(delta, method, opts, max_cost=max_budget))
+            curves[variant].append(layer_curve(delta, method, opts, max_budget))
     if not groups:
         raise InputError(f"{deltas.source}: no layers to analyze")
     limit = max_budget or top
@@ -285,7 +296,7 @@ def analyze(source: DeltaSource, methods: Sequence[str] = DEFAULT_METHODS, wavel
 
 
 def measure_sizes(analysis: Analysis, deltas, variants: dict[str, tuple[str, MethodOptions]],
-                  curves: dict[str, list[RDCurve]], dtype: str, progress: bool | None) -> None:
+                  curves: dict[str, list[RDCurve | LowestCurve]], dtype: str, progress: bool | None) -> None:
     """Fill ``analysis.bytes`` (and its errors) with what ``convert --budget b --dtype dtype`` reports at
     every plotted budget, and the bytes at each threshold budget.
 

@@ -56,7 +56,7 @@ def compress(
 
     Each baseline is computed at the same budget for the report. ``progress=None`` shows a bar
     only on a terminal. ``reorder`` permutes rows and columns before the wavelet transform
-    (waveft and wara; True = the measured default ordering, or one of svd/fiedler/greedy/best,
+    (waveft and wara; True = the default ordering (auto), or one of svd/fiedler/greedy/snake/best,
     False = the model's order); the other ordering is reported beside it as a baseline.
 
     Budget forms (exactly one): ``budget`` per layer, ``budget_total``, ``budget_ratio`` of the

@@ -272,9 +272,12 @@ def fit_to_error(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
     report.allocation = dict(report.allocation or {}, form="target_error", target_error=target, total=total,
                              budget=f"error ≤ {target:g} ({total} values in total)",
                              tried=[{"total": t, "relative_error": e, "converted": t in measured} for t, e in tried])
-    below = [t for t in tried if t[0] < total]
+    # Below the total: the converted totals (each missed) and the curve predictions under the first
+    # conversion (each missed); predictions between a missed conversion and the total were not converted.
+    below = [t for t in tried if t[0] < total and (t[0] in measured or t[0] < min(measured))]
     report.notes.append(
         f"target error {target:g}: {method} needed {total} values in total ({total / max(len(report.layers), 1):.0f} per layer "
         f"on average), overall error {error:.5f}; found by binary search over {len(tried)} totals on the global allocation"
-        + (f" ({below[-1][0]} values: {below[-1][1]:.5f}{'' if below[-1][0] in measured else ' predicted'})" if below else ""))
+        + (f" ({below[-1][0]} values: {below[-1][1]:.5f} {'measured' if below[-1][0] in measured else 'predicted'})"
+           if below else ""))
     return result

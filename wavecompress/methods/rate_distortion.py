@@ -79,6 +79,37 @@ class RDCurve:
         return int(self.costs[self.taken(budget)].sum())
 
 
+@dataclass
+class LowestCurve:
+    """One layer's curves under several candidate orderings, read at each budget as the lowest error
+    among them: what ``convert`` reports when it keeps the lowest-error ordering per layer (auto, best).
+    Ties go to the first candidate, as in convert."""
+
+    curves: list[RDCurve]
+
+    @property
+    def name(self) -> str:
+        return self.curves[0].name
+
+    @property
+    def energy(self) -> float:
+        return self.curves[0].energy
+
+    @property
+    def costs(self) -> np.ndarray:
+        """The steps of the candidate that stores the most (its total is where every candidate saturates)."""
+        return max((c.costs for c in self.curves), key=lambda costs: int(costs.sum()))
+
+    def _lowest(self, budget: int) -> RDCurve:
+        return min(self.curves, key=lambda c: c.error_sq_at(budget))
+
+    def error_sq_at(self, budget: int) -> float:
+        return self._lowest(budget).error_sq_at(budget)
+
+    def stored_at(self, budget: int) -> int:
+        return self._lowest(budget).stored_at(budget)
+
+
 def greedy_take(costs: np.ndarray, groups: np.ndarray, order: np.ndarray, budget: int) -> np.ndarray:
     """Take steps in ``order`` while they fit; a step that does not fit blocks its group for good.
 

@@ -20,7 +20,8 @@ Orderings (``ORDERINGS``):
 
 ``greedy`` wins at high budgets per layer and ``snake`` at low ones (measured on the MiniLM fixture
 and its full fine-tune, ``python benchmarks/reorder_table.py``: snake lower from 300 to 10000
-values per layer on the LoRA, greedy lower at 30000 and on the full fine-tune from 3000 up), so
+values per layer on the LoRA, greedy lower at 30000; on the full fine-tune snake lower at 1000,
+greedy from 3000 (WaRA) or 10000 (WaveFT) up), so
 the default, ``auto`` (:func:`ordering_candidates`), tries both on layers whose sides are at most
 ``AUTO_GREEDY_MAX_SIZE`` (where greedy is cheap) and keeps the lower error, and takes ``snake``
 alone on larger layers (7B-shaped layers: budgets of ~0.02 % of the entries, far in snake's range).
