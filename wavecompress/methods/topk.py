@@ -59,10 +59,12 @@ class _StreamingTopK:
     """
 
     def __init__(self, k: int, chunk_numel: int, device: torch.device, dtype: torch.dtype, track_dropped: bool = True,
-                 threshold: torch.Tensor | None = None) -> None:
+                 threshold: float | None = None) -> None:
         self.k = k
         self.track_dropped = track_dropped  # False: the caller derives the dropped energy (energy − kept)
-        self.threshold = threshold  # only entries above it are candidates; None: set by the first chunk
+        # Only entries above it are candidates (a Python float: comparisons with a scalar dispatch
+        # faster than with a 0-d tensor, and it is exact for float32 values); None: set by the first chunk.
+        self.threshold = threshold
         self.indices = torch.zeros(0, dtype=torch.int64, device=device)
         self.values = torch.zeros(0, dtype=dtype, device=device)
         self.dropped = torch.zeros((), dtype=torch.float64, device=device)
@@ -88,8 +90,9 @@ class _StreamingTopK:
             if local.numel():
                 squares.index_fill_(0, local, 0)
             self.dropped += squares.sum(dtype=torch.float64)
-        self.indices = torch.cat([self.indices, local + offset])
-        self.values = torch.cat([self.values, flat[local]])
+        if local.numel():
+            self.indices = torch.cat([self.indices, local + offset])
+            self.values = torch.cat([self.values, flat[local]])
         if self.indices.numel() >= 2 * self.k or (self.threshold is None and self.indices.numel() >= self.k):
             self._shrink()
 
@@ -130,7 +133,7 @@ class _StreamingTopK:
                 self.dropped += self.values[out].square().sum(dtype=torch.float64)
             self.indices, self.values = self.indices[keep], self.values[keep]
         if self.indices.numel() == self.k:
-            self.threshold = self.values.abs().min()
+            self.threshold = float(self.values.abs().min())
 
     def merge(self, other: "_StreamingTopK") -> None:
         """Fold in the candidates and dropped energy of another row range."""
@@ -151,7 +154,7 @@ RowSampler = Callable[[torch.Tensor], torch.Tensor]  # row indices -> those rows
 
 
 def _stream_rows(first: int, last: int, cols: int, k: int, make_chunk: ChunkMaker, like: torch.Tensor,
-                 track_dropped: bool = True, threshold: torch.Tensor | None = None) -> _StreamingTopK:
+                 track_dropped: bool = True, threshold: float | None = None) -> _StreamingTopK:
     """Top-k candidates (and dropped energy when ``track_dropped``) of rows [first, last), one chunk at a time."""
     step = chunk_rows((last - first, cols), like.device)
     selector = _StreamingTopK(k, step * cols, like.device, like.dtype, track_dropped, threshold)
@@ -205,7 +208,7 @@ def _stream(rows: int, cols: int, k: int, make_chunk: ChunkMaker, like: torch.Te
 
 
 def sampled_threshold(rows: int, cols: int, k: int, sample_rows: RowSampler, row_energy: torch.Tensor,
-                      device: torch.device) -> torch.Tensor | None:
+                      device: torch.device) -> float | None:
     """A lower bound of the k-th largest magnitude: the k-th largest within the rows of most energy
     (one chunk's worth); None when those rows hold fewer than 4k entries or most of the matrix.
 
@@ -218,11 +221,11 @@ def sampled_threshold(rows: int, cols: int, k: int, sample_rows: RowSampler, row
         return None
     picked = torch.topk(row_energy, count, sorted=False).indices
     sample = sample_rows(picked).reshape(-1).abs()
-    return torch.topk(sample, k, sorted=False).values.min()
+    return float(torch.topk(sample, k, sorted=False).values.min())
 
 
 def _stream_selection(rows: int, cols: int, k: int, make_chunk: ChunkMaker, like: torch.Tensor, track_dropped: bool = True,
-                      threshold: torch.Tensor | None = None):
+                      threshold: float | None = None):
     """:func:`_stream`'s pass: (sorted indices, values, dropped energy or 0 when not tracked); a
     ``threshold`` that fewer than k entries pass is dropped and the pass run again."""
     if k == 0:
