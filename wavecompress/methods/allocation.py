@@ -122,11 +122,10 @@ def global_budgets(curves: list[RDCurve], total: int) -> tuple[list[int], float]
     costs = np.concatenate([c.costs for c in curves])
     gains = np.concatenate([c.gains for c in curves])
     layer_of = np.concatenate([np.full(len(c.costs), i, dtype=np.int64) for i, c in enumerate(curves)])
-    position = np.concatenate([np.arange(len(c.costs)) for c in curves])
     group_offset = np.cumsum([0] + [int(c.groups.max()) + 1 if len(c.groups) else 0 for c in curves])
     groups = np.concatenate([c.groups + group_offset[i] for i, c in enumerate(curves)])
     ratio = gains / np.maximum(costs, 1)
-    order = np.lexsort((position, layer_of, -ratio))  # last key is primary: best ratio first, layer order kept
+    order = np.argsort(-ratio, kind="stable")  # best ratio first; ties keep (layer, position) order, as concatenated
     taken = greedy_take(costs, groups, order, total)
     budgets = np.bincount(layer_of[taken], weights=costs[taken], minlength=len(curves)).astype(np.int64)
     error = float(gains[~taken].sum() + sum(c.residual for c in curves))

@@ -38,7 +38,7 @@ DIFFERENCE_FLOOR = 1e-3
 # Rows (those of most energy) whose k-th largest magnitude starts a product's search (sampled_threshold).
 SAMPLE_ROWS = 64
 # Values per block of the candidate search (one max per block decides whether it is searched).
-BLOCK = 64
+BLOCK = 128
 
 
 def index_dtype(numel: int) -> torch.dtype:
