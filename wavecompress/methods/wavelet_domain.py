@@ -33,17 +33,17 @@ def coefficients(delta: LayerDelta, wavelet: str, levels: tuple[int, int]) -> to
 
 
 def layer_features(delta: LayerDelta) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row features, column features) of ``delta``, cached on it: from its shared factored SVD, or
-    a seeded randomized low-rank SVD when dense (the same whichever method asks first)."""
-    if "features" not in delta.cache:
-        if delta.is_factored:
-            from .lora_svd import layer_svd
+    """(row features, column features) of ``delta``: from its shared factored SVD (cached on the
+    delta; the features are a cheap slice of it, not kept: a full 7B convert held 150 MB of them), or
+    a seeded randomized low-rank SVD when dense, cached (the same whichever method asks first)."""
+    if delta.is_factored:
+        from .lora_svd import layer_svd
 
-            u, s, vh = layer_svd(delta)
-            k = min(FEATURE_RANK, s.numel())
-            delta.cache["features"] = (u[:, :k] * s[:k], vh[:k].T * s[:k])
-        else:
-            delta.cache["features"] = features_from_dense(delta.dense)
+        u, s, vh = layer_svd(delta)
+        k = min(FEATURE_RANK, s.numel())
+        return u[:, :k] * s[:k], vh[:k].T * s[:k]
+    if "features" not in delta.cache:
+        delta.cache["features"] = features_from_dense(delta.dense)
     return delta.cache["features"]
 
 
