@@ -209,8 +209,9 @@ def _stream(rows: int, cols: int, k: int, make_chunk: ChunkMaker, like: torch.Te
 
 def sampled_threshold(rows: int, cols: int, k: int, sample_rows: RowSampler, row_energy: torch.Tensor,
                       device: torch.device) -> float | None:
-    """A lower bound of the k-th largest magnitude: the k-th largest within the rows of most energy
-    (one chunk's worth); None when those rows hold fewer than 4k entries or most of the matrix.
+    """A lower bound of the k-th largest magnitude: the k-th largest within the SAMPLE_ROWS rows of
+    most energy (at most a chunk); None when those rows hold fewer than 4k entries or a quarter of the
+    matrix or more.
 
     Any subset's k-th largest is at most the whole matrix's, and the rows of most energy hold a
     large share of the largest entries, so the bound is close (measured on 7B-shaped LoRA products:
