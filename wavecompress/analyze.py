@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .deltas.in_memory import DeltaSource, as_adapter_deltas
+from .deltas.layer_delta import LayerDelta
 from .errors import InputError
 from .methods import all_methods, get_method
 from .methods.budget import Budget
@@ -220,7 +221,7 @@ def threshold_budget(curves: list[RDCurve], target: float, high: int) -> int | N
     return high
 
 
-def layer_curve(delta, method: str, options: MethodOptions, max_cost: int | None) -> RDCurve | LowestCurve:
+def layer_curve(delta: LayerDelta, method: str, options: MethodOptions, max_cost: int | None) -> RDCurve | LowestCurve:
     """The layer's curve; with several candidate orderings (auto, best) one curve per ordering, read
     as the lowest at each budget, since convert keeps the lowest-error ordering at the budget it runs."""
     if options.reorder and get_method(method).reorderable:

@@ -18,13 +18,13 @@ Orderings (``ORDERINGS``):
 - ``snake``: a boustrophedon through the leading three feature axes (bands, sub-bands, sorted
   cells; see :func:`snake_order`): a few torch sorts on the features' device, O(n log n).
 
-``greedy`` wins at high budgets per layer and ``snake`` at low ones (measured on the MiniLM fixture
-and its full fine-tune, ``python benchmarks/reorder_table.py``: snake lower from 300 to 10000
-values per layer on the LoRA, greedy lower at 30000; on the full fine-tune snake lower at 1000,
-greedy from 3000 (WaRA) or 10000 (WaveFT) up), so
-the default, ``auto`` (:func:`ordering_candidates`), tries both on layers whose sides are at most
-``AUTO_GREEDY_MAX_SIZE`` (where greedy is cheap) and keeps the lower error, and takes ``snake``
-alone on larger layers (7B-shaped layers: budgets of ~0.02 % of the entries, far in snake's range).
+``greedy`` wins at high budgets per layer and ``snake`` at low ones (``python
+benchmarks/ordering_table.py``: on the MiniLM LoRA fixture snake is lower from 300 to 10000 values
+per layer and greedy at 30000; on its full fine-tune snake is lower at 300 and 1000, greedy from 3000
+(WaRA) or 8192 (WaveFT) up). So the default, ``auto`` (:func:`ordering_candidates`), tries both on
+layers whose sides are at most ``AUTO_GREEDY_MAX_SIZE`` (where greedy is cheap) and keeps the lower
+error, and takes ``snake`` alone on larger layers (a 7B layer at a few thousand values keeps ~0.02 %
+of its entries, far below where greedy wins on the fixture).
 
 A permutation ``p`` means row ``i`` of the reordered matrix is row ``p[i]`` of ΔW:
 ``M = ΔW[p][:, q]`` and ``ΔW = M[argsort(p)][:, argsort(q)]`` (:func:`unpermute`).
