@@ -129,3 +129,12 @@ def test_device_resolution() -> None:
     if not torch.cuda.is_available():
         with pytest.warns(RuntimeWarning, match="CUDA is not available"):
             assert resolve_device("cuda").type == "cpu"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_kth_largest_is_topks_smallest_kept_value(dtype: torch.dtype) -> None:
+    from wavecompress.methods.topk import kth_largest
+
+    values = torch.randn(5000, generator=torch.Generator().manual_seed(4)).abs().to(dtype)
+    for k in (1, 37, 5000):
+        assert kth_largest(values, k) == float(torch.topk(values, k).values[-1])
