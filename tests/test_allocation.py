@@ -188,3 +188,30 @@ def test_method_auto_picks_the_lowest_error_and_says_why() -> None:
     assert auto.report.relative_error == pytest.approx(errors[best], rel=1e-9)
     note = next(n for n in auto.report.notes if n.startswith("auto:"))
     assert f"chose {best}" in note and all(m in note for m in errors)
+
+
+def test_top_k_curves_are_allocated_like_the_sorted_greedy_without_sorting() -> None:
+    """global_budgets' top-k path (unit costs, one group, gains never rising) gives the budgets and the
+    error of the sorted greedy itself, ties included (taken in layer order, then position)."""
+    import numpy as np
+
+    from wavecompress.methods.allocation import global_budgets
+    from wavecompress.methods.rate_distortion import RDCurve, greedy_take
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        curves = []
+        for i in range(int(rng.integers(1, 8))):
+            m = int(rng.integers(0, 40))
+            gains = rng.integers(0, 5, m).astype(float) if trial % 2 else rng.random(m)  # even trials: many ties
+            curves.append(RDCurve(f"l{i}", "sparse", (8, 8), 10.0, np.ones(m, dtype=np.int64), np.sort(gains)[::-1].copy(),
+                                  np.zeros(m, dtype=np.int64), float(rng.random())))
+        steps = sum(len(c.gains) for c in curves)
+        gains = np.concatenate([c.gains for c in curves])
+        layer_of = np.concatenate([np.full(len(c.gains), i) for i, c in enumerate(curves)])
+        groups = np.concatenate([np.full(len(c.gains), i) for i, c in enumerate(curves)])
+        for total in (1, steps // 3, steps - 1, steps, steps + 5):
+            taken = greedy_take(np.ones(steps, dtype=np.int64), groups, np.argsort(-gains, kind="stable"), total)
+            expected = [int(np.count_nonzero(taken[layer_of == i])) for i in range(len(curves))]
+            error = float(gains[~taken].sum() + sum(c.residual for c in curves))
+            assert global_budgets(curves, total) == (expected, error)

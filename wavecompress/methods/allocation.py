@@ -119,6 +119,8 @@ def global_budgets(curves: list[RDCurve], total: int) -> tuple[list[int], float]
     """Exact greedy over all layers' curves: (per-layer budgets, predicted total squared error)."""
     if not curves:
         return [], 0.0
+    if all(_unit_prefix(c) for c in curves):
+        return _unit_prefix_budgets(curves, total)
     costs = np.concatenate([c.costs for c in curves])
     gains = np.concatenate([c.gains for c in curves])
     layer_of = np.concatenate([np.full(len(c.costs), i, dtype=np.int64) for i, c in enumerate(curves)])
@@ -130,6 +132,41 @@ def global_budgets(curves: list[RDCurve], total: int) -> tuple[list[int], float]
     budgets = np.bincount(layer_of[taken], weights=costs[taken], minlength=len(curves)).astype(np.int64)
     error = float(gains[~taken].sum() + sum(c.residual for c in curves))
     return [int(b) for b in budgets], error
+
+
+def _unit_prefix(curve: RDCurve) -> bool:
+    """A top-k curve: every step stores one value, one group, gains never rising (the greedy takes a prefix)."""
+    costs, gains = curve.costs, curve.gains
+    return bool((costs == 1).all() and (len(curve.groups) == 0 or curve.groups.min() == curve.groups.max())
+                and (gains[1:] <= gains[:-1]).all())
+
+
+def _unit_prefix_budgets(curves: list[RDCurve], total: int) -> tuple[list[int], float]:
+    """:func:`global_budgets` of top-k curves without sorting every step: the greedy takes the
+    ``total`` largest gains, ties in layer order, so each layer's budget is its count above the
+    total-th largest gain plus its share of the ties. Same budgets and error as the sort (a full 7B
+    convert's sparse curves held ~190 bytes per step in the sort's arrays, here ~10)."""
+    lengths = [len(c.gains) for c in curves]
+    gains = np.concatenate([c.gains for c in curves])
+    budgets = list(lengths)
+    if 0 < total < gains.size:
+        cut = float(np.partition(gains, gains.size - total)[gains.size - total])  # the total-th largest gain
+        above = [int(np.count_nonzero(c.gains > cut)) for c in curves]
+        ties = total - sum(above)
+        budgets = []
+        for curve, count in zip(curves, above):
+            tied = min(ties, int(np.count_nonzero(curve.gains == cut)))
+            ties -= tied
+            budgets.append(count + tied)
+    elif total <= 0:
+        budgets = [0] * len(curves)
+    taken = np.zeros(gains.size, dtype=bool)
+    offset = 0
+    for length, budget in zip(lengths, budgets):
+        taken[offset : offset + budget] = True
+        offset += length
+    error = float(gains[~taken].sum() + sum(c.residual for c in curves))
+    return budgets, error
 
 
 def layer_names(layers: Sequence[LayerDelta]) -> list[str]:
