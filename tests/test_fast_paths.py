@@ -138,3 +138,48 @@ def test_kth_largest_is_topks_smallest_kept_value(dtype: torch.dtype) -> None:
     values = torch.randn(5000, generator=torch.Generator().manual_seed(4)).abs().to(dtype)
     for k in (1, 37, 5000):
         assert kth_largest(values, k) == float(torch.topk(values, k).values[-1])
+
+
+def test_map_layers_keeps_order_runs_each_item_on_one_thread_and_raises_in_order() -> None:
+    from wavecompress.hardware import map_layers
+
+    seen = []
+
+    def work(i: int) -> tuple[int, int]:
+        seen.append(i)
+        return i * i, torch.get_num_threads()
+
+    assert list(map_layers(work, range(7), 2)) == [(i * i, 1) for i in range(7)]
+    taken = iter(range(100))
+    first = next(map_layers(work, taken, 2))
+    assert first == (0, 1) and next(taken) == 2  # only `workers` items are taken ahead of the one returned
+
+    def fails(i: int) -> int:
+        if i == 3:
+            raise ValueError("layer 3")
+        return i
+
+    results = map_layers(fails, range(6), 2)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="layer 3"):
+        next(results)
+
+
+def test_layers_side_by_side_give_the_files_one_thread_gives(tmp_path) -> None:
+    """A convert with two threads (layers side by side, one thread each) writes the same bytes as one
+    with a single thread."""
+    import wavecompress as wc
+    from conftest import make_peft_lora
+
+    lora_dir, _ = make_peft_lora(tmp_path / "lora", r=4, target_modules=["query", "key", "value", "dense"])
+    saved = torch.get_num_threads()
+    outputs = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            result = wc.compress(lora_dir, budget=200, method="waveft", allocate="global")
+            outputs[threads] = ((result.save(tmp_path / f"t{threads}") / "adapter_model.safetensors").read_bytes(),
+                                [row.result.relative_error for row in result.report.layers])
+    finally:
+        torch.set_num_threads(saved)
+    assert outputs[1] == outputs[2]

@@ -23,7 +23,7 @@ import torch
 from .deltas import AdapterDeltas
 from .methods import CompressedLayer, MethodOptions
 from .methods.activation_aware import aware_compress, with_activation_error
-from .hardware import layer_to_device
+from .hardware import CPU, layer_to_device, layer_workers, map_layers
 from .methods.allocation import Allocation, global_budgets, layer_names
 from .methods.precision import stored_layer, value_bytes
 from .methods.rate_distortion import RDCurve, rd_curve
@@ -53,22 +53,32 @@ def add_baseline_columns(
     shares = {name: CURVE_SHARE * -(-totals[name] // len(rows)) for name in names}
     curves: dict[str, list[RDCurve]] = {name: [] for name in names}
     reaches: dict[str, list[int]] = {name: [] for name in names}
-    for delta in deltas.layers:
-        row = by_name.get(delta.name)
-        if row is None:
-            continue
+
+    def layer_columns(delta) -> tuple[str, dict[str, tuple[RDCurve, int]], dict[str, MethodSummary]] | None:
+        """(layer, {baseline: (curve, its reach)}, {baseline: summary at equal values}) of one layer."""
+        if delta.name not in by_name:
+            return None
         moved = layer_to_device(delta, device) if device is not None else delta
         gram = calibration.gram(delta.name) if calibration is not None else None
-        at_values = {}
+        built, at_values = {}, {}
         for name in names:
             budget = plans[name].budget_of(delta.name)
             if target > 0:  # first the larger selection, so the equal-values column below is a prefix of it
                 reach = min(totals[name], max(shares[name], budget))
-                curves[name].append(rd_curve(moved, name, options, max_cost=reach, gram=gram))
-                reaches[name].append(reach)
+                built[name] = rd_curve(moved, name, options, max_cost=reach, gram=gram), reach
             at_values[name] = stored_summary(name, moved, budget, options, gram)
+        return delta.name, built, at_values
+
+    workers = layer_workers(deltas.layers, device if device is not None else CPU)
+    for done in map_layers(layer_columns, deltas.layers, workers):
+        if done is None:
+            continue
+        layer, built, at_values = done
+        for name, (curve, reach) in built.items():
+            curves[name].append(curve)
+            reaches[name].append(reach)
+        row = by_name[layer]
         row.baselines = at_values | row.baselines  # the report's order: baselines first, @bytes columns last
-        del moved, delta  # lazy (streamed) inputs: one layer's ΔW alive at a time
     if target <= 0:
         return target
     for name in names:

@@ -19,7 +19,7 @@ from .compressed_adapter import CompressedAdapter
 from .deltas import AdapterDeltas, LayerDelta
 from .equal_bytes import add_baseline_columns
 from .errors import InputError
-from .hardware import layer_to_cpu, layer_to_device, resolve_device
+from .hardware import layer_to_cpu, layer_to_device, layer_workers, map_layers, resolve_device
 from .methods import BASELINES, CompressedLayer, MethodOptions, get_method
 from .methods.activation_aware import aware_compress, with_activation_error
 from .methods.allocation import Allocation, bytes_per_value, bytes_total, layer_names, layer_shapes, plan_budgets, total_values
@@ -83,14 +83,14 @@ def run(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
                          calibration=calibration)
     layers, rows = [], []
     progress = job.progress
-    bar = tqdm(deltas.layers, desc=f"{method} {spec.label()}", unit="layer", disable=None if progress is None else not progress)
     target = resolve_device(job.device)  # "cuda": each layer moves there in turn; CPU fallback with a warning
     reorderable = get_method(method).reorderable
     # Permutations are chosen per layer / group only under a size limit (job.bytes_share): at a values
     # budget sharing lost in every group measured (methods/shared_permutations.py), so that path is unchanged.
     choice = (permutation_choice(deltas, job, plans[method], target)
               if reorderable and options.reorder and calibration is None and job.bytes_share is not None else None)
-    for delta in bar:
+
+    def convert_layer(delta: LayerDelta) -> tuple[CompressedLayer, LayerReport]:
         delta = layer_to_device(delta, target)
         budget = plans[method].budget_of(delta.name)
         gram = calibration.gram(delta.name) if calibration is not None else None
@@ -103,10 +103,16 @@ def run(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
         if reorderable:
             variant, summary = order_variant(method, delta, budget, options)
             others[variant] = summary
-        layers.append(kept)
         summary = with_activation_error(MethodSummary.of(kept), delta, kept, gram)
-        rows.append(LayerReport(delta.name, delta.shape, budget, kept.budget_clamped, summary, others))
-        del delta  # lazy (streamed) inputs: let this layer's ΔW go before the next one is built
+        return kept, LayerReport(delta.name, delta.shape, budget, kept.budget_clamped, summary, others)
+
+    # Layers side by side on the CPU's cores, except where a layer's work reaches other layers (the
+    # permutation choice reads a group's members) or layers are streamed (one ΔW alive at a time).
+    workers = layer_workers(deltas.layers, target) if choice is None else 1
+    for kept, row in tqdm(map_layers(convert_layer, deltas.layers, workers), total=len(deltas.layers),
+                          desc=f"{method} {spec.label()}", unit="layer", disable=None if progress is None else not progress):
+        layers.append(kept)
+        rows.append(row)
     compared = [b for b in baselines if b != method]
     if compared:  # each baseline at equal values and at the output's bytes (<baseline>@bytes), one pass
         add_baseline_columns(deltas, rows, layers, compared, plans, options, calibration, target)
