@@ -190,6 +190,8 @@ def _stream(rows: int, cols: int, k: int, make_chunk: ChunkMaker, like: torch.Te
     On CPU the rows are split across ``torch.get_num_threads()`` Python threads, each running
     single-threaded torch ops on its own row range (torch releases the GIL). Many small parallel
     regions would instead pay an OpenMP barrier per op, ruinous on a shared, oversubscribed machine.
+    A convert runs whole layers side by side instead (hardware.map_layers: each stream then sees one
+    thread and is not split), which uses the cores better; the split serves a single large layer.
 
     With ``sample`` (a function giving any rows of the matrix by index, and every row's energy)
     the search starts from :func:`sampled_threshold` instead of a first chunk's k-th largest; either
