@@ -140,8 +140,8 @@ def test_kth_largest_is_topks_smallest_kept_value(dtype: torch.dtype) -> None:
         assert kth_largest(values, k) == float(torch.topk(values, k).values[-1])
 
 
-def test_map_layers_keeps_order_runs_each_item_on_one_thread_and_raises_in_order() -> None:
-    from wavecompress.hardware import map_layers
+def test_map_in_threads_keeps_order_runs_each_item_on_one_thread_and_raises_in_order() -> None:
+    from wavecompress.hardware import map_in_threads
 
     seen = []
 
@@ -149,9 +149,9 @@ def test_map_layers_keeps_order_runs_each_item_on_one_thread_and_raises_in_order
         seen.append(i)
         return i * i, torch.get_num_threads()
 
-    assert list(map_layers(work, range(7), 2)) == [(i * i, 1) for i in range(7)]
+    assert list(map_in_threads(work, range(7), 2)) == [(i * i, 1) for i in range(7)]
     taken = iter(range(100))
-    first = next(map_layers(work, taken, 2))
+    first = next(map_in_threads(work, taken, 2))
     assert first == (0, 1) and next(taken) == 2  # only `workers` items are taken ahead of the one returned
 
     def fails(i: int) -> int:
@@ -159,7 +159,7 @@ def test_map_layers_keeps_order_runs_each_item_on_one_thread_and_raises_in_order
             raise ValueError("layer 3")
         return i
 
-    results = map_layers(fails, range(6), 2)
+    results = map_in_threads(fails, range(6), 2)
     assert [next(results) for _ in range(3)] == [0, 1, 2]
     with pytest.raises(ValueError, match="layer 3"):
         next(results)

@@ -23,7 +23,7 @@ import torch
 from .deltas import AdapterDeltas
 from .methods import CompressedLayer, MethodOptions
 from .methods.activation_aware import aware_compress, with_activation_error
-from .hardware import CPU, layer_to_device, layer_workers, map_layers
+from .hardware import CPU, layer_to_device, layer_workers, map_in_threads
 from .methods.allocation import Allocation, global_budgets, layer_names
 from .methods.precision import stored_layer, value_bytes
 from .methods.rate_distortion import RDCurve, rd_curve
@@ -70,7 +70,7 @@ def add_baseline_columns(
         return delta.name, built, at_values
 
     workers = layer_workers(deltas.layers, device if device is not None else CPU)
-    for done in map_layers(layer_columns, deltas.layers, workers):
+    for done in map_in_threads(layer_columns, deltas.layers, workers):
         if done is None:
             continue
         layer, built, at_values = done

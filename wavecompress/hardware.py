@@ -4,7 +4,7 @@ Small linear algebra (QR and SVD of n × r factors, r×r cores) is run with one 
 at these sizes threads add an OpenMP barrier per op and gain nothing, and on a shared,
 oversubscribed machine each barrier can cost a scheduler tick (measured 10-20× slower with 2
 threads than with 1 under load). Independent layers are converted side by side instead, one
-single-threaded layer per core (:func:`map_layers`); a single large stream (top-k over d_out·d_in
+single-threaded layer per core (:func:`map_in_threads`); a single large stream (top-k over d_out·d_in
 values) splits its rows across Python threads (``methods/topk.py``).
 """
 
@@ -108,16 +108,19 @@ def layer_workers(layers: object, device: torch.device) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _layer_pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wavecompress-layer")
+def _thread_pool(workers: int) -> ThreadPoolExecutor:
+    """One lasting pool per worker count: starting threads for every call cost ~4 ms each on a busy
+    machine (a 7B-shaped convert spent 13% of its time there)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wavecompress")
 
 
-def map_layers(work: Callable[[Item], Result], items: Iterable[Item], workers: int) -> Iterator[Result]:
+def map_in_threads(work: Callable[[Item], Result], items: Iterable[Item], workers: int) -> Iterator[Result]:
     """``work(item)`` for every item, in order. With ``workers`` > 1 that many run at once in a lasting
-    thread pool, each with one intra-op thread (torch releases the GIL): whole layers side by side
-    keep both cores busy where splitting one layer's stream between them did not (measured on four
-    7B-shaped top-k selections: 51 ms side by side against 80 ms split, 106 ms on one thread). At most
-    ``workers`` items are taken ahead of the one returned."""
+    thread pool, each with one intra-op thread (torch releases the GIL), so a job never splits itself
+    again. Used for whole layers side by side, which keep both cores busy where splitting one layer's
+    stream between them did not (measured on four 7B-shaped top-k selections: 51 ms side by side
+    against 80 ms split, 106 ms on one thread), and for the row ranges of a single large stream
+    (methods/topk.py). At most ``workers`` items are taken ahead of the one returned."""
     if workers <= 1:
         for item in items:
             result = work(item)
@@ -129,7 +132,7 @@ def map_layers(work: Callable[[Item], Result], items: Iterable[Item], workers: i
         with one_thread():
             return work(item)
 
-    pool, pending = _layer_pool(workers), collections.deque()
+    pool, pending = _thread_pool(workers), collections.deque()
     for item in items:
         pending.append(pool.submit(single, item))
         if len(pending) >= workers:

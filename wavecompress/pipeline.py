@@ -19,7 +19,7 @@ from .compressed_adapter import CompressedAdapter
 from .deltas import AdapterDeltas, LayerDelta
 from .equal_bytes import add_baseline_columns
 from .errors import InputError
-from .hardware import layer_to_cpu, layer_to_device, layer_workers, map_layers, resolve_device
+from .hardware import layer_to_cpu, layer_to_device, layer_workers, map_in_threads, resolve_device
 from .methods import BASELINES, CompressedLayer, MethodOptions, get_method
 from .methods.activation_aware import aware_compress, with_activation_error
 from .methods.allocation import Allocation, bytes_per_value, bytes_total, layer_names, layer_shapes, plan_budgets, total_values
@@ -109,7 +109,7 @@ def run(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
     # Layers side by side on the CPU's cores, except where a layer's work reaches other layers (the
     # permutation choice reads a group's members) or layers are streamed (one ΔW alive at a time).
     workers = layer_workers(deltas.layers, target) if choice is None else 1
-    for kept, row in tqdm(map_layers(convert_layer, deltas.layers, workers), total=len(deltas.layers),
+    for kept, row in tqdm(map_in_threads(convert_layer, deltas.layers, workers), total=len(deltas.layers),
                           desc=f"{method} {spec.label()}", unit="layer", disable=None if progress is None else not progress):
         layers.append(kept)
         rows.append(row)

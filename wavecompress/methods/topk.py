@@ -17,9 +17,7 @@ on CPU is an order of magnitude slower and needs several matrix-sized temporarie
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -28,7 +26,7 @@ from ..deltas.layer_delta import LayerDelta
 from .compressed_layer import CompressedLayer
 from .index_codec import index_tensor
 
-from ..hardware import one_thread
+from ..hardware import map_in_threads
 
 # Elements per chunk: 2 MB of float32 keeps each chunk's passes in cache on CPU (measured on 7B
 # shapes: 5-15% faster than 1 MB with one thread, 10-25% with two; 4 MB no better); on CUDA fewer,
@@ -166,23 +164,6 @@ def _stream_rows(first: int, last: int, cols: int, k: int, make_chunk: ChunkMake
     return selector
 
 
-@functools.lru_cache(maxsize=None)
-def _worker_pool(workers: int) -> ThreadPoolExecutor:
-    """One lasting pool per worker count: starting threads for every matrix cost ~4 ms each on a
-    busy machine (a 7B-shaped convert spent 13% of its time there)."""
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wavecompress-topk")
-
-
-def _single_threaded(job: Callable[[], _StreamingTopK]) -> Callable[[], _StreamingTopK]:
-    """``job`` wrapped to run with one intra-op thread in whichever thread calls it."""
-
-    def run() -> _StreamingTopK:
-        with one_thread():
-            return job()
-
-    return run
-
-
 def _stream(rows: int, cols: int, k: int, make_chunk: ChunkMaker, like: torch.Tensor, energy: float | None = None,
             sample: tuple[RowSampler, torch.Tensor] | None = None):
     """Exact top-k over a rows × cols matrix given by row chunks, using every CPU thread.
@@ -190,7 +171,7 @@ def _stream(rows: int, cols: int, k: int, make_chunk: ChunkMaker, like: torch.Te
     On CPU the rows are split across ``torch.get_num_threads()`` Python threads, each running
     single-threaded torch ops on its own row range (torch releases the GIL). Many small parallel
     regions would instead pay an OpenMP barrier per op, ruinous on a shared, oversubscribed machine.
-    A convert runs whole layers side by side instead (hardware.map_layers: each stream then sees one
+    A convert runs whole layers side by side instead (hardware.map_in_threads: each stream then sees one
     thread and is not split), which uses the cores better; the split serves a single large layer.
 
     With ``sample`` (a function giving any rows of the matrix by index, and every row's energy)
@@ -253,12 +234,9 @@ def _stream_selection(rows: int, cols: int, k: int, make_chunk: ChunkMaker, like
     if workers == 1:
         merged = _stream_rows(0, rows, cols, k, make_chunk, like, track_dropped, threshold)
     else:
-        bounds = [rows * i // workers for i in range(workers + 1)]
-        jobs = [_single_threaded(functools.partial(_stream_rows, bounds[i], bounds[i + 1], cols, k, make_chunk, like,
-                                                   track_dropped, threshold))
-                for i in range(workers)]
-        pool = _worker_pool(workers)
-        parts = [f.result() for f in [pool.submit(job) for job in jobs]]
+        spans = [(rows * i // workers, rows * (i + 1) // workers) for i in range(workers)]
+        parts = list(map_in_threads(lambda span: _stream_rows(*span, cols, k, make_chunk, like, track_dropped, threshold),
+                                    spans, workers))
         merged = parts[0]
         for part in parts[1:]:
             merged.merge(part)
@@ -281,9 +259,10 @@ def select_topk_product(left: torch.Tensor, right: torch.Tensor, k: int) -> tupl
     its energy comes from the r × r Gram matrices, so each chunk is read once."""
     rows, cols = left.shape[0], right.shape[1]
     k = min(k, rows * cols)
-    right_gram = right.double() @ right.T.double()
-    energy = float(((left.T.double() @ left.double()) * right_gram).sum())
-    row_energy = ((left.double() @ right_gram) * left.double()).sum(1)  # ‖(left @ right)_i‖², to sample by
+    left64, right64 = left.double(), right.double()
+    right_gram = right64 @ right64.T
+    energy = float(((left64.T @ left64) * right_gram).sum())
+    row_energy = ((left64 @ right_gram) * left64).sum(1)  # ‖(left @ right)_i‖², to sample by
 
     def product_rows(start: int, stop: int, scratch: torch.Tensor | None) -> torch.Tensor:
         if scratch is None:
