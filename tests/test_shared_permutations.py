@@ -201,3 +201,16 @@ def test_a_size_below_the_permutations_is_met_by_layers_paying_for_them_from_the
     result = wavecompress.compress(deltas, max_size="8kB", method="waveft", baselines=(), allocate="global")
     assert [layer.meta.get("reorder") for layer in result.layers] == ["greedy", "greedy", "snake", "snake"]
     assert round(result.report.relative_error, 4) == 0.6741  # greedy alone: 0.6790
+
+
+def test_a_writer_refuses_a_borrowed_tensor_whose_owner_is_missing_or_stores_another() -> None:
+    from wavecompress.deltas.shared_tensors import check_lenders
+
+    perm = torch.arange(4, dtype=torch.int16)
+    owner = ("a.key", {"reorder_cols": perm}, {"shared_tensors": {"reorder_cols": "a.key"}})
+    borrower = ("a.query", {"reorder_cols": perm.clone()}, {"shared_tensors": {"reorder_cols": "a.key"}})
+    check_lenders([owner, borrower])  # the same permutation: written once, under a.key
+    with pytest.raises(ValueError, match="a.query borrows reorder_cols from a.key, which is not written with it"):
+        check_lenders([borrower])
+    with pytest.raises(ValueError, match="a.query: its reorder_cols differs from the one a.key stores for it"):
+        check_lenders([owner, ("a.query", {"reorder_cols": perm.flip(0)}, borrower[2])])

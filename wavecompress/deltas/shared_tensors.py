@@ -40,10 +40,10 @@ def resolve_shared(layers: Mapping[str, tuple[dict[str, torch.Tensor], Mapping[s
         for key, owner in borrowed(name, meta).items():
             if key in tensors:
                 raise ValueError(f"{where}: layer {name} stores {key} although it borrows it from {owner}")
-            source = layers.get(owner)
-            if source is None or key not in source[0] or borrowed(owner, source[1]).get(key):
+            stored = _stored_by(layers, owner, key)
+            if stored is None:
                 raise ValueError(f"{where}: layer {name} borrows {key} from {owner}, which does not store it")
-            tensors[key] = source[0][key]
+            tensors[key] = stored
 
 
 def check_lenders(layers: Iterable[tuple[str, Mapping[str, torch.Tensor], Mapping[str, Any]]]) -> None:
@@ -52,8 +52,17 @@ def check_lenders(layers: Iterable[tuple[str, Mapping[str, torch.Tensor], Mappin
     table = {name: (tensors, meta) for name, tensors, meta in layers}
     for name, (tensors, meta) in table.items():
         for key, owner in borrowed(name, meta).items():
-            source = table.get(owner)
-            if source is None or key not in source[0] or borrowed(owner, source[1]).get(key):
+            stored = _stored_by(table, owner, key)
+            if stored is None:
                 raise ValueError(f"layer {name} borrows {key} from {owner}, which is not written with it")
-            if key in tensors and not torch.equal(tensors[key].cpu(), source[0][key].cpu()):
+            if key in tensors and not torch.equal(tensors[key].cpu(), stored.cpu()):
                 raise ValueError(f"layer {name}: its {key} differs from the one {owner} stores for it")
+
+
+def _stored_by(layers: Mapping[str, tuple[Mapping[str, torch.Tensor], Mapping[str, Any]]], owner: str,
+               key: str) -> torch.Tensor | None:
+    """Tensor ``key`` as layer ``owner`` stores it, or None when ``owner`` is absent, lacks it or borrows it itself."""
+    source = layers.get(owner)
+    if source is None or key not in source[0] or borrowed(owner, source[1]).get(key):
+        return None
+    return source[0][key]
