@@ -51,6 +51,12 @@ def load_case(name: str):
     def accuracy(deltas: dict[str, torch.Tensor], passthrough: dict[str, torch.Tensor]) -> float:
         return evaluate_accuracy(merged_model(deltas, passthrough, build_base_model), tokenizer, test)
 
+    return case_deltas(name), accuracy
+
+
+def case_deltas(name: str):
+    """The deltas of one case, ``fixture`` or ``full-finetune`` (made once by full_finetune_bbc.py),
+    every layer read once (a streamed full fine-tune's layers are listed)."""
     if name == "fixture":
         source = wc.load_deltas(REPO / "fixtures" / "minilm-bbc-lora")
     else:
@@ -58,13 +64,13 @@ def load_case(name: str):
 
         base, tuned, _ = ensure_full_finetune()
         source = read_full_finetune(base, tuned, [], [])
-    return source, accuracy
+    source.layers = list(source.layers)
+    return source
 
 
 def run_case(name: str, sizes: tuple[str, ...], budgets: tuple[int, ...]) -> None:
     source, accuracy = load_case(name)
-    layers = list(source.layers)
-    source.layers = layers  # read a streamed full fine-tune once
+    layers = source.layers
     start = time.perf_counter()
     exact = accuracy({layer.name: layer.to_dense() for layer in layers}, source.passthrough)
     zero = accuracy({}, source.passthrough)

@@ -22,28 +22,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import wavecompress as wc  # noqa: E402
+from currency_table import case_deltas  # noqa: E402
 from wavecompress.methods.options import REORDER_CHOICES  # noqa: E402
 
 BUDGETS = (300, 1000, 3000, 8192, 10000, 30000)
 METHODS = ("wara", "waveft")
-
-
-def load_case(case: str) -> wc.AdapterDeltas:
-    """The deltas of ``case`` (fixture or full-finetune), every layer read once."""
-    if case == "fixture":
-        source = wc.load_deltas(REPO / "fixtures" / "minilm-bbc-lora")
-    else:
-        from full_finetune_bbc import ensure_full_finetune
-        from wavecompress.deltas import read_full_finetune
-
-        base, tuned, _ = ensure_full_finetune()
-        source = read_full_finetune(base, tuned, [], [])
-    source.layers = list(source.layers)
-    return source
 
 
 def main() -> None:
@@ -53,7 +39,7 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", type=int, default=list(BUDGETS))
     args = parser.parse_args()
     for case in args.cases:
-        source = load_case(case)
+        source = case_deltas(case)
         print(f"\n{case}: {len(source.layers)} layers; relative error, values per layer")
         header = " | ".join(f"{m} {b}" for b in args.budgets for m in METHODS)
         print(f"| ordering | {header} |")
