@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 # Row/column ordering used by default: "auto" keeps the lower-error of greedy and snake per layer
 # (snake alone on layers with a side above 2048); "best" tries every ordering per layer and keeps the
-# lowest error (transforms/reorder.py ordering_candidates; measured by benchmarks/reorder_table.py).
+# lowest error (transforms/reorder.py ordering_candidates; measured by benchmarks/ordering_table.py).
 DEFAULT_REORDER = "auto"
 REORDER_CHOICES = ("auto", "svd", "fiedler", "greedy", "snake", "best")
 

@@ -7,15 +7,17 @@ sum of squared errors decides (it is what the overall relative error adds up):
 - **values budget** (PEFT's meaning; permutations are fixed, not trained, and cost no values): every
   layer keeps its own permutations and the pipeline does not use this class (no extra work). Measured:
   at equal values a shared order lost in every group of both benchmark cases (fixture wara 3000,
-  block 0 query+value 0.4771 → 0.5135; full fine-tune q/k/v, e.g. 0.9020 → 0.9154), since the
-  bytes it saves buy nothing there. With ``bytes_share=None`` the class still measures it (a group
+  block 0 query+value 0.4637 → 0.4888 at the default ordering, tests/test_shared_permutations.py;
+  full fine-tune q/k/v, e.g. 0.9020 → 0.9154 with the greedy ordering), since the bytes it saves buy
+  nothing there. With ``bytes_share=None`` the class still measures it (a group
   shares when its error is no higher).
 - **bytes budget** (``--max-size``): choices are compared within the same bytes. A layer's share is
   its planned k values plus, when the plan counted them (``bytes_share="permuted"``: the size limit
   holds every layer's permutations), the bytes of its permutations; when it did not
   (``"plain"``: the permutations alone exceed the limit) just the k values. (Planning every size
-  the "plain" way was measured too: on the fixture in bf16 better at 100 kB, waveft 0.7597 vs 0.8415,
-  wara 0.6285 vs 0.6397, but far worse at 129 kB, wara 0.7539 vs 0.5904, and at 300 kB.) Within that share: the
+  the "plain" way was measured too, with the greedy ordering: on the fixture in bf16 better at 100 kB,
+  waveft 0.7597 vs 0.8415, wara 0.6285 vs 0.6397, but far worse at 129 kB, wara 0.7539 vs 0.5904,
+  and at 300 kB.) Within that share: the
   plain layer, the permuted layer with what its permutations leave, and a group sharing one column
   permutation (each member paying its rows and an equal part of the shared columns). The lowest
   error wins (a group shares when that beats its members' own best), so a permutation that does not
