@@ -51,6 +51,7 @@ def compress(
     rank: int | None = None,
     target_error: float | None = None,
     optimise: str | None = None,
+    drop_unconvertible: bool = False,
 ) -> CompressedAdapter:
     """Compress every layer of ``source`` to ``budget`` stored values with ``method``.
 
@@ -72,7 +73,10 @@ def compress(
     CPU; without CUDA it warns and stays on the CPU). ``dtype`` is the stored float precision: auto
     (each layer's input dtype), float32, bfloat16 or float16; errors and bytes are those of the
     rounded tensors. ``optimise`` (auto only): compare candidates at equal ``values`` or equal
-    ``bytes`` (default: bytes with ``max_size``, else values; see auto_select.py).
+    ``bytes`` (default: bytes with ``max_size``, else values; see auto_select.py). Modules whose delta
+    cannot be formed from the input (a DoRA module without base weights, a bias difference, an unknown
+    tensor) are carried into the output verbatim, or left out with ``drop_unconvertible=True``; the
+    report names them either way.
     """
     job = make_job(budget, method, wavelet, levels, baselines, progress, reorder, budget_total=budget_total,
                    budget_ratio=budget_ratio, max_size=max_size, allocate=allocate, scaling=scaling, seed=seed,
@@ -82,6 +86,8 @@ def compress(
     if job.budget.target_error is not None and calibration is not None:
         raise InputError("--target-error sizes by the Frobenius error; it cannot be combined with --calibration")
     deltas = as_adapter_deltas(source)
+    if drop_unconvertible:
+        deltas.drop_unconvertible()
     job = replace(job, calibration=load_calibration(calibration))
     if method == AUTO or wavelet == AUTO:
         candidates = method_names(auto=True) if method == AUTO else (method,)

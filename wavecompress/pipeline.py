@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .compressed_adapter import CompressedAdapter
 from .deltas import AdapterDeltas, LayerDelta
+from .deltas.conv import KEY as WEIGHT_SHAPE, weight_shape_of
 from .equal_bytes import add_baseline_columns
 from .errors import InputError
 from .hardware import layer_to_cpu, layer_to_device, layer_workers, map_in_threads, resolve_device
@@ -99,6 +100,7 @@ def run(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
         else:
             kept = stored_layer(aware_compress(method, delta, budget, options, gram), delta, options.dtype, refit=gram is not None)
         check_finite_result(layer_to_cpu(kept), deltas.source)
+        with_weight_shape(kept, delta)
         others = {}
         if reorderable:
             variant, summary = order_variant(method, delta, budget, options)
@@ -126,6 +128,8 @@ def run(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
         skipped=[{"name": s.name, "reason": s.reason} for s in deltas.skipped],
         input_stored_values=deltas.stored_values,
         kept=[kept_entry(layer) for layer in kept],
+        carried=[module.entry() for module in deltas.carried],
+        dropped=[module.entry() for module in deltas.dropped],
     )
     describe_allocation(report, spec, plans[method], calibration)
     if (note := lossy_input_note(deltas)) is not None:
@@ -160,7 +164,15 @@ def keep_exactly(delta: LayerDelta, method: str) -> CompressedLayer:
     """An unselected layer as stored in the output: a plain LoRA layer in LoRA outputs, else a ``kept`` layer."""
     from .methods import kept
 
-    return kept.as_lora(delta) if get_method(method).peft_type == LORA else kept.compress(delta)
+    return with_weight_shape(kept.as_lora(delta) if get_method(method).peft_type == LORA else kept.compress(delta), delta)
+
+
+def with_weight_shape(layer: CompressedLayer, delta: LayerDelta) -> CompressedLayer:
+    """Record a conv layer's 4-D weight shape in its metadata (deltas/conv.py), so outputs keep it."""
+    shape = weight_shape_of(delta.info)
+    if shape is not None:
+        layer.meta[WEIGHT_SHAPE] = list(shape)
+    return layer
 
 
 def kept_entry(layer: CompressedLayer) -> dict[str, Any]:
@@ -206,7 +218,7 @@ def fit_to_size(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
 
     spec, method = job.budget, job.method
     options = replace(job.options, scaling=None, seed=None)  # the byte probes do not depend on them
-    carried = sum(t.numel() * t.element_size() for t in deltas.passthrough.values())
+    carried = sum(t.numel() * t.element_size() for t in deltas.verbatim_tensors().values())
     names = layer_names(deltas.layers)
     share = None  # how reordered layers pay for their permutations (methods/shared_permutations.py)
     if options.reorder and get_method(method).reorderable:

@@ -102,6 +102,7 @@ def _convert(input_path: Path | None, out_dir: Path | None, report_path: Path | 
     method, quiet, device = kwargs["method"], options.pop("quiet"), options.pop("device")
     calibration, base_model, calibration_tokens = options.pop("calibration"), options.pop("base_model"), options.pop("calibration_tokens")
     base, include, exclude, drop_unselected = options.pop("base"), options.pop("include"), options.pop("exclude"), options.pop("drop_unselected")
+    drop_unconvertible = options.pop("drop_unconvertible")
     named = tuned if tuned is not None else input_path
     target = out_dir or (Path(output_name(named, method, spec)) if named else None)
     check_outputs([input_path, base, tuned, calibration, base_model, finetune_data], target,
@@ -112,7 +113,8 @@ def _convert(input_path: Path | None, out_dir: Path | None, report_path: Path | 
 
         by_target = spec.target_error is not None
         click.echo(describe_plan(source, None if by_target else spec, spec.target_error, method, kwargs["wavelet"],
-                                 kwargs["levels"], kwargs["reorder"], spec.allocate, target))
+                                 kwargs["levels"], kwargs["reorder"], spec.allocate, target,
+                                 drop_unconvertible=drop_unconvertible))
         return
     if push_to is not None:
         check_push_target(push_to)  # before converting: a missing token should not cost a conversion
@@ -129,7 +131,8 @@ def _convert(input_path: Path | None, out_dir: Path | None, report_path: Path | 
     if (note := cuda_fallback_note(device)) is not None:
         click.echo(note, err=True)
         device = "cpu"
-    result = compress(source, spec, progress=None, calibration=calib, device=device, **kwargs)
+    result = compress(source, spec, progress=None, calibration=calib, device=device, drop_unconvertible=drop_unconvertible,
+                      **kwargs)
     report = result.report
     method = report.method
     if not quiet:
@@ -137,6 +140,8 @@ def _convert(input_path: Path | None, out_dir: Path | None, report_path: Path | 
     first, *currencies = report.verdict_parts()  # one currency per line: the table's 100 columns hold them
     click.echo("\n  ".join([first, *currencies]))
     if quiet:
+        for line in report.carried_lines():
+            click.echo(line)  # modules carried verbatim or dropped: never silent
         for note in report.notes:
             if note.startswith(("auto:", "target error")):
                 click.echo(note)  # why auto chose this method/wavelet; the budget an error target needed
