@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("report",),
     ("formats", "kernels"),  # writers; fused kernels
     ("compressed_adapter", "calibration", "pipeline", "equal_bytes", "auto_select", "compress", "targets", "plan", "analyze",
-     "export", "batch", "finetune", "peft_integration"),  # the pipeline and its users
+     "export", "batch", "finetune", "diffusion", "peft_integration"),  # the pipeline and its users
     ("cli", "__init__"),
 ]
 MAX_AGAINST_LAYERING = 4

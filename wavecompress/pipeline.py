@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .compressed_adapter import CompressedAdapter
 from .deltas import AdapterDeltas, LayerDelta
-from .deltas.conv import KEY as WEIGHT_SHAPE, weight_shape_of
+from .methods.compressed_layer import with_weight_shape
 from .equal_bytes import add_baseline_columns
 from .errors import InputError
 from .hardware import layer_to_cpu, layer_to_device, layer_workers, map_in_threads, resolve_device
@@ -100,7 +100,7 @@ def run(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
         else:
             kept = stored_layer(aware_compress(method, delta, budget, options, gram), delta, options.dtype, refit=gram is not None)
         check_finite_result(layer_to_cpu(kept), deltas.source)
-        with_weight_shape(kept, delta)
+        with_weight_shape(kept, delta.info)
         others = {}
         if reorderable:
             variant, summary = order_variant(method, delta, budget, options)
@@ -164,15 +164,7 @@ def keep_exactly(delta: LayerDelta, method: str) -> CompressedLayer:
     """An unselected layer as stored in the output: a plain LoRA layer in LoRA outputs, else a ``kept`` layer."""
     from .methods import kept
 
-    return with_weight_shape(kept.as_lora(delta) if get_method(method).peft_type == LORA else kept.compress(delta), delta)
-
-
-def with_weight_shape(layer: CompressedLayer, delta: LayerDelta) -> CompressedLayer:
-    """Record a conv layer's 4-D weight shape in its metadata (deltas/conv.py), so outputs keep it."""
-    shape = weight_shape_of(delta.info)
-    if shape is not None:
-        layer.meta[WEIGHT_SHAPE] = list(shape)
-    return layer
+    return with_weight_shape(kept.as_lora(delta) if get_method(method).peft_type == LORA else kept.compress(delta), delta.info)
 
 
 def kept_entry(layer: CompressedLayer) -> dict[str, Any]:

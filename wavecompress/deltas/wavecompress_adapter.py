@@ -104,6 +104,9 @@ def read_wavecompress_adapter(config: dict[str, Any], weights_path: Path) -> Ada
     for stored in stored_layers:
         values = sum(v.numel() for v in stored.tensors.values() if v.is_floating_point())  # not indices/permutations
         info: dict[str, Any] = {"stored_values": values}
+        floats = [v.dtype for v in stored.tensors.values() if v.is_floating_point()]
+        if floats:  # the stored precision: --dtype auto keeps it when this output is converted or exported again
+            info["dtype"] = str(floats[0]).replace("torch.", "")
         weight_shape = _weight_shape(weights_path, stored)
         if weight_shape is not None:  # a conv layer (deltas/conv.py)
             info[conv.KEY] = weight_shape

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..deltas.conv import lora_factor_shapes, weight_shape_of
+from ..deltas.conv import KEY as WEIGHT_SHAPE, lora_factor_shapes, weight_shape_of
 from ..deltas.shared_tensors import written_tensors
 
 
@@ -56,3 +56,12 @@ class CompressedLayer:
     @property
     def energy_kept(self) -> float:
         return 1.0 - self.error_sq / self.energy if self.energy > 0 else 1.0
+
+
+def with_weight_shape(layer: CompressedLayer, info: dict[str, Any]) -> CompressedLayer:
+    """Record a conv layer's 4-D weight shape (from its delta's ``info``) in the layer's metadata, so
+    outputs keep it (deltas/conv.py); linear layers are returned unchanged."""
+    shape = weight_shape_of(info)
+    if shape is not None:
+        layer.meta[WEIGHT_SHAPE] = list(shape)
+    return layer
