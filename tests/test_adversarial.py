@@ -271,7 +271,7 @@ CASES = {
     "report-is-a-folder": (_report_is_folder, 2, "is a folder"),
     "report-in-a-read-only-place": (_report_read_only, 2, "cannot write in /sys"),
     "report-under-a-file": (_report_under_a_file, 2, "is not a folder"),
-    "report-over-a-file-that-is-not-a-report": (_report_over_other_file, 2, "use --force"),
+    "report-over-a-file-that-is-not-a-report": (_report_over_other_file, 2, "not an earlier wavecompress output"),
     "reconstruct-out-is-the-input": (lambda tmp, lora: ["reconstruct", lora, "--out", lora / "adapter_model.safetensors", "--force"],
                                      2, "overwrite the input"),
     "export-out-is-the-input": (lambda tmp, lora: ["export", write_folder(tmp / "earlier", _OUTPUT_BYTES), "--to", "lora",

@@ -154,7 +154,8 @@ def _convert(input_path: Path | None, out_dir: Path | None, report_path: Path | 
     result.save(target, force=force)
     if report_path is not None:
         try:
-            atomic_write_bytes(report_path, report.dumps().encode("utf-8"))
+            atomic_write_bytes(report_path, report.dumps().encode("utf-8"), inputs=[input_path, base, tuned, calibration],
+                               force=force, option="--report")
         except KeyboardInterrupt:
             raise InterruptedAfterWrite(f"{target} was written, --report {report_path} was not") from None
     click.echo(f"wrote {target}" + (f" and {report_path}" if report_path else ""))

@@ -109,6 +109,11 @@ class AdapterDeltas:
     kept: list[LayerDelta] = field(default_factory=list)
     carried: list[CarriedModule] = field(default_factory=list)
     dropped: list[CarriedModule] = field(default_factory=list)
+    also_read: list[str] = field(default_factory=list)  # other local paths read (a base checkpoint): outputs never replace them
+
+    def input_paths(self) -> list[str]:
+        """Local paths this delta was read from: what the output guard keeps every write away from."""
+        return [self.source, *self.also_read]
 
     def drop_unconvertible(self) -> None:
         """Leave the carried modules out of the output (they stay named in the report as dropped)."""

@@ -198,9 +198,9 @@ def write_lora_layout(out: Path, layout: str, layers: list[CompressedLayer], sou
     if layout == "kohya" and out.suffix == ".safetensors":
         if out.exists() and not force:
             raise InputError(f"{out}: output already exists (pass --force to replace it)")
-        atomic_write_bytes(out, data)
+        atomic_write_bytes(out, data, inputs=source.input_paths(), force=force)
         return out
-    with atomic_directory(out, force=force) as staging:
+    with atomic_directory(out, force=force, inputs=source.input_paths()) as staging:
         (staging / file_name).write_bytes(data)
         (staging / REPORT_NAME).write_text(report.dumps(), encoding="utf-8")
     return out / file_name
