@@ -307,6 +307,7 @@ CASES = {
     "output-int-spectrum": (_tampered_output(_int_spectrum), 2, "int32 values"),
     "module-name-with-newline": (_tensors(_rename_module("que\nry")), 2, "control characters"),
     "module-name-with-ansi": (_tensors(_rename_module("\x1b[31mquery")), 2, "\\x1b[31m"),
+    "module-name-with-bidi-override": (_tensors(_rename_module("que\u202ery")), 2, "\\u202e"),
     "output-layer-name-with-ansi": (_tampered_output(change_config=lambda c: c["layers"].update({"\x1b[2Jq": next(iter(c["layers"].values()))})),
                                     2, "\\x1b[2Jq"),
     # item 12: a shard path may not leave its folder

@@ -226,7 +226,7 @@ def test_convert_many_workers_die_with_their_parent(tmp_path: Path) -> None:
 
 
 def test_escape_name_shows_control_and_bidi_characters() -> None:
-    from wavecompress.output_guard import escape_name
+    from wavecompress.text_safety import escape_controls
 
-    assert escape_name("q\x1b[31m\nx\u202eevil") == "q\\x1b[31m\\nx\\u202eevil"
-    assert escape_name("plain.name_1") == "plain.name_1"
+    assert escape_controls("q\x1b[31m\nx\u202eevil") == "q\\x1b[31m\\nx\\u202eevil"
+    assert escape_controls("plain.name_1") == "plain.name_1"

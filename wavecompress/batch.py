@@ -121,9 +121,9 @@ def check_batch_outputs(items: list[BatchItem], read: list[Path | None], out_dir
 
     inputs = [item.source for item in items] + [path for path in read if path is not None]
     if not Path(out_dir).is_dir() or Path(out_dir).is_symlink():
-        check_folder_output(out_dir, inputs, force=False)  # README.md/x, /proc/x, a symlink: refused now
+        check_folder_output(out_dir, inputs, force=False, option="--out")  # README.md/x, /proc/x, a symlink: refused now
     for item in items:
-        check_folder_output(item.target, inputs, force=True, probe=False) if not os.path.lexists(item.target) else None
+        check_folder_output(item.target, inputs, force=True, probe=False, option="--out") if not os.path.lexists(item.target) else None
         real = resolve_output(item.target)
         for source in [resolve_output(path) for path in inputs if os.path.lexists(path)]:
             if real == source or real in source.parents or (source.is_dir() and source in real.parents):

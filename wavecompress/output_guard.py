@@ -15,7 +15,7 @@ from .errors import InputError, OutputExistsError
 from .layout import CARD_NAME, CONFIG_NAME, REPORT_NAME, WEIGHTS_NAME
 
 # Files a wavecompress output folder may hold (adapter folders, kohya/diffusers folders, analyze's plots);
-# a folder with anything else is the user's and is never deleted, not even with --force.
+# a folder with anything else is the user's and is never deleted, not even when forced.
 OUTPUT_FOLDER_FILES = frozenset({CONFIG_NAME, WEIGHTS_NAME, REPORT_NAME, CARD_NAME, "pytorch_lora_weights.safetensors",
                                  "rate_distortion.png", "rate_distortion.csv", "rate_distortion.json"})
 # One of these marks a folder as written by wavecompress (every folder writer adds one).
@@ -111,7 +111,7 @@ def _check_parent(given: PathLike, real: Path, probe: bool) -> None:
 
 def check_folder_output(target: PathLike, inputs: Iterable[PathLike | None] = (), force: bool = False,
                         hint: str = "pass force=True, e.g. result.save(path, force=True), to replace it",
-                        option: str = "--out", probe: bool = True) -> Path:
+                        option: str = "output", probe: bool = True) -> Path:
     """Refuse an output folder that is, holds or lies inside an input, is a symlink or not a folder,
     exists without ``force``, or holds files wavecompress did not write; return its resolved path."""
     given = os.fspath(target)
@@ -148,14 +148,14 @@ def check_earlier_output_folder(real: Path, given: PathLike) -> None:
     foreign = [name for name in entries if name not in ours or not stat.S_ISREG(os.lstat(real / name).st_mode)]
     if foreign:
         raise InputError(f"{given}: holds files wavecompress did not write ({', '.join(escape_names(foreign[:3]))}"
-                         f"{', ...' if len(foreign) > 3 else ''}); refusing to delete it, even with --force (choose another path)")
+                         f"{', ...' if len(foreign) > 3 else ''}); refusing to delete it, even when forced (choose another path)")
     if not any(name in entries for name in OUTPUT_FOLDER_MARKERS):
         raise InputError(f"{given}: is not an earlier wavecompress output (no {REPORT_NAME}); refusing to delete it, "
-                         "even with --force (choose another path)")
+                         "even when forced (choose another path)")
 
 
 def check_file_output(target: PathLike, inputs: Iterable[PathLike | None] = (), force: bool = False,
-                      option: str = "--out", replace_earlier: bool = True, probe: bool = True) -> Path:
+                      option: str = "output", replace_earlier: bool = True, probe: bool = True) -> Path:
     """Refuse an output file that is an input or one of its files, a folder, a symlink or a device,
     or an existing file wavecompress did not write; return its resolved path.
 
@@ -178,9 +178,9 @@ def check_file_output(target: PathLike, inputs: Iterable[PathLike | None] = (), 
             raise InputError(f"{option} {given}: is not a regular file (a device, FIFO or socket); an output never replaces one")
         if not earlier_output_file(real):
             raise InputError(f"{option} {given}: already exists and is not an earlier wavecompress output; refusing to "
-                             f"replace it, even with --force (remove it yourself or choose another {option} path)")
+                             f"replace it, even when forced (remove it yourself or choose another {option} path)")
         if not (force or replace_earlier):
-            raise OutputExistsError(f"{given}: output already exists (use --force to replace it)")
+            raise OutputExistsError(f"{given}: output already exists (replacing it needs force)")
     _check_parent(given, real, probe)
     return real
 
@@ -192,27 +192,8 @@ def check_swap_file(real: Path, given: PathLike) -> None:
         raise InputError(f"{given}: became a symlink, folder or device while writing; nothing was replaced")
 
 
-_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-# Unicode bidirectional controls (Trojan Source) and other invisible format characters shown as \u escapes.
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200b\u2028\u2029\ufeff")
-
-
-def escape_name(text: str) -> str:
-    """``text`` with control and bidi characters escaped (``\\x1b``, ``\\n``, ``\\u202e``), safe to print."""
-    out = []
-    for char in str(text):
-        if char in _ESCAPES:
-            out.append(_ESCAPES[char])
-        elif ord(char) < 32 or 127 <= ord(char) < 160:
-            out.append(f"\\x{ord(char):02x}")
-        elif char in _BIDI:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    return "".join(out)
-
-
 def escape_names(names: Iterable[str]) -> list[str]:
-    """:func:`escape_name` of each name."""
-    return [escape_name(name) for name in names]
+    """Each name with control and bidi characters escaped (text_safety.escape_controls)."""
+    from .text_safety import escape_controls
 
+    return [escape_controls(name) for name in names]

@@ -25,7 +25,7 @@ def check_outputs(inputs: Iterable[Path | None], out_dir: Path | None = None, fi
     if out_dir is not None:
         if resolve_output(out_dir).parent.is_dir():
             remove_stale_staging(resolve_output(out_dir))  # a killed run's old output is put back before it is judged
-        check_folder_output(out_dir, sources, force, hint="use --force to replace it")
+        check_folder_output(out_dir, sources, force, hint="use --force to replace it", option="--out")
     for option, path in files:
         if path is None:
             continue

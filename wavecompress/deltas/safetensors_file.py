@@ -14,13 +14,13 @@ import contextlib
 import json
 import os
 import stat
-import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..text_safety import escape_controls
 from ..errors import InputError
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
@@ -45,10 +45,8 @@ LOW_PRECISION_FLOATS = tuple(DTYPES[n] for n in ("F8_E4M3", "F8_E5M2") if n in D
 
 
 def printable(name: str) -> str:
-    """``name`` safe to print on one terminal line: control characters (newline, ESC, ...) escaped."""
-    if not any(unicodedata.category(ch) == "Cc" for ch in name):
-        return name
-    return name.encode("unicode_escape").decode("ascii")
+    """``name`` safe to print on one terminal line: control and bidi characters escaped (text_safety)."""
+    return escape_controls(name)
 
 
 def open_regular(path: Path) -> int:

@@ -184,7 +184,7 @@ def default_file_mode() -> int:
 
 
 def atomic_write_bytes(target: Path, data: bytes, inputs: Iterable[Path | str | None] = (), force: bool = False,
-                       option: str = "--out") -> None:
+                       option: str = "output") -> None:
     """Write a single file via a temporary sibling and rename; it gets the mode a plain open() would give.
 
     ``target`` goes through the output guard (never an input or its folder's files, a symlink, a

@@ -9,6 +9,7 @@ import yaml
 
 from ..methods.registry import get_method
 from ..report import Report
+from ..text_safety import escape_controls
 
 # First block for every type: the one-call loader (works for every format wavecompress writes).
 _ONE_CALL = """```python
@@ -31,7 +32,7 @@ def inline_code(value: Any) -> str:
     """``value`` as one Markdown code span that nothing in it can break out of: control characters
     (newlines included) escaped, and a backtick fence longer than any backtick run inside."""
     text = str(value)
-    text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    text = escape_controls(text)
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * (longest + 1)
     pad = " " if text.startswith("`") or text.endswith("`") or longest else ""
