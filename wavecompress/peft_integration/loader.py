@@ -77,6 +77,21 @@ def build_base_model(name: str | Path, adapter: str | Path) -> Any:
         return load_base_model(str(name), config.get("task_type"), heads)
 
 
+def _validate_stored(folder: Path) -> None:
+    """A WAVECOMPRESS_* output gets the CLI readers' own checks (indices, permutations, bands, wavelet, shapes)
+    before PEFT applies its tensors: a tampered file is refused the same way by both."""
+    from ..deltas.safetensors_reader import read_json
+    from ..deltas.wavecompress_adapter import validate_wavecompress_adapter
+
+    from ..deltas.decoders import decoder_of
+    from ..layout import WAVEFT
+
+    config = read_json(folder / CONFIG_NAME)
+    peft_type = config.get("peft_type") if isinstance(config, dict) else None
+    if isinstance(peft_type, str) and peft_type != WAVEFT and decoder_of(peft_type) is not None:
+        validate_wavecompress_adapter(config, folder / WEIGHTS_NAME)
+
+
 def load_adapter(base_model: Any, path: str | Path, **kwargs: Any) -> Any:
     """``PeftModel.from_pretrained(base_model, path, **kwargs)`` for every adapter type wavecompress knows.
 
@@ -104,6 +119,7 @@ def load_adapter(base_model: Any, path: str | Path, **kwargs: Any) -> Any:
             raise InputError(f"{local}: no {CONFIG_NAME} here; load_adapter needs an adapter folder")
         if not (local / WEIGHTS_NAME).is_file():
             raise InputError(f"{local}: no {WEIGHTS_NAME} here; load_adapter needs an adapter folder")
+        _validate_stored(local)
     elif "/" not in str(path) or str(path).startswith((".", "/")):
         raise InputError(f"{path}: no such adapter folder")
     if isinstance(base_model, (str, Path)):
