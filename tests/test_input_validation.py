@@ -146,3 +146,103 @@ def test_a_tampered_band_rank_is_refused_within_a_memory_limit(tmp_path: Path, o
     assert result.returncode == 2, result.stderr[-2000:]
     assert "above its size" in result.stderr and "Traceback" not in result.stderr
     assert int(peak_file.read_text()) < 1.5 * 2**20, f"peak {int(peak_file.read_text()) >> 10} MB"  # ru_maxrss is in KB
+
+
+# ---------------------------------------------------------------- DoRA on fan_in_fan_out (GPT-2 Conv1D)
+
+
+def test_dora_on_gpt2_conv1d_equals_peft_merged_minus_base(tmp_path: Path) -> None:
+    """GPT-2 stores Conv1D weights (in, out); DoRA's column norms and the delta must both be taken in
+    PEFT's orientation. attn.c_proj is square, so a missing transpose would still fit in shape: only
+    the values catch it (relative error 0.9 without it)."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    import wavecompress as wc
+    from conftest import tiny_gpt2
+
+    base_dir = tmp_path / "base"
+    tiny_gpt2().save_pretrained(base_dir)
+    peft_model = get_peft_model(tiny_gpt2(), LoraConfig(r=4, lora_alpha=8, target_modules=["attn.c_proj"],
+                                                        fan_in_fan_out=True, use_dora=True))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_magnitude_vector" in name:
+                param.mul_(1 + 0.3 * torch.randn(param.shape, generator=generator))
+            elif "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    peft_model.save_pretrained(str(tmp_path / "dora"))
+    base = tiny_gpt2().state_dict()
+    merged = copy.deepcopy(peft_model).merge_and_unload().state_dict()
+    deltas = {layer.name: layer.to_dense() for layer in wc.load_deltas(tmp_path / "dora", base=base_dir).layers}
+    assert "h.0.attn.c_proj" in deltas and deltas["h.0.attn.c_proj"].shape == (32, 32)
+    assert sorted(deltas) == ["h.0.attn.c_proj", "h.1.attn.c_proj"]  # square: only the values can catch a missing transpose
+    for name, delta in deltas.items():
+        reference = (merged[name + ".weight"] - base[name + ".weight"]).T  # Conv1D (in, out) → (out, in)
+        assert float(reference.norm()) > 0.1
+        torch.testing.assert_close(delta, reference, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- one module, one tensor
+
+
+def _peft_lora_folder(tmp_path: Path, change) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    from conftest import make_peft_lora
+
+    folder, _ = make_peft_lora(tmp_path / "lora")
+    tensors = load_file(folder / "adapter_model.safetensors")
+    change(tensors)
+    save_file(tensors, folder / "adapter_model.safetensors")
+    return folder
+
+
+def _also_unprefixed(tensors: dict) -> None:
+    key = next(k for k in sorted(tensors) if "lora_A" in k)
+    tensors[key[len("base_model.model."):]] = tensors[key] * 2
+
+
+def _second_adapter_name(tensors: dict) -> None:
+    for key in [k for k in sorted(tensors) if "layer.1.attention.self.query" in k]:
+        tensors[key.replace(".weight", ".other.weight")] = tensors.pop(key)
+
+
+@pytest.mark.parametrize("change, needle", [(_also_unprefixed, "same module"), (_second_adapter_name, "two adapters")],
+                         ids=["prefixed-and-unprefixed", "two-adapter-names"])
+def test_a_module_stored_twice_is_refused_not_dropped(tmp_path: Path, change, needle: str) -> None:
+    from test_adversarial import cli, one_error_line
+
+    folder = _peft_lora_folder(tmp_path, change)
+    result = cli("convert", folder, "--budget", 100, "--out", tmp_path / "o")
+    assert result.exit_code == 2, result.output
+    assert needle in one_error_line(result.output)
+
+
+def test_a_tensor_in_two_shards_follows_the_index(tmp_path: Path) -> None:
+    """The index's weight_map says which shard holds a tensor; a stale copy in another shard is ignored,
+    and a copy the index does not settle is refused."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from wavecompress.deltas.checkpoints import Checkpoint
+    from wavecompress.errors import InputError
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    right, stale = torch.ones(4, 4), torch.zeros(4, 4)
+    save_file({"a.weight": right, "b.weight": torch.ones(2, 2)}, folder / "model-1.safetensors")
+    save_file({"a.weight": stale}, folder / "model-2.safetensors")  # read last: it used to win
+    index = {"weight_map": {"a.weight": "model-1.safetensors", "b.weight": "model-1.safetensors", "c.weight": "model-2.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    checkpoint = Checkpoint(folder)
+    assert checkpoint.location["a.weight"].name == "model-1.safetensors"
+    index["weight_map"].pop("a.weight")
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(InputError, match="two shards"):
+        Checkpoint(folder)

@@ -170,12 +170,22 @@ def read_peft_lora(config: dict[str, Any], weights_path: Path, base: str | Path 
     tensors, metadata = read_safetensors(weights_path)
     groups: dict[str, dict[str, str]] = defaultdict(dict)
     passthrough: dict[str, torch.Tensor] = {}
+    adapters: dict[str, str] = {}
     for key in tensors:
         match = _LORA_KEY.match(key)
         if match is None:
             passthrough[key] = tensors[key]
-        else:
-            groups[strip_prefix(match["module"])][match["kind"]] = key
+            continue
+        module, kind = strip_prefix(match["module"]), match["kind"]
+        if kind in groups[module]:  # `base_model.model.x.lora_A.weight` beside `x.lora_A.weight`: never drop one silently
+            raise InputError(f"{weights_path}: tensors {printable(groups[module][kind])} and {printable(key)} are the same "
+                             f"module's lora_{kind}; refusing to pick one")
+        adapters.setdefault("" if match["adapter"] in (None, "weight") else match["adapter"], key)
+        if len(adapters) > 1:
+            first, second = sorted(adapters)[:2]
+            raise InputError(f"{weights_path}: holds two adapters ({printable(adapters[first])} and {printable(adapters[second])}); "
+                             "save one adapter per file")
+        groups[module][kind] = key
     if not groups:
         raise InputError(f"{weights_path}: no LoRA tensors (*.lora_A.weight / *.lora_B.weight) found")
 
