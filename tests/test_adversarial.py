@@ -201,6 +201,13 @@ def _option(*extra):
     return build
 
 
+def _kohya_with_alpha(tmp, alpha):
+    g = torch.Generator().manual_seed(0)
+    save_file({"lora_unet_a.lora_down.weight": torch.randn(4, 16, generator=g), "lora_unet_a.lora_up.weight": torch.randn(16, 4, generator=g),
+               "lora_unet_a.alpha": torch.tensor(alpha, dtype=torch.float64)}, tmp / "kohya.safetensors")
+    return tmp / "kohya.safetensors"
+
+
 def _same_checkpoint(tmp, lora):
     ck = checkpoint(tmp / "model", model_weights())
     return ["convert", "--base", ck, "--tuned", ck, "--budget", 10, "--out", tmp / "o"]
@@ -299,6 +306,8 @@ CASES = {
     "budget-ratio-inf": (_option("--budget-ratio", "inf"), 2, "budget-ratio"),
     "seed-1e20": (_option("--budget", 100, "--method", "waveft-seeded", "--seed", 10**20), 2, "--seed"),
     "unchanged-full-finetune": (_same_checkpoint, 2, "same checkpoint"),
+    "kohya-alpha-1e300-float64": (lambda tmp, lora: ["convert", _kohya_with_alpha(tmp, 1e300), "--budget", 20, "--out", tmp / "o"],
+                                  2, "expected a finite number below 1e30"),
     "pickled-bin-base-for-calibration": (_pickled_calibration_base, 2, "pickled"),
     # item 9: silently wrong before, refused now
     "r-4.5": (_config(r=4.5), 2, "r is 4.5"),

@@ -103,6 +103,8 @@ TAMPERED = {
     "wara-band-rank-1e9": ("wara", dict(change_layer=lambda layer: layer["bands"][0].__setitem__(2, 10**9)), "above its size"),
     "wara-band-outside": ("wara", dict(change_layer=lambda layer: layer["bands"][0].__setitem__(0, 99)), "is not [row band"),
     "wara-bands-as-bools": ("wara", dict(change_layer=lambda layer: layer.update(bands=[[True, True, True]])), "is not [row band"),
+    "stored-tensors-shape-1e12": ("waveft", dict(change_layer=lambda layer: layer["stored_tensors"]["waveft_spectrum"].update(
+        shape=[10**6, 10**6])), "stored_tensors"),
 }
 
 
@@ -119,7 +121,7 @@ def test_tampered_output_is_refused_by_the_cli_in_one_line(case: str, tmp_path: 
     assert snapshot(tmp_path) == before and not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("case", ["negative-index", "non-orthogonal-wavelet", "wara-band-rank-1e9"])
+@pytest.mark.parametrize("case", ["negative-index", "non-orthogonal-wavelet", "wara-band-rank-1e9", "stored-tensors-shape-1e12"])
 def test_the_peft_loader_refuses_what_the_cli_refuses(case: str, tmp_path: Path, outputs) -> None:
     """load_adapter runs the readers' own validation before PEFT applies stored indices (torch would wrap -1)."""
     import wavecompress
@@ -246,3 +248,31 @@ def test_a_tensor_in_two_shards_follows_the_index(tmp_path: Path) -> None:
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(InputError, match="two shards"):
         Checkpoint(folder)
+
+
+# ---------------------------------------------------------------- bounded work on hostile headers
+
+
+def test_a_header_of_a_million_empty_tensors_is_refused_within_1_5_gb(tmp_path: Path) -> None:
+    """1.2 M empty tensor entries (an 88 MB header) are counted before the header is parsed: one line, exit 2,
+    peak resident memory under 1.5 GB."""
+    entries = ",".join(f'"m{i}.lora_down.weight":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}' for i in range(1_200_000))
+    header = ("{" + entries + "}").encode()
+    (tmp_path / "many.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    peak_file = tmp_path / "peak"
+    measured = ("import atexit, resource; atexit.register(lambda: open(%r, 'w').write(str(resource.getrusage("
+                "resource.RUSAGE_SELF).ru_maxrss))); from wavecompress.cli import main; main(prog_name='wavecompress')" % str(peak_file))
+    result = subprocess.run([sys.executable, "-c", measured, "convert", str(tmp_path / "many.safetensors"), "--budget", "50",
+                             "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "declares 1200000 tensors" in lines[0], result.stderr[-2000:]
+    assert int(peak_file.read_text()) < 1.5 * 2**20, f"peak {int(peak_file.read_text()) >> 10} MB"
+
+
+def test_a_malformed_test_hold_variable_is_not_an_internal_error(tmp_path: Path) -> None:
+    from test_adversarial import cli
+
+    result = cli("convert", FIXTURE, "--budget", 100, "--out", tmp_path / "o", "--quiet", WAVECOMPRESS_TEST_HOLD_STAGING="soon")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o" / "adapter_model.safetensors").is_file()

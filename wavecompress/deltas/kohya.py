@@ -11,6 +11,7 @@ so writers carry it into what they write.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -58,6 +59,8 @@ def is_single_file_lora(path: Path) -> bool:
     try:
         with open_safetensors(path) as reader:
             keys = list(reader.keys())
+    except InputError:  # an invalid safetensors file: its own reason, not "no adapter_config.json beside it"
+        raise
     except Exception:  # noqa: BLE001 - not a readable safetensors file: let the caller's reader say why
         return False
     roles = {_SUFFIXES[m["suffix"]] for key in keys if (m := _KEY.match(key))}
@@ -80,7 +83,10 @@ def _alpha(path: Path, module: str, parts: dict[str, torch.Tensor]) -> float | N
     value = parts["alpha"]
     if value.numel() != 1:
         raise InputError(f"{path}: tensor {module}.alpha has {value.numel()} values, expected one")
-    return float(value.reshape(()).float())
+    alpha = float(value.reshape(()).double())
+    if not math.isfinite(alpha) or abs(alpha) >= 1e30:  # the PEFT reader's rule for lora_alpha: scaled factors must stay finite
+        raise InputError(f"{path}: tensor {printable(module)}.alpha is {alpha:g}; expected a finite number below 1e30")
+    return alpha
 
 
 def _lora_layer(path: Path, module: str, parts: dict[str, torch.Tensor]) -> LayerDelta:

@@ -93,6 +93,27 @@ def check_layer_meta(config_path: Path, name: str, meta: dict[str, Any], shape: 
         factors = tensors.get("wara_factors")
         if factors is not None and factors.numel() != needed:
             raise InputError(f"{where}: wara_factors holds {factors.numel()} values but its bands need {needed}")
+    specs = meta.get("stored_tensors")
+    if specs is not None:  # what the PEFT layer allocates before loading: exactly the stored tensors, no bigger
+        if not isinstance(specs, dict):
+            raise InputError(f"{where}: stored_tensors is {str(specs)[:40]}, expected {{tensor: {{shape, dtype}}}}")
+        size = 1
+        for n in shape:
+            size *= int(n)
+        for key, spec in specs.items():
+            if key not in tensors:  # a missing tensor is named by the readers below; its spec must still be small
+                dims = spec.get("shape") if isinstance(spec, dict) else None
+                count = 1
+                for n in dims if isinstance(dims, list) else [-1]:
+                    count = count * n if _is_int(n) and n >= 0 else -1
+                if count < 0 or count > 2 * size + sum(int(n) for n in shape):
+                    raise InputError(f"{where}: stored_tensors[{printable(key)!r}] is {str(spec)[:80]}, larger than the layer")
+                continue
+            stored = [int(n) for n in tensors[key].shape]
+            if not isinstance(spec, dict) or spec.get("shape") != stored or \
+                    str(spec.get("dtype", "")).replace("torch.", "") != str(tensors[key].dtype).replace("torch.", ""):
+                raise InputError(f"{where}: stored_tensors[{printable(key)!r}] is {str(spec)[:80]} but the stored tensor is "
+                                 f"{str(tensors[key].dtype).replace('torch.', '')} {stored}")
 
 
 def read_stored_layers(

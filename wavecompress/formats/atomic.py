@@ -124,7 +124,10 @@ def _test_hold_before_rename() -> None:
     """Sleep ``$WAVECOMPRESS_TEST_HOLD_STAGING`` seconds (test-only; unset means no wait)."""
     seconds = os.environ.get(HOLD_STAGING_ENV)
     if seconds:
-        time.sleep(float(seconds))
+        try:
+            time.sleep(min(max(float(seconds), 0.0), 3600.0))
+        except ValueError:  # a malformed test-only value is ignored, never an internal error after the conversion
+            pass
 
 
 @contextlib.contextmanager

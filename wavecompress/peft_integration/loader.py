@@ -84,11 +84,11 @@ def _validate_stored(folder: Path) -> None:
     from ..deltas.wavecompress_adapter import validate_wavecompress_adapter
 
     from ..deltas.decoders import decoder_of
-    from ..layout import WAVEFT
+    from ..layout import LORA, WAVEFT
 
     config = read_json(folder / CONFIG_NAME)
     peft_type = config.get("peft_type") if isinstance(config, dict) else None
-    if isinstance(peft_type, str) and peft_type != WAVEFT and decoder_of(peft_type) is not None:
+    if isinstance(peft_type, str) and peft_type not in (LORA, WAVEFT) and decoder_of(peft_type) is not None:  # stock types: PEFT's own
         validate_wavecompress_adapter(config, folder / WEIGHTS_NAME)
 
 
