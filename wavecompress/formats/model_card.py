@@ -19,6 +19,22 @@ model = wavecompress.load_adapter({base}, "{repo}")  # a PeftModel; .merge_and_u
 _ONE_CALL_STOCK = """With wavecompress installed, the one call that loads every format works too:
 `wavecompress.load_adapter({base}, "{repo}")`."""
 
+# Outputs whose modules are named for a diffusion pipeline (kohya lora_unet_*/lora_te*_*, diffusers unet.*/text_encoder.*):
+# wavecompress applies them to the pipeline in place; diffusion tools read the kohya export.
+_DIFFUSION = """This adapter's modules are named for a diffusion pipeline (kohya / diffusers names). wavecompress applies it
+in place to a diffusers pipeline (its UNet or transformer and text encoders), as `pipe.load_lora_weights` does:
+
+```python
+import wavecompress
+pipe = ...  # the diffusers pipeline it was trained on, e.g. StableDiffusionPipeline.from_pretrained(...)
+wavecompress.load_adapter(pipe, "{repo}")  # merge=True folds ΔŴ into the weights
+```
+
+For `pipe.load_lora_weights`, ComfyUI or A1111, write a kohya LoRA file from it first:
+`wavecompress export <this adapter> --to lora --layout kohya --out lora.safetensors`."""
+_KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_")
+_COMPONENTS = ("unet.", "transformer.", "text_encoder.", "text_encoder_2.", "text_encoder_3.", "prior.")
+
 # A Hub model id: name or owner/name (no local paths, no URLs).
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 # Inputs read from the Hub carry the source "hf://owner/name@commit" (huggingface_hub's URI form).
@@ -57,9 +73,17 @@ def retarget_card(card: str, repo: str) -> str:
     return _LOAD_TARGET.sub(lambda m: f'{m[1]}"{repo}"', card)
 
 
+def is_diffusion_output(config: dict[str, Any]) -> bool:
+    """True when every module of the output is named for a diffusion pipeline (kohya or diffusers names)."""
+    names = list(config.get("layers") or config.get("target_modules") or [])
+    return bool(names) and all(str(name).startswith(_KOHYA_PREFIXES + _COMPONENTS) for name in names)
+
+
 def _loading_blocks(method: str, config: dict[str, Any], repo: str) -> list[str]:
     """wavecompress formats: the one-call loader first, then plain PEFT; stock formats the other way round
     (no wavecompress needed). ``base_model`` is named by its Hub id when known."""
+    if is_diffusion_output(config):
+        return [_DIFFUSION.format(repo=repo)]
     base_model = config.get("base_model_name_or_path")
     base = f'"{base_model}"' if base_model and _HUB_ID.match(str(base_model)) else "base_model"
     peft_type = config.get("peft_type", "")
