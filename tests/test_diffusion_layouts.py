@@ -228,7 +228,7 @@ def test_layouts_are_refused_before_any_work(locon, tmp_path: Path) -> None:
     path, _, _ = locon
     runner = CliRunner()
     wara = runner.invoke(main, ["convert", str(path), "--method", "wara", "--budget", "300", "--layout", "kohya", "--out", str(tmp_path / "a")])
-    assert wara.exit_code == 2 and "--layout kohya writes a plain LoRA: use it with --method lora" in wara.output
+    assert wara.exit_code == 2 and "--layout kohya writes LoRA files: use it with --method lora" in wara.output
     diffusers = runner.invoke(main, ["convert", str(path), "--method", "lora", "--budget", "300", "--layout", "diffusers",
                                      "--out", str(tmp_path / "b")])
     assert diffusers.exit_code == 2 and "kohya names cannot be turned back into module paths" in diffusers.output
@@ -237,11 +237,25 @@ def test_layouts_are_refused_before_any_work(locon, tmp_path: Path) -> None:
     assert export.exit_code == 2 and "lora_" in export.output and not (tmp_path / "c").exists()
 
 
-def test_convert_layout_peft_stays_the_default(locon, tmp_path: Path) -> None:
-    """Without --layout, convert --method lora writes the PEFT folder it always wrote (same bytes as --layout peft)."""
+def test_convert_layout_peft_writes_the_peft_folder(locon, tmp_path: Path) -> None:
+    """--layout peft keeps the PEFT folder (kohya names under base_model.model.); the default (auto) writes the same
+    bytes as --layout kohya."""
     path, _, _ = locon
     runner = CliRunner()
-    for name, extra in (("plain", []), ("peft", ["--layout", "peft"])):
-        assert runner.invoke(main, ["convert", str(path), "--method", "lora", "--budget", "300", "--out", str(tmp_path / name),
-                                    "--quiet", *extra]).exit_code == 0
-    assert (tmp_path / "plain" / "adapter_model.safetensors").read_bytes() == (tmp_path / "peft" / "adapter_model.safetensors").read_bytes()
+    for name, extra in (("peft", ["--layout", "peft"]), ("auto.safetensors", []), ("kohya.safetensors", ["--layout", "kohya"])):
+        result = runner.invoke(main, ["convert", str(path), "--method", "lora", "--budget", "300", "--out", str(tmp_path / name),
+                                      "--quiet", *extra])
+        assert result.exit_code == 0, result.output
+    keys = list(load_file(str(tmp_path / "peft" / "adapter_model.safetensors")))
+    assert keys and all(k.startswith("base_model.model.lora_") and ".lora_A." in k or ".lora_B." in k for k in keys)
+    assert (tmp_path / "auto.safetensors").read_bytes() == (tmp_path / "kohya.safetensors").read_bytes()
+
+
+def test_gpt2_style_transformer_names_keep_the_peft_card(tmp_path: Path) -> None:
+    """An output of a GPT-2 LoRA (modules transformer.h.N...) is not a diffusion output: its card keeps PEFT loading."""
+    from wavecompress.formats.model_card import is_diffusion_output
+
+    assert not is_diffusion_output(["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"])
+    assert is_diffusion_output(["unet.down_blocks.0.attentions.0.proj_in", "text_encoder.encoder.layers.0.self_attn.q_proj"])
+    assert is_diffusion_output(["lora_unet_down_blocks_0_attentions_0_proj_in"])
+    assert not is_diffusion_output(["bert.encoder.layer.0.attention.self.query"])

@@ -90,10 +90,10 @@ def check_layout_names(names: Iterable[str], layout: str) -> None:
 
 
 def _lora_factors(layer: CompressedLayer) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(down, up, rank) of a LoRA layer as written (conv factors 4-D); a rank-0 LoRA layer stores nothing (rank 0)."""
+    """(down, up, rank) of a LoRA layer as written (conv factors 4-D)."""
     tensors = layer.written_tensors()
-    if not tensors and layer.method == "lora":
-        return torch.zeros(0), torch.zeros(0), 0
+    if not layer.tensors:  # rank 0: the budget was below one rank step; nothing is stored
+        return torch.empty(0), torch.empty(0), 0
     if "lora_A.weight" not in tensors or "lora_B.weight" not in tensors:
         raise InputError(f"layer {layer.name}: not a LoRA layer (method {layer.method}); export it with --to lora first")
     return tensors["lora_A.weight"], tensors["lora_B.weight"], int(tensors["lora_A.weight"].shape[0])

@@ -19,22 +19,6 @@ model = wavecompress.load_adapter({base}, "{repo}")  # a PeftModel; .merge_and_u
 _ONE_CALL_STOCK = """With wavecompress installed, the one call that loads every format works too:
 `wavecompress.load_adapter({base}, "{repo}")`."""
 
-# Outputs whose modules are named for a diffusion pipeline (kohya lora_unet_*/lora_te*_*, diffusers unet.*/text_encoder.*):
-# wavecompress applies them to the pipeline in place; diffusion tools read the kohya export.
-_DIFFUSION = """This adapter's modules are named for a diffusion pipeline (kohya / diffusers names). wavecompress applies it
-in place to a diffusers pipeline (its UNet or transformer and text encoders), as `pipe.load_lora_weights` does:
-
-```python
-import wavecompress
-pipe = ...  # the diffusers pipeline it was trained on, e.g. StableDiffusionPipeline.from_pretrained(...)
-wavecompress.load_adapter(pipe, "{repo}")  # merge=True folds ΔŴ into the weights
-```
-
-For `pipe.load_lora_weights`, ComfyUI or A1111, write a kohya LoRA file from it first:
-`wavecompress export <this adapter> --to lora --layout kohya --out lora.safetensors`."""
-_KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_")
-_COMPONENTS = ("unet.", "transformer.", "text_encoder.", "text_encoder_2.", "text_encoder_3.", "prior.")
-
 # A Hub model id: name or owner/name (no local paths, no URLs).
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 # Inputs read from the Hub carry the source "hf://owner/name@commit" (huggingface_hub's URI form).
@@ -73,16 +57,33 @@ def retarget_card(card: str, repo: str) -> str:
     return _LOAD_TARGET.sub(lambda m: f'{m[1]}"{repo}"', card)
 
 
-def is_diffusion_output(config: dict[str, Any]) -> bool:
-    """True when every module of the output is named for a diffusion pipeline (kohya or diffusers names)."""
-    names = list(config.get("layers") or config.get("target_modules") or [])
-    return bool(names) and all(str(name).startswith(_KOHYA_PREFIXES + _COMPONENTS) for name in names)
+# Diffusion outputs (kohya lora_unet_* / diffusers unet.* module names): into a diffusers pipeline.
+_DIFFUSION = """```python
+import wavecompress
+from diffusers import StableDiffusionPipeline  # or the pipeline of your base model
+pipe = StableDiffusionPipeline.from_pretrained(base_model_path)
+wavecompress.load_adapter(pipe, "{repo}")  # applied in place, as pipe.load_lora_weights does; merge=True folds it in
+```
+For ComfyUI, A1111 or `pipe.load_lora_weights`, write a kohya file:
+`wavecompress export {repo} --to lora --layout kohya --out lora.safetensors`."""
+_DIFFUSION_NAMES = re.compile(r"^(lora_unet_|lora_te\d?_|unet\.|text_encoder(_\d)?\.|transformer\.)")
+
+
+def is_diffusion_output(targets: Any) -> bool:
+    """True when every module is named for a diffusion pipeline; ``transformer.*`` names alone are also GPT-2's
+    (``transformer.h.0.attn.c_attn``), so they count only beside kohya, ``unet.`` or text-encoder names."""
+    if not targets or isinstance(targets, str):
+        return False
+    names = [str(name) for name in targets]
+    return all(_DIFFUSION_NAMES.match(name) for name in names) and not all(name.startswith("transformer.") for name in names)
 
 
 def _loading_blocks(method: str, config: dict[str, Any], repo: str) -> list[str]:
     """wavecompress formats: the one-call loader first, then plain PEFT; stock formats the other way round
-    (no wavecompress needed). ``base_model`` is named by its Hub id when known."""
-    if is_diffusion_output(config):
+    (no wavecompress needed); diffusion adapters (kohya or diffusers module names): into a pipeline.
+    ``base_model`` is named by its Hub id when known."""
+    targets = config.get("target_modules") or []
+    if is_diffusion_output(targets):
         return [_DIFFUSION.format(repo=repo)]
     base_model = config.get("base_model_name_or_path")
     base = f'"{base_model}"' if base_model and _HUB_ID.match(str(base_model)) else "base_model"
