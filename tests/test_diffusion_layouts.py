@@ -23,9 +23,9 @@ pytest.importorskip("diffusers")
 import wavecompress as wc  # noqa: E402
 from wavecompress.cli import main  # noqa: E402
 
+from diffusion_checks import kohya_places, merged, no_grad, relative, text_output, unet_output  # noqa: E402,F401
 from diffusion_models import LOCON_TARGETS, TEXT_TARGETS, kohya_lora, kohya_modules, tiny_pipeline  # noqa: E402
 
-torch.set_grad_enabled(False)
 
 
 # --- sd-scripts library/train_util.py (kohya-ss/sd-scripts HEAD), copied verbatim in substance -------------------
@@ -57,38 +57,6 @@ def precalculate_safetensors_hashes(tensors: dict[str, torch.Tensor], metadata: 
 def header_of(path: Path) -> dict[str, str]:
     with safe_open(str(path), framework="pt") as reader:
         return reader.metadata()
-
-
-def unet_output(unet) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(1)
-    sample, context = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 5, 16, generator=generator)
-    return unet(sample, torch.tensor([10, 500]), context).sample
-
-
-def text_output(text_encoder) -> torch.Tensor:
-    return text_encoder(torch.tensor([[0, 3, 4, 9, 1]])).last_hidden_state
-
-
-def merged(pipe, deltas: dict[str, torch.Tensor], names: dict[str, tuple[str, str]]) -> None:
-    """Add ΔW to the weights by hand: ``names`` maps each delta's name to (component, module path)."""
-    for name, delta in deltas.items():
-        component, path = names[name]
-        module = getattr(pipe, component).get_submodule(path)
-        module.weight += delta.reshape(module.weight.shape).to(module.weight.dtype)
-
-
-def kohya_places(pipe) -> dict[str, tuple[str, str]]:
-    """{sd-scripts name: (component, module path)}, built with the same walk sd-scripts makes."""
-    places = {}
-    for component, prefix, targets in (("unet", "lora_unet", LOCON_TARGETS), ("text_encoder", "lora_te", TEXT_TARGETS)):
-        paths = {id(m): p for p, m in getattr(pipe, component).named_modules()}
-        for name, module in kohya_modules(getattr(pipe, component), prefix, targets, True).items():
-            places[name] = (component, paths[id(module)])
-    return places
-
-
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 @pytest.fixture(scope="module")
