@@ -25,7 +25,13 @@ from wavecompress.formats.kohya_writer import sd_scripts_hashes  # noqa: E402
 from diffusion_models import (  # noqa: E402
     LOCON_TARGETS, LORA_TARGETS, TEXT_TARGETS, kohya_lora, kohya_modules, tiny_pipeline, tiny_unet)
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def no_grad():
+    """Inference only here (module-level set_grad_enabled would leak into the other test files)."""
+    with torch.no_grad():
+        yield
 
 
 def unet_inputs(seed: int = 1):
@@ -198,15 +204,20 @@ def test_carried_modules_stay_byte_identical_or_are_dropped_by_name(tmp_path: Pa
     result = CliRunner().invoke(main, ["convert", str(path), "--budget", "200", "--method", "lora", "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "carried verbatim" in result.output and name in result.output
-    written = load_file(str(out / "adapter_model.safetensors"))
+    written = load_file(str(out / "out.safetensors"))  # kohya in, kohya out (--layout auto)
     for suffix in ("lora_down.weight", "lora_up.weight", "alpha", "dora_scale"):
         assert torch.equal(written[f"{name}.{suffix}"], tensors[f"{name}.{suffix}"])
     report = json.loads((out / "wavecompress_report.json").read_text())
     assert [m["name"] for m in report["carried"]] == [name]
+    # the input's stored values count the carried module too (all its tensors) beside the converted factors
+    assert report["input_stored_values"] == sum(v.numel() for k, v in tensors.items() if not k.endswith(".alpha") or k.startswith(name))
     dropped = CliRunner().invoke(main, ["convert", str(path), "--budget", "200", "--method", "lora", "--out", str(tmp_path / "d"),
                                         "--quiet", "--drop-unconvertible"])
     assert dropped.exit_code == 0 and "dropped by --drop-unconvertible: 1 modules" in dropped.output
-    assert not any(k.startswith(name) for k in load_file(str(tmp_path / "d" / "adapter_model.safetensors")))
+    assert not any(k.startswith(name) for k in load_file(str(tmp_path / "d" / "d.safetensors")))
+    converted = [row["name"] for row in report["layers"]]
+    assert sorted(converted + [name]) == sorted(modules)  # the others converted (rank 0 where 200 values buy no rank)
+    assert {k.rsplit(".", 2)[0] for k in written} <= set(modules)  # under their kohya names
     dry = CliRunner().invoke(main, ["convert", str(path), "--budget", "200", "--dry-run"])
     assert dry.exit_code == 0 and "carried verbatim (delta not formed from the input): 1 modules" in dry.output
 
