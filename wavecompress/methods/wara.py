@@ -18,6 +18,7 @@ import torch
 from ..deltas.layer_delta import LayerDelta
 from ..hardware import SMALL_RANK, one_thread
 from ..transforms import analysis2d, band_slices, synthesis
+from ..transforms.apply import analysis_bands, band_groups, permuted_apply, synthesis_bands
 from ..transforms.lowrank import RELATIVE_ZERO, dense_svd, split_factors, tail_energy
 from ..transforms.reorder import unpermute
 from .compressed_layer import CompressedLayer
@@ -225,6 +226,40 @@ def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, 
     return left @ right.T
 
 
+def apply(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int], x: torch.Tensor) -> torch.Tensor:
+    """``x @ ΔŴᵀ`` without ΔŴ: each token's column bands (1-D analysis), every band's Q then P grouped
+    by column / row band (2·stored values per token, like LoRA's 2·r·(m + n)), a 1-D synthesis."""
+    dtype = x.dtype
+    factors = tensors[FACTORS_KEY].to(dtype).reshape(-1)
+    levels = tuple(int(v) for v in meta["levels"])
+    bands = [tuple(int(v) for v in band) for band in meta["bands"]]
+    wavelet = meta["wavelet"]
+    parts = unpack_bands(factors, meta, shape)
+    by_col, by_row = band_groups(bands)
+    row_sizes = [s.stop - s.start for s in band_slices(shape[0], levels[0])]
+
+    def core(flat: torch.Tensor) -> torch.Tensor:
+        col_bands = analysis_bands(flat, wavelet, levels[1])
+        inner: dict[int, torch.Tensor] = {}
+        for j, numbers in by_col.items():
+            q_all = torch.cat([parts[b][3] for b in numbers]) if len(numbers) > 1 else parts[numbers[0]][3]
+            z = col_bands[j] @ q_all.T
+            for b, piece in zip(numbers, z.split([bands[b][2] for b in numbers], dim=1)):
+                inner[b] = piece
+        out_bands = []
+        for i, size in enumerate(row_sizes):
+            numbers = by_row.get(i)
+            if not numbers:
+                out_bands.append(flat.new_zeros(flat.shape[0], size))
+                continue
+            z = torch.cat([inner[b] for b in numbers], dim=1) if len(numbers) > 1 else inner[numbers[0]]
+            p_all = torch.cat([parts[b][2] for b in numbers], dim=1) if len(numbers) > 1 else parts[numbers[0]][2]
+            out_bands.append(z @ p_all.T)
+        return synthesis_bands(out_bands, wavelet, levels[0])
+
+    return permuted_apply(tensors, shape, x, core)
+
+
 def rd_curve(delta: LayerDelta, options: MethodOptions, max_cost: int) -> RDCurve:
     """The greedy's own σ²/cost sequence over subbands (cost rows_i + cols_j per rank-1 term)."""
     layer = compress(delta, max_cost, options)
@@ -264,5 +299,6 @@ METHOD = register_method(Method(
     default_levels_reordered=3,
     auto=True,
     description="low-rank wavelet subbands",
+    apply=apply,
     low_rank_factors=lambda tensors, meta, shape: _product_factors(*reconstruct_factors(tensors, meta, shape)),
 ))
