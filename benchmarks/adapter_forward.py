@@ -9,13 +9,12 @@ backward (gradients wrt the stored values and the input, as inside a model) of t
 contribution x ΔŴᵀ: the PEFT LoRA layer's lora_B(lora_A(x))·scaling, the wavecompress PEFT layer's
 dense-free forward (``Method.apply``), and the dense path it replaces (x @ ΔŴᵀ with ΔŴ rebuilt every
 step). The frozen base layer's own x Wᵀ is the same for all three and is timed once beside them.
-Timings are medians of a few repeats on a shared machine; ratios are within one run.
+Timings are the best of a few interleaved rounds on a shared machine; ratios are within one run.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -34,14 +33,18 @@ def trained_like(shape: tuple[int, int], rank: int = 64, seed: int = 0) -> Layer
     return LayerDelta.from_factors("layer", left, torch.randn(rank, shape[1], generator=gen) / shape[1] ** 0.5)
 
 
-def timed(step, repeats: int) -> float:
-    step()  # warm-up (caches, allocator)
-    times = []
+def timed_rounds(steps: dict[str, object], repeats: int) -> dict[str, float]:
+    """Best time of each step over ``repeats`` rounds, the steps interleaved within a round (so a load
+    spike on the shared machine hits all of them, and the best of a few is each one's unloaded cost)."""
+    for step in steps.values():
+        step()  # warm-up (caches, allocator)
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in times.items()}
 
 
 def lora_step(shape: tuple[int, int], rank: int, x: torch.Tensor, grad: torch.Tensor):
@@ -96,7 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     shapes = [(512, 512), (1376, 512)] if args.quick else [(4096, 4096), (11008, 4096)]
     tokens = 256 if args.quick else 2048
-    repeats = args.repeats or (5 if args.quick else 3)
+    repeats = args.repeats or (7 if args.quick else 5)
     torch.manual_seed(0)
     print(f"| layer | tokens | stored values | LoRA r={args.rank} s | WaRA s (×LoRA) | WaveFT s (×LoRA) "
           f"| dense ΔŴ WaRA s | dense ΔŴ WaveFT s | base x Wᵀ s |")
@@ -107,19 +110,22 @@ def main() -> None:
         grad = torch.randn(tokens, shape[0])
         budget = args.rank * (shape[0] + shape[1])
         delta = trained_like(shape)
-        t_lora = timed(lora_step(shape, args.rank, x, grad), repeats)
+        steps = {"lora": lora_step(shape, args.rank, x, grad)}
         row = {}
         for method in ("wara", "waveft"):
-            fast, layer = wavecompress_step(method, delta, budget, x, grad, dense=False)
-            row[method] = timed(fast, repeats)
-            ratios[method].append(row[method] / t_lora)
-            if args.no_dense:
-                row["dense " + method] = float("nan")
-            else:
-                dense, _ = wavecompress_step(method, delta, budget, x, grad, dense=True)
-                row["dense " + method] = timed(dense, 1 if not args.quick else repeats)
+            steps[method], layer = wavecompress_step(method, delta, budget, x, grad, dense=False)
             row["values " + method] = layer.stored_values
-        t_base = timed(base_step(shape, x, grad), 1 if not args.quick else repeats)
+        row.update(timed_rounds(steps, repeats))
+        slow = {"base": base_step(shape, x, grad)}
+        if not args.no_dense:
+            for method in ("wara", "waveft"):
+                slow["dense " + method] = wavecompress_step(method, delta, budget, x, grad, dense=True)[0]
+        row.update(timed_rounds(slow, 1 if not args.quick else 2))
+        row.setdefault("dense wara", float("nan"))
+        row.setdefault("dense waveft", float("nan"))
+        t_lora, t_base = row["lora"], row["base"]
+        for method in ("wara", "waveft"):
+            ratios[method].append(row[method] / t_lora)
         print(f"| {shape[0]}×{shape[1]} | {tokens} | {budget} (WaRA {row['values wara']}, WaveFT {row['values waveft']}) "
               f"| {t_lora:.4f} | {row['wara']:.4f} ({row['wara'] / t_lora:.2f}×) | {row['waveft']:.4f} "
               f"({row['waveft'] / t_lora:.2f}×) | {row['dense wara']:.3f} | {row['dense waveft']:.3f} | {t_base:.3f} |")

@@ -226,35 +226,60 @@ def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, 
     return left @ right.T
 
 
+@functools.lru_cache(maxsize=256)
+def _apply_layout(levels: tuple[int, int], bands: tuple[tuple[int, int, int], ...], shape: tuple[int, int], numel: int):
+    """Gather maps of the dense-free forward: per column band j, (j, Q_j index map R_j × cols_j) with the
+    Q factors of its bands stacked; per row band i, (i, P_i index map rows_i × R_i, the columns of the
+    stacked inner products Z (tokens × R_total, column bands in order) that P_i multiplies)."""
+    row_bands = band_slices(shape[0], levels[0])
+    col_bands = band_slices(shape[1], levels[1])
+    p_maps, q_maps, offset = {}, {}, 0
+    for number, (i, j, rank) in enumerate(bands):
+        n_rows = row_bands[i].stop - row_bands[i].start
+        n_cols = col_bands[j].stop - col_bands[j].start
+        p_maps[number] = torch.arange(offset, offset + n_rows * rank).reshape(n_rows, rank)
+        offset += n_rows * rank
+        q_maps[number] = torch.arange(offset, offset + rank * n_cols).reshape(rank, n_cols)
+        offset += rank * n_cols
+    if offset != numel:
+        raise ValueError(f"wara_factors holds {numel} values but the band ranks need {offset}")
+    by_col, by_row = band_groups([tuple(band) for band in bands])
+    columns, inner_position, position = [], {}, 0
+    for j in sorted(by_col):
+        columns.append((j, torch.cat([q_maps[b] for b in by_col[j]])))
+        for b in by_col[j]:
+            inner_position[b] = torch.arange(position, position + bands[b][2])
+            position += bands[b][2]
+    rows = []
+    for i in sorted(by_row):
+        positions = torch.cat([inner_position[b] for b in by_row[i]])
+        # None: Z's columns in order already (one row band holding every stored band)
+        rows.append((i, torch.cat([p_maps[b] for b in by_row[i]], dim=1),
+                     None if torch.equal(positions, torch.arange(position)) else positions))
+    return columns, rows
+
+
 def apply(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int], x: torch.Tensor) -> torch.Tensor:
-    """``x @ ΔŴᵀ`` without ΔŴ: each token's column bands (1-D analysis), every band's Q then P grouped
-    by column / row band (2·stored values per token, like LoRA's 2·r·(m + n)), a 1-D synthesis."""
-    dtype = x.dtype
-    factors = tensors[FACTORS_KEY].to(dtype).reshape(-1)
-    levels = tuple(int(v) for v in meta["levels"])
-    bands = [tuple(int(v) for v in band) for band in meta["bands"]]
+    """``x @ ΔŴᵀ`` without ΔŴ: each token's column bands (1-D analysis), the stacked Q factors of each
+    column band then the stacked P factors of each row band (2·stored values per token, like LoRA's
+    2·r·(m + n)), a 1-D synthesis; one gather of the packed factors per band group."""
+    factors = tensors[FACTORS_KEY].to(x.dtype).reshape(-1)
+    levels = (int(meta["levels"][0]), int(meta["levels"][1]))
+    bands = tuple(tuple(int(v) for v in band) for band in meta["bands"])
     wavelet = meta["wavelet"]
-    parts = unpack_bands(factors, meta, shape)
-    by_col, by_row = band_groups(bands)
+    columns, rows = _apply_layout(levels, bands, tuple(shape), factors.numel())
     row_sizes = [s.stop - s.start for s in band_slices(shape[0], levels[0])]
+    device = factors.device
 
     def core(flat: torch.Tensor) -> torch.Tensor:
         col_bands = analysis_bands(flat, wavelet, levels[1])
-        inner: dict[int, torch.Tensor] = {}
-        for j, numbers in by_col.items():
-            q_all = torch.cat([parts[b][3] for b in numbers]) if len(numbers) > 1 else parts[numbers[0]][3]
-            z = col_bands[j] @ q_all.T
-            for b, piece in zip(numbers, z.split([bands[b][2] for b in numbers], dim=1)):
-                inner[b] = piece
-        out_bands = []
-        for i, size in enumerate(row_sizes):
-            numbers = by_row.get(i)
-            if not numbers:
-                out_bands.append(flat.new_zeros(flat.shape[0], size))
-                continue
-            z = torch.cat([inner[b] for b in numbers], dim=1) if len(numbers) > 1 else inner[numbers[0]]
-            p_all = torch.cat([parts[b][2] for b in numbers], dim=1) if len(numbers) > 1 else parts[numbers[0]][2]
-            out_bands.append(z @ p_all.T)
+        inner = [col_bands[j] @ factors[q_map.to(device)].T for j, q_map in columns]
+        stacked = torch.cat(inner, dim=1) if len(inner) > 1 else (inner[0] if inner else None)
+        out_bands = [None] * len(row_sizes)
+        for i, p_map, positions in rows:
+            z = stacked if positions is None else stacked.index_select(1, positions.to(device))
+            out_bands[i] = z @ factors[p_map.to(device)].T
+        out_bands = [b if b is not None else flat.new_zeros(flat.shape[0], size) for b, size in zip(out_bands, row_sizes)]
         return synthesis_bands(out_bands, wavelet, levels[0])
 
     return permuted_apply(tensors, shape, x, core)

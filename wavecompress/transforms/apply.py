@@ -74,6 +74,49 @@ def permuted_apply(tensors: dict[str, torch.Tensor], shape: tuple[int, int], x: 
 
 # ---- the token-side transforms ----------------------------------------------------------------
 
+def _haar_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Haar level along dim 1: (approximation, detail), each written once."""
+    pairs = x.unflatten(1, (x.shape[1] // 2, 2))
+    even, odd = pairs.select(2, 0), pairs.select(2, 1)
+    return torch.add(even, odd).mul_(_INV_SQRT2), torch.sub(even, odd).mul_(_INV_SQRT2)
+
+
+def _haar_merge(approx: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_haar_split`: the interleaved signal, written once."""
+    out = torch.empty(approx.shape[0], 2 * approx.shape[1], dtype=approx.dtype, device=approx.device)
+    pairs = out.unflatten(1, (approx.shape[1], 2))
+    torch.add(approx, detail, out=pairs.select(2, 0)).mul_(_INV_SQRT2)
+    torch.sub(approx, detail, out=pairs.select(2, 1)).mul_(_INV_SQRT2)
+    return out
+
+
+class _HaarSplit(torch.autograd.Function):
+    """One Haar analysis level whose backward is the synthesis level (orthonormal: the transpose is
+    the inverse), instead of autograd's zero-filled slice gradients (measured the largest cost)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        return _haar_split(x)
+
+    @staticmethod
+    def backward(ctx, grad_approx: torch.Tensor | None, grad_detail: torch.Tensor | None):  # type: ignore[override]
+        like = grad_approx if grad_approx is not None else grad_detail
+        return _haar_merge(grad_approx if grad_approx is not None else torch.zeros_like(like),
+                           grad_detail if grad_detail is not None else torch.zeros_like(like))
+
+
+class _HaarMerge(torch.autograd.Function):
+    """One Haar synthesis level whose backward is the analysis level."""
+
+    @staticmethod
+    def forward(ctx, approx: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return _haar_merge(approx, detail)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return _haar_split(grad.contiguous())
+
+
 def analysis_bands(x: torch.Tensor, wavelet: str, levels: int) -> list[torch.Tensor]:
     """The bands [a_L, d_L, ..., d_1] (each tokens × band size) of every row of ``x`` (tokens × n)."""
     tokens, n = x.shape
@@ -83,10 +126,8 @@ def analysis_bands(x: torch.Tensor, wavelet: str, levels: int) -> list[torch.Ten
         details = []
         approx = x
         for _ in range(levels):
-            pairs = approx.unflatten(1, (approx.shape[1] // 2, 2))
-            even, odd = pairs.select(2, 0), pairs.select(2, 1)
-            details.append((even - odd) * _INV_SQRT2)
-            approx = (even + odd) * _INV_SQRT2
+            approx, detail = _HaarSplit.apply(approx)
+            details.append(detail)
         return [approx] + details[::-1]
     full = filter_bank_analysis(x, wavelet, levels)
     return [full[:, s] for s in band_slices(n, levels)]
@@ -99,7 +140,7 @@ def synthesis_bands(bands: list[torch.Tensor], wavelet: str, levels: int) -> tor
     if wavelet in _HAAR_NAMES:
         approx = bands[0]
         for detail in bands[1:]:
-            approx = torch.stack([(approx + detail) * _INV_SQRT2, (approx - detail) * _INV_SQRT2], dim=2).flatten(1)
+            approx = _HaarMerge.apply(approx, detail)
         return approx
     return filter_bank_synthesis(torch.cat(bands, dim=1), wavelet, levels)
 
