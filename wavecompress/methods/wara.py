@@ -18,7 +18,7 @@ import torch
 from ..deltas.layer_delta import LayerDelta
 from ..hardware import SMALL_RANK, one_thread
 from ..transforms import analysis2d, band_slices, synthesis
-from ..transforms.apply import analysis_bands, band_groups, permuted_apply, synthesis_bands
+from ..transforms.apply import band_gains, band_groups, permuted_apply, raw_analysis_bands, raw_synthesis_bands
 from ..transforms.lowrank import RELATIVE_ZERO, dense_svd, split_factors, tail_energy
 from ..transforms.reorder import unpermute
 from .compressed_layer import CompressedLayer
@@ -271,16 +271,18 @@ def apply(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int], 
     row_sizes = [s.stop - s.start for s in band_slices(shape[0], levels[0])]
     device = factors.device
 
+    col_gains, row_gains = band_gains(wavelet, levels[1]), band_gains(wavelet, levels[0])
+
     def core(flat: torch.Tensor) -> torch.Tensor:
-        col_bands = analysis_bands(flat, wavelet, levels[1])
-        inner = [col_bands[j] @ factors[q_map.to(device)].T for j, q_map in columns]
+        col_bands = raw_analysis_bands(flat, wavelet, levels[1])
+        inner = [col_bands[j] @ (factors[q_map.to(device)] * col_gains[j]).T for j, q_map in columns]
         stacked = torch.cat(inner, dim=1) if len(inner) > 1 else (inner[0] if inner else None)
         out_bands = [None] * len(row_sizes)
         for i, p_map, positions in rows:
             z = stacked if positions is None else stacked.index_select(1, positions.to(device))
-            out_bands[i] = z @ factors[p_map.to(device)].T
+            out_bands[i] = z @ (factors[p_map.to(device)] * row_gains[i]).T
         out_bands = [b if b is not None else flat.new_zeros(flat.shape[0], size) for b, size in zip(out_bands, row_sizes)]
-        return synthesis_bands(out_bands, wavelet, levels[0])
+        return raw_synthesis_bands(out_bands, wavelet, levels[0])
 
     return permuted_apply(tensors, shape, x, core)
 

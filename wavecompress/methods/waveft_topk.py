@@ -10,7 +10,8 @@ import torch
 
 from ..deltas.layer_delta import LayerDelta
 from ..transforms import analysis2d, synthesis2d
-from ..transforms.apply import analysis_last, permuted_apply, sparse_product, sparse_support, synthesis_last
+from ..transforms import band_slices
+from ..transforms.apply import gain_vector, permuted_apply, raw_analysis_bands, raw_synthesis_bands, sparse_product, sparse_support
 from .activation_aware import topk_variant
 from .compressed_layer import CompressedLayer
 from .index_codec import GAPS_SUFFIX, PLAIN_SUFFIX, stored_indices
@@ -67,9 +68,17 @@ def sparse_coefficients_apply(tensors: dict[str, torch.Tensor], meta: dict, shap
     levels = tuple(int(v) for v in meta["levels"])
     wavelet = meta["wavelet"]
 
+    m, n = shape
+    # the Haar 1/√2 per level folded into the k values: raw (sums/differences) transforms on the tokens
+    gains = (gain_vector(m, wavelet, levels[0], values.dtype, values.device)[support.rows_stored.to(values.device)]
+             * gain_vector(n, wavelet, levels[1], values.dtype, values.device)[support.cols_stored.to(values.device)])
+    scaled = values * gains
+    row_slices = band_slices(m, levels[0])
+
     def core(flat: torch.Tensor) -> torch.Tensor:
-        coefficients = analysis_last(flat, wavelet, levels[1])
-        return synthesis_last(sparse_product(coefficients, values, support), wavelet, levels[0])
+        coefficients = torch.cat(raw_analysis_bands(flat, wavelet, levels[1]), dim=1) if levels[1] else flat
+        out = sparse_product(coefficients, scaled, support)
+        return raw_synthesis_bands([out[:, s] for s in row_slices], wavelet, levels[0])
 
     return permuted_apply(tensors, shape, x, core)
 

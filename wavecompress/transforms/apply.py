@@ -23,7 +23,7 @@ import numpy as np
 import pywt
 import torch
 
-from .dwt import _HAAR_NAMES, _INV_SQRT2, band_slices
+from .dwt import _HAAR_NAMES, band_slices
 from .reorder import cached_inverse
 
 Core = Callable[[torch.Tensor], torch.Tensor]
@@ -65,34 +65,52 @@ def permuted_apply(tensors: dict[str, torch.Tensor], shape: tuple[int, int], x: 
     flat = x.reshape(-1, n)
     cols, rows = tensors.get("reorder_cols"), tensors.get("reorder_rows")
     if cols is not None:
-        flat = flat.index_select(1, cols.to(flat.device, torch.long))
+        cols = cols.to(flat.device)
+        flat = _Gather.apply(flat, cols.long(), cached_inverse(cols, n, "reorder_cols"))
     out = core(flat)
     if rows is not None:
-        out = out.index_select(1, cached_inverse(rows.to(out.device), m, "reorder_rows"))
+        rows = rows.to(out.device)
+        out = _Gather.apply(out, cached_inverse(rows, m, "reorder_rows"), rows.long())
     return out.reshape(*x.shape[:-1], m)
+
+
+class _Gather(torch.autograd.Function):
+    """Columns of x in a permuted order, whose backward gathers with the inverse permutation (autograd's
+    index_select backward zero-fills and scatters)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(inverse)
+        return x.index_select(1, order)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(1, inverse), None, None
 
 
 # ---- the token-side transforms ----------------------------------------------------------------
 
 def _haar_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One Haar level along dim 1: (approximation, detail), each written once."""
+    """One unnormalised Haar level along dim 1: (sums, differences) of neighbours, each written once
+    (the 1/√2 per level is folded into the stored factors instead: see :func:`band_gains`)."""
     pairs = x.unflatten(1, (x.shape[1] // 2, 2))
     even, odd = pairs.select(2, 0), pairs.select(2, 1)
-    return torch.add(even, odd).mul_(_INV_SQRT2), torch.sub(even, odd).mul_(_INV_SQRT2)
+    return torch.add(even, odd), torch.sub(even, odd)
 
 
 def _haar_merge(approx: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`_haar_split`: the interleaved signal, written once."""
     out = torch.empty(approx.shape[0], 2 * approx.shape[1], dtype=approx.dtype, device=approx.device)
     pairs = out.unflatten(1, (approx.shape[1], 2))
-    torch.add(approx, detail, out=pairs.select(2, 0)).mul_(_INV_SQRT2)
-    torch.sub(approx, detail, out=pairs.select(2, 1)).mul_(_INV_SQRT2)
+    torch.add(approx, detail, out=pairs.select(2, 0))
+    torch.sub(approx, detail, out=pairs.select(2, 1))
     return out
 
 
 class _HaarSplit(torch.autograd.Function):
-    """One Haar analysis level whose backward is the synthesis level (orthonormal: the transpose is
-    the inverse), instead of autograd's zero-filled slice gradients (measured the largest cost)."""
+    """One unnormalised Haar analysis level whose backward is its transpose, the unnormalised merge
+    (instead of autograd's zero-filled slice gradients, measured the largest cost)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
@@ -106,7 +124,7 @@ class _HaarSplit(torch.autograd.Function):
 
 
 class _HaarMerge(torch.autograd.Function):
-    """One Haar synthesis level whose backward is the analysis level."""
+    """One unnormalised Haar synthesis level whose backward is its transpose, the split."""
 
     @staticmethod
     def forward(ctx, approx: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -117,9 +135,19 @@ class _HaarMerge(torch.autograd.Function):
         return _haar_split(grad.contiguous())
 
 
-def analysis_bands(x: torch.Tensor, wavelet: str, levels: int) -> list[torch.Tensor]:
-    """The bands [a_L, d_L, ..., d_1] (each tokens × band size) of every row of ``x`` (tokens × n)."""
-    tokens, n = x.shape
+def band_gains(wavelet: str, levels: int) -> list[float]:
+    """Per band [a_L, d_L, ..., d_1]: the band of the orthonormal transform is gain × the raw band of
+    :func:`raw_analysis_bands`, and the orthonormal synthesis of bands b is the raw synthesis of gain·b
+    (Haar: 2^(-L/2), 2^(-L/2), ..., 2^(-1/2); other wavelets: 1, the filter bank is normalised)."""
+    if levels == 0 or wavelet not in _HAAR_NAMES:
+        return [1.0] * (levels + 1)
+    return [2.0 ** (-levels / 2)] + [2.0 ** (-lv / 2) for lv in range(levels, 0, -1)]
+
+
+def raw_analysis_bands(x: torch.Tensor, wavelet: str, levels: int) -> list[torch.Tensor]:
+    """The bands [a_L, d_L, ..., d_1] (each tokens × band size) of every row of ``x`` (tokens × n),
+    each divided by its :func:`band_gains` (Haar: sums and differences only, no scaling pass)."""
+    n = x.shape[1]
     if levels == 0:
         return [x]
     if wavelet in _HAAR_NAMES:
@@ -133,8 +161,8 @@ def analysis_bands(x: torch.Tensor, wavelet: str, levels: int) -> list[torch.Ten
     return [full[:, s] for s in band_slices(n, levels)]
 
 
-def synthesis_bands(bands: list[torch.Tensor], wavelet: str, levels: int) -> torch.Tensor:
-    """Inverse of :func:`analysis_bands`: the tokens × n signals whose bands are ``bands``."""
+def raw_synthesis_bands(bands: list[torch.Tensor], wavelet: str, levels: int) -> torch.Tensor:
+    """The signals (tokens × n) whose orthonormal bands are ``bands[b] / gain[b]`` (see :func:`band_gains`)."""
     if levels == 0:
         return bands[0]
     if wavelet in _HAAR_NAMES:
@@ -147,14 +175,24 @@ def synthesis_bands(bands: list[torch.Tensor], wavelet: str, levels: int) -> tor
 
 def analysis_last(x: torch.Tensor, wavelet: str, levels: int) -> torch.Tensor:
     """1-D multi-level analysis of every row of ``x``, in :func:`dwt.analysis` layout (along dim 1)."""
-    return torch.cat(analysis_bands(x, wavelet, levels), dim=1) if levels else x
+    if levels == 0:
+        return x
+    return torch.cat([b * g for b, g in zip(raw_analysis_bands(x, wavelet, levels), band_gains(wavelet, levels))], dim=1)
 
 
 def synthesis_last(c: torch.Tensor, wavelet: str, levels: int) -> torch.Tensor:
     """Inverse of :func:`analysis_last`."""
     if levels == 0:
         return c
-    return synthesis_bands([c[:, s] for s in band_slices(c.shape[1], levels)], wavelet, levels)
+    bands = [c[:, s] * g for s, g in zip(band_slices(c.shape[1], levels), band_gains(wavelet, levels))]
+    return raw_synthesis_bands(bands, wavelet, levels)
+
+
+def gain_vector(n: int, wavelet: str, levels: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """:func:`band_gains` per coefficient of a length-n axis (dwt.analysis layout)."""
+    sizes = [s.stop - s.start for s in band_slices(n, levels)]
+    gains = torch.tensor(band_gains(wavelet, levels), dtype=dtype)
+    return gains.repeat_interleave(torch.tensor(sizes)).to(device)
 
 
 # ---- other orthonormal wavelets: a periodized filter bank ----------------------------------------
@@ -243,6 +281,7 @@ class SparseSupport:
         self.order = torch.argsort(flat)  # stored order -> row-major (CSR) order
         ordered = flat[self.order]
         self.rows, self.cols = ordered // n, ordered % n
+        self.rows_stored, self.cols_stored = flat // n, flat % n  # in stored order
         self.used_rows, row_pos = torch.unique(self.rows, return_inverse=True)
         self.used_cols, col_pos = torch.unique(self.cols, return_inverse=True)
         self.compact = self.used_rows.numel() * self.used_cols.numel() <= COMPACT_FILL * max(flat.numel(), 1)
