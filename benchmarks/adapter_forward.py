@@ -105,6 +105,7 @@ def main() -> None:
           f"| dense ΔŴ WaRA s | dense ΔŴ WaveFT s | base x Wᵀ s |")
     print("|---|---|---|---|---|---|---|---|---|")
     ratios: dict[str, list[float]] = {"wara": [], "waveft": []}
+    layer_ratios: dict[str, list[float]] = {"wara": [], "waveft": []}
     for shape in shapes:
         x = torch.randn(tokens, shape[1], requires_grad=True)
         grad = torch.randn(tokens, shape[0])
@@ -126,12 +127,15 @@ def main() -> None:
         t_lora, t_base = row["lora"], row["base"]
         for method in ("wara", "waveft"):
             ratios[method].append(row[method] / t_lora)
+            layer_ratios[method].append((t_base + row[method]) / (t_base + t_lora))
         print(f"| {shape[0]}×{shape[1]} | {tokens} | {budget} (WaRA {row['values wara']}, WaveFT {row['values waveft']}) "
               f"| {t_lora:.4f} | {row['wara']:.4f} ({row['wara'] / t_lora:.2f}×) | {row['waveft']:.4f} "
               f"({row['waveft'] / t_lora:.2f}×) | {row['dense wara']:.3f} | {row['dense waveft']:.3f} | {t_base:.3f} |")
     for method, values in ratios.items():
         worst = max(values)
         print(f"SUMMARY|{method} train step / LoRA's (adapter term, worst shape)|{worst:.2f}|goal ≤ {GOALS[method]}")
+    for method, values in layer_ratios.items():
+        print(f"SUMMARY|{method} layer train step / LoRA's (frozen base x Wᵀ included, worst shape)|{max(values):.2f}")
 
 
 if __name__ == "__main__":

@@ -214,3 +214,21 @@ def test_fixture_logits_unchanged(tmp_path, method):
         with torch.no_grad():
             logits.append(model(input_ids=tokens).logits)
     assert torch.allclose(logits[0], logits[1], atol=1e-5 * float(logits[0].abs().max()), rtol=0)
+
+
+def test_benchmark_quick_mode_runs_and_prints_its_summary_lines():
+    """benchmarks/adapter_forward.py --quick runs (correctness of the script only; timings are not checked)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    done = subprocess.run([sys.executable, "benchmarks/adapter_forward.py", "--quick", "--repeats", "1", "--no-dense"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summaries = [line.split("|")[1] for line in done.stdout.splitlines() if line.startswith("SUMMARY|")]
+    assert summaries == ["wara train step / LoRA's (adapter term, worst shape)",
+                         "waveft train step / LoRA's (adapter term, worst shape)",
+                         "wara layer train step / LoRA's (frozen base x Wᵀ included, worst shape)",
+                         "waveft layer train step / LoRA's (frozen base x Wᵀ included, worst shape)"]
+    assert "| 1376×512 | 256 |" in done.stdout
