@@ -38,6 +38,7 @@ class InputOptions:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     drop_unselected: bool = False
+    drop_unconvertible: bool = False
     allow_nonfinite: bool = False
     calibration: Path | None = None
     base_model: Path | None = None
@@ -171,7 +172,7 @@ def _convert(source: Path, options: dict[str, Any], inputs: InputOptions) -> Any
     with skip_nonfinite_layers(inputs.allow_nonfinite):
         _, deltas = read_input(source, inputs.base, None, inputs.include, inputs.exclude, inputs.drop_unselected)
         calibration = calibration_for(deltas, inputs.calibration, inputs.base_model, inputs.calibration_tokens)
-        return compress(deltas, progress=False, calibration=calibration, **options)
+        return compress(deltas, progress=False, calibration=calibration, drop_unconvertible=inputs.drop_unconvertible, **options)
 
 
 def _init_worker(threads: int) -> None:

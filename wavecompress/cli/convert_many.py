@@ -65,7 +65,7 @@ def convert_many(inputs: str, out_dir: Path, report_path: Path | None, force: bo
     check_method_options(kwargs["scaling"], kwargs["seed"])
     quiet, device = options.pop("quiet"), options.pop("device")
     read = InputOptions(base=options.pop("base"), include=tuple(options.pop("include")), exclude=tuple(options.pop("exclude")),
-                        drop_unselected=options.pop("drop_unselected"),
+                        drop_unselected=options.pop("drop_unselected"), drop_unconvertible=options.pop("drop_unconvertible"),
                         allow_nonfinite=options.pop("allow_nonfinite"), calibration=options.pop("calibration"),
                         base_model=options.pop("base_model"), calibration_tokens=options.pop("calibration_tokens"))
     if options:  # an option added to a shared group (cli/options.py) but not handed on here would be ignored silently

@@ -28,7 +28,8 @@ INDEX_NAME = "model.safetensors.index.json"
 BLOCK_ELEMENTS = 1 << 15
 _DTYPES = {name: dtype for name, dtype in DTYPES.items() if dtype.is_floating_point}  # float8 included
 SINGLE_NAME = "model.safetensors"
-_EMBEDDING_NAME = re.compile(r"(^|\.)(embed[^.]*|[a-z_]*embeddings?|wte|wpe|shared|word_embeddings|position_embeddings)(\.|$)")
+# The module's own name, not a parent's: ``time_embedding.linear_1`` (a diffusers UNet) is a Linear layer.
+_EMBEDDING_NAME = re.compile(r"(^|\.)(embed[^.]*|[a-z_]*embeddings?|wte|wpe|shared|word_embeddings|position_embeddings)$")
 
 
 class Checkpoint:

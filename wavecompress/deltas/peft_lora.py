@@ -20,6 +20,7 @@ import torch
 from ..errors import InputError
 from ..layout import PREFIX, strip_prefix  # noqa: F401 - PREFIX re-exported (it lives in layout.py)
 from .adapter_deltas import AdapterDeltas, SkippedLayer
+from .conv import KEY as WEIGHT_SHAPE, conv_factors
 from .layer_delta import LayerDelta
 from .memory_budget import check_layer_size
 from .safetensors_reader import NonFiniteError, check_finite, nonfinite_layers_skipped, read_safetensors
@@ -131,9 +132,10 @@ def read_peft_lora(config: dict[str, Any], weights_path: Path, base: str | Path 
             raise InputError(f"{weights_path}: tensor {present} has no matching {missing} tensor")
         a_key, b_key = kinds["A"], kinds["B"]
         lora_a, lora_b = tensors[a_key], tensors[b_key]
-        if lora_a.dim() != 2 or lora_b.dim() != 2:
-            skipped.append(SkippedLayer(module, f"{lora_a.dim()}-D LoRA factors (convolution) are not converted"))
-            continue
+        if lora_a.dim() != lora_b.dim() or lora_a.dim() not in (2, 3, 4, 5) or lora_b.shape[2:] != (1,) * (lora_b.dim() - 2):
+            raise InputError(f"{weights_path}: tensors {a_key} {list(lora_a.shape)} and {b_key} {list(lora_b.shape)} "
+                             "are neither linear (2-D) nor convolution LoRA factors (lora_B (d_out, r, 1, 1))")
+        lora_b, lora_a, weight_shape = conv_factors(lora_a, lora_b)
         for key, tensor in ((a_key, lora_a), (b_key, lora_b)):
             if not tensor.is_floating_point():
                 raise InputError(f"{weights_path}: tensor {key} has non-float dtype {str(tensor.dtype).replace('torch.', '')}")
@@ -175,6 +177,7 @@ def read_peft_lora(config: dict[str, Any], weights_path: Path, base: str | Path 
                 scaling=scale,
                 dtype=str(lora_a.dtype).replace("torch.", ""),
                 stored_values=lora_a.numel() + lora_b.numel(),
+                **({WEIGHT_SHAPE: weight_shape} if weight_shape is not None else {}),
             )
         )
     if not layers:

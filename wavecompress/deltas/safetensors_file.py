@@ -33,6 +33,13 @@ for _name, _attr in (("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64"),
     if hasattr(torch, _attr):
         DTYPES[_name] = getattr(torch, _attr)
 ITEMSIZE = {name: torch.empty(0, dtype=dtype).element_size() for name, dtype in DTYPES.items()}
+
+
+def torch_dtype_name(safetensors_dtype: str) -> str:
+    """torch's name of a safetensors dtype (``BF16`` → ``bfloat16``); unknown ones lower-cased."""
+    dtype = DTYPES.get(safetensors_dtype)
+    return str(dtype).replace("torch.", "") if dtype is not None else safetensors_dtype.lower()
+
 # Computation dtypes: float8 factors are stored values, but torch has few kernels for them.
 LOW_PRECISION_FLOATS = tuple(DTYPES[n] for n in ("F8_E4M3", "F8_E5M2") if n in DTYPES)
 

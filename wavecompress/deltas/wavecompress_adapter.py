@@ -10,7 +10,7 @@ import torch
 
 from ..errors import InputError
 from ..layout import CONFIG_NAME, PREFIX
-from . import kept_layers
+from . import conv, kept_layers
 from .adapter_deltas import AdapterDeltas
 from .decoders import require_decoder
 from .layer_delta import LayerDelta
@@ -84,6 +84,18 @@ def read_stored_layers(
     return layers, passthrough, metadata
 
 
+def _weight_shape(weights_path: Path, stored: StoredLayer) -> tuple[int, ...] | None:
+    """A conv layer's recorded 4-D shape, checked against its matrix shape (None for linear layers)."""
+    raw = stored.meta.get(conv.KEY)
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or len(raw) < 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw) \
+            or conv.matrix_shape(raw) != tuple(stored.shape):
+        raise InputError(f"{weights_path.parent / CONFIG_NAME}: layer {stored.name}: weight_shape {str(raw)[:60]} does not "
+                         f"flatten to its shape {list(stored.shape)}")
+    return tuple(raw)
+
+
 def read_wavecompress_adapter(config: dict[str, Any], weights_path: Path) -> AdapterDeltas:
     """Dense deltas of a top-k WaveFT or WaRA output, plus its passthrough tensors."""
     decoder = require_decoder(config["peft_type"], str(weights_path.parent / CONFIG_NAME))
@@ -91,18 +103,25 @@ def read_wavecompress_adapter(config: dict[str, Any], weights_path: Path) -> Ada
     layers = []
     for stored in stored_layers:
         values = sum(v.numel() for v in stored.tensors.values() if v.is_floating_point())  # not indices/permutations
+        info: dict[str, Any] = {"stored_values": values}
+        floats = [v.dtype for v in stored.tensors.values() if v.is_floating_point()]
+        if floats:  # the stored precision: --dtype auto keeps it when this output is converted or exported again
+            info["dtype"] = str(floats[0]).replace("torch.", "")
+        weight_shape = _weight_shape(weights_path, stored)
+        if weight_shape is not None:  # a conv layer (deltas/conv.py)
+            info[conv.KEY] = weight_shape
         try:
             if kept_layers.KEY in stored.meta:  # a layer --include/--exclude left unselected: exactly as stored
-                layers.append(kept_layers.as_delta(stored.name, stored.tensors, stored.shape, stored_values=values, kept=True))
+                layers.append(kept_layers.as_delta(stored.name, stored.tensors, stored.shape, **info, kept=True))
                 continue
             if decoder.low_rank_factors is not None:  # WaRA: ΔŴ = L @ R, kept factored (re-budgeting needs no dense SVD)
                 left, right = decoder.low_rank_factors(stored.tensors, stored.meta, stored.shape)
-                layers.append(LayerDelta.from_factors(stored.name, left, right, stored_values=values))
+                layers.append(LayerDelta.from_factors(stored.name, left, right, **info))
                 continue
             dense = decoder.reconstruct(stored.tensors, stored.meta, stored.shape)
         except (KeyError, ValueError, RuntimeError, IndexError) as exc:
             raise InputError(f"{weights_path}: layer {stored.name} cannot be rebuilt ({exc})") from None
-        layers.append(LayerDelta.from_dense(stored.name, dense, stored_values=values))
+        layers.append(LayerDelta.from_dense(stored.name, dense, **info))
     return AdapterDeltas(
         source=str(weights_path), kind=decoder.method, layers=layers, config=config, passthrough=passthrough, metadata=metadata
     )

@@ -69,7 +69,7 @@ def weights_metadata(layers: list[CompressedLayer], source: AdapterDeltas, metho
 
 def serialized_weights(layers: list[CompressedLayer], source: AdapterDeltas, method: str, budget: Any) -> bytes:
     """Exactly the bytes of ``adapter_model.safetensors`` that :func:`write_adapter` writes."""
-    tensors = state_dict([layer for layer in layers if layer.tensors], source.passthrough)
+    tensors = state_dict([layer for layer in layers if layer.tensors], source.verbatim_tensors())
     return deterministic_bytes(tensors, weights_metadata(layers, source, method, budget))
 
 

@@ -83,7 +83,22 @@ def load_adapter(base_model: Any, path: str | Path, **kwargs: Any) -> Any:
     ``base_model``: an ``nn.Module``, or a model folder / Hub id (then built with the adapter's head).
     ``path``: an output folder (WaRA, top-k WaveFT, LoRA, stock WaveFT), any PEFT LoRA, or a Hub repo id.
     Extra keyword arguments go to PEFT (``is_trainable=True``, ``adapter_name=...``).
+
+    A diffusers pipeline (or its UNet / transformer, or a text encoder given an adapter with kohya / diffusers
+    module names) as ``base_model`` gets the adapter applied in place and is
+    returned (kohya ``lora_unet_*`` and diffusers ``unet.*`` names are mapped to its modules; ``merge=True`` folds
+    ΔŴ into the weights; diffusion/loading.py).
     """
+    import torch
+
+    from ..diffusion.loading import is_diffusion_target, names_diffusion_modules
+
+    # a diffusers pipeline or model, or one component (a CLIPTextModel) given an adapter named for a pipeline:
+    # applied in place, as load_lora_weights does
+    if is_diffusion_target(base_model) or (isinstance(base_model, torch.nn.Module) and names_diffusion_modules(path)):
+        from ..diffusion.loading import load_into
+
+        return load_into(base_model, path, **kwargs)
     from .registration import register
 
     local = Path(path)
