@@ -224,17 +224,13 @@ class Linear(nn.Module, WavecompressLayer):
                 result = result + self.adapter_output(adapter, x).to(result.dtype)
         return result.to(previous_dtype)
 
-    def adapter_output(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
-        """The adapter's own contribution x ΔŴᵀ."""
-        delta = self.get_delta_weight(adapter)
-        return F.linear(self._cast_input_dtype(x, delta.dtype), delta)
-
     def __repr__(self) -> str:
         return "wavecompress." + super().__repr__()
 
 
 class Conv(Linear):
-    """A convolution (Conv1d/2d/3d) plus wavecompress adapters: y = base(x) + conv(x, ΔŴ reshaped to the kernel)."""
+    """A convolution (Conv1d/2d/3d) plus wavecompress adapters: y = base(x) + conv(x, ΔŴ reshaped to the kernel)
+    (always the dense ΔŴ: the dense-free forward is for token × feature inputs)."""
 
     def delta_as_weight(self, adapter: str) -> torch.Tensor:
         return self.get_delta_weight(adapter).reshape(self.get_base_layer().weight.shape)
