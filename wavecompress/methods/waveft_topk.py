@@ -11,7 +11,7 @@ import torch
 from ..deltas.layer_delta import LayerDelta
 from ..transforms import analysis2d, synthesis2d
 from ..transforms import band_slices
-from ..transforms.apply import gain_vector, permuted_apply, raw_analysis_bands, raw_synthesis_bands, sparse_product, sparse_support
+from ..transforms.apply import permuted_apply, raw_analysis_bands, raw_synthesis_bands, sparse_product, sparse_support
 from .activation_aware import topk_variant
 from .compressed_layer import CompressedLayer
 from .index_codec import GAPS_SUFFIX, PLAIN_SUFFIX, stored_indices
@@ -70,9 +70,7 @@ def sparse_coefficients_apply(tensors: dict[str, torch.Tensor], meta: dict, shap
 
     m, n = shape
     # the Haar 1/√2 per level folded into the k values: raw (sums/differences) transforms on the tokens
-    gains = (gain_vector(m, wavelet, levels[0], values.dtype, values.device)[support.rows_stored.to(values.device)]
-             * gain_vector(n, wavelet, levels[1], values.dtype, values.device)[support.cols_stored.to(values.device)])
-    scaled = values * gains
+    scaled = values * support.gains(wavelet, levels, values.dtype, values.device)
     row_slices = band_slices(m, levels[0])
 
     def core(flat: torch.Tensor) -> torch.Tensor:

@@ -292,6 +292,16 @@ class SparseSupport:
         self.t_order = by_col
         self.t_crow = torch.cat([counts.new_zeros(1), torch.bincount(self.cols, minlength=n).cumsum(0)])
         self.t_cols = self.rows[by_col]
+        self._gains: dict[tuple, torch.Tensor] = {}
+
+    def gains(self, wavelet: str, levels: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Per stored coefficient (stored order): row band gain × column band gain (:func:`band_gains`), kept."""
+        key = (wavelet, levels, dtype, device)
+        if key not in self._gains:
+            m, n = self.shape
+            self._gains[key] = (gain_vector(m, wavelet, levels[0], dtype, device)[self.rows_stored.to(device)]
+                                * gain_vector(n, wavelet, levels[1], dtype, device)[self.cols_stored.to(device)])
+        return self._gains[key]
 
 
 _SUPPORTS: dict[int, tuple] = {}
