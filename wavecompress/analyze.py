@@ -367,7 +367,7 @@ def analyze(source: DeltaSource, methods: Sequence[str] = DEFAULT_METHODS, wavel
     groups: dict[str, list[str]] = {}
     from .progress import Progress
 
-    with Progress(f"analyze: {len(variants)} curves per layer", total=len(shapes), unit="layer", show=progress) as bar:
+    with Progress(f"analyze: {len(variants)} curves per layer", total=len(shapes), unit="layers", show=progress) as bar:
         for delta in deltas.layers:
             group = layer_group(delta.name)
             groups.setdefault(group, []).append(delta.name)
