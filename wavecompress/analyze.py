@@ -142,7 +142,7 @@ class Analysis:
         if self.bytes is not None:
             return self._format_bytes_table(group)
         shown = [b for b in budgets if b in self.budgets]
-        lines = ["| method | " + " | ".join(f"{b} / layer" for b in shown) + " | 10% at | 5% at | 1% at |",
+        lines = ["| method | " + " | ".join(f"{b}/layer" for b in shown) + " | 10% at | 5% at | 1% at |",
                  "|---|" + "---:|" * (len(shown) + 3)]
         for method in self.methods:
             cells = [f"{self.error_at(method, group, b):.4f}" for b in shown]

@@ -25,7 +25,7 @@ WIDTH = 100  # the line never exceeds this many columns
 def heartbeat_interval() -> float:
     """Seconds between heartbeat lines when stderr is not a terminal (``WAVECOMPRESS_HEARTBEAT``, default 10)."""
     try:
-        return max(float(os.environ.get(HEARTBEAT_ENV, "10")), 0.01)
+        return max(float(os.environ.get(HEARTBEAT_ENV, "10")), 0.001)
     except ValueError:
         return 10.0
 
