@@ -1,4 +1,4 @@
-"""Uniform vs global budget allocation on the fixture at the same total (README table).
+"""Uniform vs global budget allocation on the fixture at the same total (docs/results.md table).
 
 python benchmarks/allocation_table.py [--adapter fixtures/minilm-bbc-lora]
 """

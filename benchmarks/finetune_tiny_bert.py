@@ -1,4 +1,4 @@
-"""The README's tiny-BERT recovery figure: held-out KL(PEFT teacher ‖ student) before and after
+"""The tiny-BERT (docs/results.md) recovery figure: held-out KL(PEFT teacher ‖ student) before and after
 ``wavecompress finetune``, on the exact setup of ``tests/test_finetune.py`` (which asserts at least a
 halving): a 2-layer BERT classifier with a LoRA (r=8) trained in the test on random word sequences,
 converted with ``--budget 48`` (waveft, default options), then 40 fine-tune steps at lr 2e-3. The

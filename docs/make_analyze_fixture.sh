@@ -1,7 +1,7 @@
 #!/bin/sh
-# Regenerate docs/analyze_fixture.png from the shipped fixture LoRA and print the README's table.
+# Regenerate docs/analyze_fixture.png from the shipped fixture LoRA and print the table of docs/results.md.
 # Usage (repository root, venv active): sh docs/make_analyze_fixture.sh [--order-by auto|svd|fiedler|greedy|snake|best]
-# (default: the current default ordering of `wavecompress analyze`; the README's figure uses it)
+# (default: the current default ordering of `wavecompress analyze`; docs/results.md's figure uses it)
 set -e
 out="$(mktemp -d)/analysis"
 wavecompress analyze fixtures/minilm-bbc-lora --out "$out" "$@" \

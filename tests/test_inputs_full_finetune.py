@@ -138,12 +138,15 @@ def test_bf16_single_files_without_config_compute_in_float32(tmp_path: Path) -> 
     save_file(base, str(tmp_path / "base.safetensors"))
     save_file(tuned, str(tmp_path / "tuned.safetensors"))
     deltas = wc.load_deltas(tmp_path / "tuned.safetensors", base=tmp_path / "base.safetensors")
-    (layer,) = list(deltas.layers)
+    layer, conv = list(deltas.layers)
     assert layer.name == "blocks.0.proj" and layer.dense.dtype == torch.float32
     reference = tuned["blocks.0.proj.weight"].float() - base["blocks.0.proj.weight"].float()
     assert torch.equal(layer.dense, reference)
+    # A conv kernel is a layer too: its (c_out, c_in·kh·kw) matrix, the 4-D shape beside it.
+    assert conv.name == "blocks.0.conv" and conv.shape == (4, 36) and conv.info["weight_shape"] == (4, 4, 3, 3)
+    assert torch.equal(conv.dense, (tuned["blocks.0.conv.weight"].float() - base["blocks.0.conv.weight"].float()).reshape(4, 36))
     reasons = {s.name: s.reason for s in deltas.skipped}
-    assert "embedding" in reasons["tok_embeddings.weight"] and reasons["blocks.0.conv.weight"].startswith("4-D")
+    assert "embedding" in reasons["tok_embeddings.weight"] and "blocks.0.conv.weight" not in reasons
 
 
 def test_gpt2_conv1d_pair_becomes_a_fan_in_fan_out_lora(tmp_path: Path) -> None:

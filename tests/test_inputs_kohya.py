@@ -53,12 +53,13 @@ def kohya_file(tmp_path: Path):
         else:
             tensors[f"{name}.alpha"] = torch.tensor(8.0, dtype=torch.float16)
             reference[module] = 2.0 * lora_b.half().float() @ lora_a.half().float()
-    tensors["lora_unet_conv_in.lora_down.weight"] = torch.randn(4, 3, 3, 3).half()
-    tensors["lora_unet_conv_in.lora_up.weight"] = torch.randn(8, 4, 1, 1).half()
-    tensors["lora_unet_conv_in.alpha"] = torch.tensor(4.0)
+    down, up = torch.randn(4, 3, 3, 3).half(), torch.randn(8, 4, 1, 1).half()  # a 3×3 LoCon conv, alpha 2 of rank 4
+    tensors["lora_unet_conv_in.lora_down.weight"], tensors["lora_unet_conv_in.lora_up.weight"] = down, up
+    tensors["lora_unet_conv_in.alpha"] = torch.tensor(2.0)
     path = tmp_path / "tiny_lora.safetensors"
     save_file(tensors, str(path), metadata=METADATA)
-    return path, {kohya_name(m): d for m, d in reference.items()}
+    conv = 0.5 * torch.einsum("or,rihw->oihw", up.float()[:, :, 0, 0], down.float())  # sd-scripts' merge of a conv LoRA
+    return path, {kohya_name(m): d for m, d in reference.items()} | {"lora_unet_conv_in": conv.reshape(8, 27)}
 
 
 def test_kohya_file_converts_with_its_deltas_and_keeps_its_metadata(kohya_file, tmp_path: Path) -> None:
@@ -69,7 +70,8 @@ def test_kohya_file_converts_with_its_deltas_and_keeps_its_metadata(kohya_file, 
     assert sorted(layers) == sorted(reference) and all(layer.is_factored for layer in layers.values())
     for name, layer in layers.items():
         torch.testing.assert_close(layer.to_dense(), reference[name], rtol=1e-5, atol=1e-6)
-    assert [s.name for s in deltas.skipped] == ["lora_unet_conv_in"]
+    assert layers["lora_unet_conv_in"].info["weight_shape"] == (8, 3, 3, 3)
+    assert deltas.skipped == [] and deltas.carried == []
 
     out, report_path = tmp_path / "out", tmp_path / "report.json"
     result = CliRunner().invoke(main, ["convert", str(path), "--budget", "200", "--out", str(out), "--report", str(report_path), "--quiet"])
@@ -79,7 +81,9 @@ def test_kohya_file_converts_with_its_deltas_and_keeps_its_metadata(kohya_file, 
     for row in report["layers"]:
         true, approx = reference[row["name"]].double(), rebuilt[row["name"]].double()
         assert row["relative_error"] == pytest.approx(float((true - approx).norm() / true.norm()), rel=1e-5, abs=1e-6)
-    assert report["skipped"][0]["name"] == "lora_unet_conv_in"
+    assert report["skipped"] == [] and "carried" not in report
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["layers"]["lora_unet_conv_in"]["weight_shape"] == [8, 3, 3, 3]
     with safe_open(str(out / "adapter_model.safetensors"), framework="pt") as reader:
         header = reader.metadata()
     for key, value in METADATA.items():

@@ -51,6 +51,7 @@ def compress(
     rank: int | None = None,
     target_error: float | None = None,
     optimise: str | None = None,
+    drop_unconvertible: bool = False,
 ) -> CompressedAdapter:
     """Compress every layer of ``source`` to ``budget`` stored values with ``method``.
 
@@ -72,7 +73,10 @@ def compress(
     CPU; without CUDA it warns and stays on the CPU). ``dtype`` is the stored float precision: auto
     (each layer's input dtype), float32, bfloat16 or float16; errors and bytes are those of the
     rounded tensors. ``optimise`` (auto only): compare candidates at equal ``values`` or equal
-    ``bytes`` (default: bytes with ``max_size``, else values; see auto_select.py).
+    ``bytes`` (default: bytes with ``max_size``, else values; see auto_select.py). Modules whose delta
+    cannot be formed from the input (a DoRA module without base weights, a bias difference, an unknown
+    tensor) are carried into the output verbatim, or left out with ``drop_unconvertible=True``; the
+    report names them either way.
     """
     job = make_job(budget, method, wavelet, levels, baselines, progress, reorder, budget_total=budget_total,
                    budget_ratio=budget_ratio, max_size=max_size, allocate=allocate, scaling=scaling, seed=seed,
@@ -82,6 +86,8 @@ def compress(
     if job.budget.target_error is not None and calibration is not None:
         raise InputError("--target-error sizes by the Frobenius error; it cannot be combined with --calibration")
     deltas = as_adapter_deltas(source)
+    if drop_unconvertible:
+        deltas.drop_unconvertible()
     job = replace(job, calibration=load_calibration(calibration))
     if method == AUTO or wavelet == AUTO:
         candidates = method_names(auto=True) if method == AUTO else (method,)
@@ -106,15 +112,15 @@ def make_job(budget: int | Budget | None, method: str, wavelet: str = "db1", lev
         spec = budget
     else:
         spec = Budget.of(budget, budget_total, budget_ratio, max_size, allocate, rank=rank, target_error=target_error)
-    if method != AUTO:
-        get_method(method)  # unknown method names fail here
+    # The name is resolved here, once; for "auto" choose() (auto_select.py) sets each candidate in turn.
+    found = get_method(method if method != AUTO else method_names(auto=True)[0])
     for name in baselines:
         get_method(name)
     options = MethodOptions(wavelet=wavelet if wavelet == AUTO else validate_wavelet(wavelet), levels=levels,
                             reorder=reorder_choice(reorder), scaling=scaling, seed=seed, dtype=dtype)
     if levels is not None and levels < 0:
         raise InputError(f"levels must be >= 0, got {levels}")
-    return Job(method=method, budget=spec, options=options, baselines=tuple(baselines), device=device, progress=progress)
+    return Job(method=found, budget=spec, options=options, baselines=tuple(baselines), device=device, progress=progress)
 
 
 def load_calibration(calibration: Any) -> Any:

@@ -13,6 +13,10 @@ from pathlib import Path
 from .deltas.in_memory import DeltaSource, as_adapter_deltas
 from .errors import InputError
 from .formats import write_adapter
+from .formats.kohya_writer import LAYOUTS, check_layout_names, layout_of, write_lora_layout
+from .methods.allocation import layer_names
+from .methods.compressed_layer import with_weight_shape
+from .methods.precision import stored_layer, validate_dtype
 from .methods import MethodOptions, lora_svd
 from .methods.target import prune_prefix_steps, search_total, validate_target
 from .report import format_bytes
@@ -23,19 +27,27 @@ DEFAULT_MAX_ERROR = 0.01  # overall relative error vs the input an export may ad
 
 
 def export_lora(source: DeltaSource, out_dir: str | Path, rank: int | None = None, force: bool = False,
-                max_error: float | None = DEFAULT_MAX_ERROR) -> Report:
-    """Write ``source`` as a PEFT LoRA folder at ``out_dir`` and return its report.
+                max_error: float | None = DEFAULT_MAX_ERROR, layout: str = "peft", dtype: str = "auto") -> Report:
+    """Write ``source`` as a LoRA at ``out_dir`` and return its report.
 
     Ranks: with ``rank``, every layer truncated to at most ``rank``; else the smallest adapter whose overall
     relative error vs ``source`` is at most ``max_error`` (global allocation of the singular values, so no
     rank is larger than that error needs); ``max_error=0`` (or None) keeps each layer's numerical rank (lossless).
+    ``layout``: ``peft`` (a PEFT folder), ``kohya`` (sd-scripts' single file), ``diffusers``
+    (``pytorch_lora_weights.safetensors``) or ``auto`` (the input's own layout: kohya in, kohya out).
+    ``dtype``: the stored float precision of the factors (``auto``: the input's).
     """
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0):
         raise InputError(f"rank must be a positive integer, got {rank!r}")
     if max_error is not None and max_error != 0:
         max_error = validate_target(max_error)
+    if layout not in LAYOUTS:
+        raise InputError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    stored_dtype = validate_dtype(dtype)
     deltas = as_adapter_deltas(source)
     layers_in = list(deltas.layers)
+    chosen = layout_of(layer_names(layers_in), deltas.kind) if layout == "auto" else layout
+    check_layout_names(layer_names(layers_in), chosen)  # before the SVDs
     curves = [lora_svd.METHOD.rd_curve(delta, MethodOptions(), min(delta.shape) * sum(delta.shape)) for delta in layers_in]
     lossless = {curve.name: len(curve.costs) for curve in curves}  # numerical rank of each layer
     search = None
@@ -52,7 +64,8 @@ def export_lora(source: DeltaSource, out_dir: str | Path, rank: int | None = Non
         budgets = {delta.name: lossless[delta.name] * sum(delta.shape) for delta in layers_in}
     layers, rows = [], []
     for delta in layers_in:
-        kept = lora_svd.compress(delta, budgets[delta.name], MethodOptions())
+        kept = with_weight_shape(stored_layer(lora_svd.compress(delta, budgets[delta.name], MethodOptions()), delta, stored_dtype),
+                                 delta.info)
         layers.append(kept)
         rows.append(LayerReport(delta.name, delta.shape, budgets[delta.name], kept.budget_clamped, MethodSummary.of(kept), {}))
     report = Report(method="lora", budget=max((row.budget for row in rows), default=0), source=deltas.source, layers=rows,
@@ -69,5 +82,10 @@ def export_lora(source: DeltaSource, out_dir: str | Path, rank: int | None = Non
     else:
         report.notes.append("exported to LoRA by truncated SVD of each layer's ΔŴ at its numerical rank "
                             "(lossless up to float rounding)")
-    write_adapter(Path(out_dir), layers, deltas, report, force=force)
+    report.carried, report.dropped = [m.entry() for m in deltas.carried], [m.entry() for m in deltas.dropped]
+    if chosen == "peft":
+        write_adapter(Path(out_dir), layers, deltas, report, force=force)
+    else:
+        write_lora_layout(Path(out_dir), chosen, layers, deltas, report, force=force)
+    report.notes.append(f"layout {chosen}")
     return report

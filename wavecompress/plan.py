@@ -38,9 +38,12 @@ def planned_budgets(spec: BudgetSpec | None, names: list[str], shapes: dict[str,
 
 
 def describe_plan(source: Any, spec: BudgetSpec | None, target_error: float | None, method: str, wavelet: str,
-                  levels: int | None, reorder: Any, allocate: str, target: Path | None, dtype: str = "auto") -> str:
+                  levels: int | None, reorder: Any, allocate: str, target: Path | None, dtype: str = "auto",
+                  drop_unconvertible: bool = False) -> str:
     """The dry-run text: input, output, method and budget form, one row per layer, estimated size."""
     deltas = as_adapter_deltas(source)
+    if drop_unconvertible:
+        deltas.drop_unconvertible()
     names = layer_names(deltas.layers)
     shapes = layer_shapes(deltas.layers)
     budgets, total, how = planned_budgets(spec, names, shapes, allocate, deltas.stored_values)
@@ -60,9 +63,13 @@ def describe_plan(source: Any, spec: BudgetSpec | None, target_error: float | No
     kept = list(deltas.kept)
     kept_bytes = sum(4 * ((layer.left.numel() + layer.right.numel()) if layer.is_factored else layer.shape[0] * layer.shape[1])
                      for layer in kept)
-    carried = sum(t.numel() * t.element_size() for t in deltas.passthrough.values())
+    carried = sum(t.numel() * t.element_size() for t in deltas.verbatim_tensors().values())
     if kept:
         lines.append(f"kept exactly (not selected): {len(kept)} layers, {format_bytes(kept_bytes)}")
+    for label, modules in (("carried verbatim (delta not formed from the input)", deltas.carried),
+                           ("dropped by --drop-unconvertible", deltas.dropped)):
+        if modules:
+            lines.append(f"{label}: {len(modules)} modules (first: {modules[0].name})")
     if total is None:
         lines.append("estimated adapter_model.safetensors: decided during conversion (" + how + ")")
         return "\n".join(lines)

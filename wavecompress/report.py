@@ -167,6 +167,10 @@ class Report:
     kept: list[dict[str, Any]] = field(default_factory=list)
     # convert-many: the options the output was made with and their fingerprint (reused only when equal).
     options: dict[str, Any] | None = None
+    # Modules whose delta cannot be formed from the input (deltas/adapter_deltas.py CarriedModule):
+    # written verbatim, or dropped with --drop-unconvertible: {"name", "reason", "keys", "stored_values"}.
+    carried: list[dict[str, Any]] = field(default_factory=list)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
 
     def overall(self) -> dict[str, MethodSummary]:
         """Totals for the method and each baseline over all layers."""
@@ -214,6 +218,16 @@ class Report:
                 parts.append(f"{label}: {others} -> {best.removesuffix('@bytes')} wins")
         return parts
 
+    def carried_lines(self) -> list[str]:
+        """One line each for the modules carried verbatim and dropped, with a few of their names."""
+        lines = []
+        for label, modules in (("carried verbatim (no ΔW without the base weights or a known form)", self.carried),
+                               ("dropped by --drop-unconvertible", self.dropped)):
+            if modules:
+                names = ", ".join(m["name"] for m in modules[:3]) + (f", … ({len(modules) - 3} more)" if len(modules) > 3 else "")
+                lines.append(f"{label}: {len(modules)} modules, {sum(m['stored_values'] for m in modules)} values: {names}")
+        return lines
+
     def to_json(self) -> dict[str, Any]:
         return {
             "version": REPORT_VERSION,
@@ -226,7 +240,8 @@ class Report:
             "kept": self.kept,
             "skipped": self.skipped,
             "notes": self.notes,
-        } | ({"allocation": self.allocation} if self.allocation else {}) | ({"options": self.options} if self.options else {})
+        } | ({"carried": self.carried} if self.carried else {}) | ({"dropped": self.dropped} if self.dropped else {}) \
+          | ({"allocation": self.allocation} if self.allocation else {}) | ({"options": self.options} if self.options else {})
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n"
@@ -304,6 +319,7 @@ class Report:
             out.append(f"kept exactly (not selected by --include/--exclude; not in the figures above): {len(self.kept)} "
                        f"layers, {values} values, {format_bytes(size)}")
             out += [f"kept {k['name']}: {k['stored_as']}" for k in self.kept]
+        out += self.carried_lines()
         for skipped in self.skipped:
             out.append(f"skipped {skipped['name']}: {skipped['reason']}")
         out += self.notes

@@ -9,10 +9,11 @@ import click
 
 from ..calibration import calibration_for
 from ..compress import compress
-from ..deltas import read_input
+from ..deltas import AdapterDeltas, read_input
 from ..errors import InputError
 from ..finetune import defaults as FINETUNE_DEFAULTS
 from ..formats.atomic import atomic_write_bytes
+from ..formats.kohya_writer import LAYOUTS, layout_of, write_lora_layout
 from ..hardware import cuda_fallback_note
 from ..hub import check_push_target, push_after_save
 from ..layout import output_name
@@ -29,6 +30,10 @@ from .options import budget_of, budget_options, calibration_options, input_optio
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: ./<input>-<method>-<budget label>, e.g. x-waveft-b3000, x-wara-t90000].")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON here.")
+@click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True,
+              help="With --method lora: peft (a PEFT folder), kohya (sd-scripts' single file: ComfyUI, A1111, diffusers), "
+              "diffusers (pytorch_lora_weights.safetensors); auto: the input's layout (kohya in, kohya out). Other "
+              "methods write their own PEFT-style folder.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--wide", is_flag=True, help="Per-layer table with every column (values and errors of each baseline, "
               "raw bytes, energy kept); the default fits 100 columns.")
@@ -79,6 +84,7 @@ def convert(input_path: Path | None, out_dir: Path | None, report_path: Path | N
       wavecompress convert someone/their-lora --budget 3000 --push-to me/their-lora-waveft-b3000
       wavecompress convert my-dora --base path/to/base-model --budget 3000
       wavecompress convert lora_kohya.safetensors --budget 3000
+      wavecompress convert sd15_locon.safetensors --method lora --rank 4 --out small.safetensors
       wavecompress convert fixtures/minilm-bbc-lora --budget 3000 --include query  # rest kept as is
       wavecompress convert --base meta-llama-2-7b/ --tuned my-finetune/ --budget 8192 \\
           --include 'self_attn' --drop-unselected
@@ -104,17 +110,24 @@ def _convert(input_path: Path | None, out_dir: Path | None, report_path: Path | 
     method, quiet, device = kwargs["method"], options.pop("quiet"), options.pop("device")
     calibration, base_model, calibration_tokens = options.pop("calibration"), options.pop("base_model"), options.pop("calibration_tokens")
     base, include, exclude, drop_unselected = options.pop("base"), options.pop("include"), options.pop("exclude"), options.pop("drop_unselected")
+    drop_unconvertible, layout = options.pop("drop_unconvertible"), options.pop("layout")
+    if layout in ("kohya", "diffusers") and (method != "lora" or push_to is not None):
+        raise InputError(f"--layout {layout} writes LoRA files: use it with --method lora and without --push-to "
+                         f"(other methods: wavecompress export OUT --to lora --layout {layout})")
     named = tuned if tuned is not None else input_path
     target = out_dir or (Path(output_name(named, method, spec)) if named else None)
     check_outputs([input_path, base, tuned, calibration, base_model, finetune_data], target,
                   [("--report", report_path), ("--save-calibration", save_calibration)], force)
     input_path, source = read_input(input_path, base, tuned, include, exclude, drop_unselected)
+    if layout in ("kohya", "diffusers"):
+        source = check_layout_names(source, layout)  # names the layout cannot spell: refused before converting
     if dry_run:
         from ..plan import describe_plan
 
         by_target = spec.target_error is not None
         click.echo(fit_lines(describe_plan(source, None if by_target else spec, spec.target_error, method, kwargs["wavelet"],
-                                           kwargs["levels"], kwargs["reorder"], spec.allocate, target), wide))
+                                           kwargs["levels"], kwargs["reorder"], spec.allocate, target,
+                                           drop_unconvertible=drop_unconvertible), wide))
         return
     if push_to is not None:
         check_push_target(push_to)  # before converting: a missing token should not cost a conversion
@@ -131,7 +144,8 @@ def _convert(input_path: Path | None, out_dir: Path | None, report_path: Path | 
     if (note := cuda_fallback_note(device)) is not None:
         click.echo(note, err=True)
         device = "cpu"
-    result = compress(source, spec, progress=None, calibration=calib, device=device, **kwargs)
+    result = compress(source, spec, progress=None, calibration=calib, device=device, drop_unconvertible=drop_unconvertible,
+                      **kwargs)
     report = result.report
     method = report.method
     if not quiet:
@@ -139,6 +153,8 @@ def _convert(input_path: Path | None, out_dir: Path | None, report_path: Path | 
     first, *currencies = report.verdict_parts()  # one currency per line: the table's 100 columns hold them
     click.echo("\n  ".join([first, *currencies]))
     if quiet:
+        for line in report.carried_lines():
+            click.echo(fit_lines(line, wide))  # modules carried verbatim or dropped: never silent
         for note in report.notes:
             if note.startswith(("auto:", "target error")):
                 click.echo(fit_lines(note, wide))  # why auto chose this method/wavelet; the budget an error target needed
@@ -148,10 +164,16 @@ def _convert(input_path: Path | None, out_dir: Path | None, report_path: Path | 
         result = finetune_converted(result, finetune_steps, finetune_data, base_model, finetune_lr, finetune_device)
         report = result.report
         click.echo(result.summary())
-    result.save(target, force=force)
+    chosen = "peft" if method != "lora" or push_to is not None or layout == "peft" else \
+        layout_of([layer.name for layer in result.layers], result.source.kind) if layout == "auto" else layout
+    if chosen == "peft":
+        result.save(target, force=force)
+    else:
+        target = write_lora_layout(target, chosen, result.layers, result.source, report, force=force)
     if report_path is not None:
         try:
-            atomic_write_bytes(report_path, report.dumps().encode("utf-8"))
+            atomic_write_bytes(report_path, report.dumps().encode("utf-8"), inputs=[input_path, base, tuned, calibration],
+                               force=force, option="--report")
         except KeyboardInterrupt:
             raise InterruptedAfterWrite(f"{target} was written, --report {report_path} was not") from None
     click.echo(f"wrote {target}" + (f" and {report_path}" if report_path else ""))
@@ -165,3 +187,14 @@ def _convert(input_path: Path | None, out_dir: Path | None, report_path: Path | 
         except KeyboardInterrupt:
             raise InterruptedAfterWrite(f"the push to {push_to} was stopped (nothing is committed until the single "
                                         f"commit lands); the converted adapter is intact at {target}") from None
+
+
+def check_layout_names(source: Path | AdapterDeltas, layout: str) -> AdapterDeltas:
+    """The input read, its module names checked for ``layout`` (formats/kohya_writer.check_layout_names)."""
+    from ..deltas import load_deltas
+    from ..formats.kohya_writer import check_layout_names as check_names
+    from ..methods.allocation import layer_names
+
+    deltas = source if isinstance(source, AdapterDeltas) else load_deltas(source)
+    check_names(layer_names(deltas.layers), layout)
+    return deltas

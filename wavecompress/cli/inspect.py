@@ -27,8 +27,6 @@ _TYPES = {
 }
 # Where a tensor key's module name ends, for the adapter types with fixed tensor names.
 _MODULE_END = re.compile(r"\.(lora_[A-Za-z_]+|hada_[a-z0-9_]+|lokr_[a-z0-9_]+|waveft_spectrum|lora_down|lora_up|alpha)(\..*)?$")
-_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "U16": 2, "U32": 4, "U64": 8,
-          "BOOL": 1}
 
 
 def _header(weights: Path) -> tuple[dict[str, tuple[list[int], str]], dict[str, str]]:
@@ -59,6 +57,7 @@ def _module_of(key: str, known: list[str]) -> tuple[str, str]:
 def describe_adapter(path: str | Path) -> dict[str, Any]:
     """A JSON-able description of the adapter at ``path`` (folder or weights file)."""
     from ..deltas import locate_adapter
+    from ..deltas.safetensors_file import ITEMSIZE
     from ..deltas.safetensors_reader import read_json
 
     path = Path(path)
@@ -81,7 +80,7 @@ def describe_adapter(path: str | Path) -> dict[str, Any]:
         parts = groups[module]
         values = sum(_numel(s) for s, d in parts.values() if d in ("F64", "F32", "F16", "BF16"))
         indices = sum(_numel(s) for s, d in parts.values() if d not in ("F64", "F32", "F16", "BF16"))
-        nbytes = sum(_numel(s) * _SIZES.get(d, 4) for s, d in parts.values())
+        nbytes = sum(_numel(s) * ITEMSIZE.get(d, 4) for s, d in parts.values())
         row = {"name": module, "shape": _layer_shape(module, parts, layer_table, shapes, config), "stored_values": values,
                "index_values": indices, "bytes": nbytes,
                "tensors": {name: {"shape": s, "dtype": d} for name, (s, d) in sorted(parts.items())}}

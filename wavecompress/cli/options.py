@@ -90,6 +90,10 @@ input_options = group(
     click.option("--drop-unselected", "drop_unselected", is_flag=True,
                  help="Drop the layers --include/--exclude leave out instead of keeping them (their updates are lost; "
                  "listed as skipped). Required for full fine-tunes and --method waveft-seeded."),
+    click.option("--drop-unconvertible", "drop_unconvertible", is_flag=True,
+                 help="Leave out modules whose delta cannot be formed from the input (a DoRA module without base weights, "
+                 "a bias difference, an unknown tensor) instead of carrying them into the output verbatim; the report "
+                 "names them either way."),
     click.option("--allow-nonfinite", "allow_nonfinite", is_flag=True,
                  help="Skip LoRA layers whose factors hold NaN/Inf (listed as skipped) instead of refusing the input."),
 )

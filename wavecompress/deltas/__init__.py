@@ -12,7 +12,7 @@ from .adapter_deltas import AdapterDeltas, LazyLayers, SkippedLayer
 from .checkpoints import Checkpoint
 from .decoders import decoder_of
 from .full_finetune import filter_layers, read_full_finetune
-from .kohya import is_single_file_lora, read_kohya
+from .kohya import DIFFUSERS_WEIGHTS_NAME, is_single_file_lora, read_kohya, refuse_peft_without_config
 from .lycoris import PEFT_LYCORIS_TYPES, read_peft_lycoris
 from .layer_delta import LayerDelta
 from .peft_lora import read_peft_lora
@@ -111,7 +111,10 @@ def _read_local_kind(
     has_config = (local / CONFIG_NAME).exists() if local.is_dir() else (local.parent / CONFIG_NAME).exists()
     if has_config:
         return None
+    if local.is_dir() and (local / DIFFUSERS_WEIGHTS_NAME).is_file():  # a diffusers LoRA folder (save_lora_weights)
+        local = local / DIFFUSERS_WEIGHTS_NAME
     if local.is_file() and local.suffix == ".safetensors" and is_single_file_lora(local):
+        refuse_peft_without_config(local)
         deltas = read_kohya(local)
         return filter_layers(deltas, include, exclude, drop_unselected) if include or exclude else deltas
     if base is not None:

@@ -20,6 +20,25 @@ class SkippedLayer:
     reason: str
 
 
+@dataclass
+class CarriedModule:
+    """A module of the input whose delta cannot be formed from the input alone (a DoRA module without
+    base weights, a bias difference, an unknown tensor): written to the output verbatim, under its
+    original keys, unless the user drops it (``--drop-unconvertible``)."""
+
+    name: str
+    tensors: dict[str, torch.Tensor]
+    reason: str
+
+    @property
+    def stored_values(self) -> int:
+        return sum(t.numel() for t in self.tensors.values())
+
+    def entry(self) -> dict[str, Any]:
+        """The report's line for this module."""
+        return {"name": self.name, "reason": self.reason, "keys": sorted(self.tensors), "stored_values": self.stored_values}
+
+
 class LazyLayers(Sequence):
     """Layers computed one at a time on access, so only one layer's ΔW needs to be alive at once.
 
@@ -76,6 +95,8 @@ class AdapterDeltas:
     ``passthrough`` holds tensors that are not deltas (a saved classifier head from
     ``modules_to_save``, for example) under their original keys; writers copy them verbatim.
     ``kept`` holds layers not selected by --include/--exclude: stored exactly, never compressed.
+    ``carried`` holds modules whose delta cannot be formed (see :class:`CarriedModule`): written
+    verbatim, or left out with their names in the report when dropped (``dropped``).
     """
 
     source: str
@@ -86,6 +107,22 @@ class AdapterDeltas:
     skipped: list[SkippedLayer] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
     kept: list[LayerDelta] = field(default_factory=list)
+    carried: list[CarriedModule] = field(default_factory=list)
+    dropped: list[CarriedModule] = field(default_factory=list)
+    also_read: list[str] = field(default_factory=list)  # other local paths read (a base checkpoint): outputs never replace them
+
+    def input_paths(self) -> list[str]:
+        """Local paths this delta was read from: what the output guard keeps every write away from."""
+        return [self.source, *self.also_read]
+
+    def drop_unconvertible(self) -> None:
+        """Leave the carried modules out of the output (they stay named in the report as dropped)."""
+        self.dropped.extend(self.carried)
+        self.carried = []
+
+    def verbatim_tensors(self) -> dict[str, torch.Tensor]:
+        """{key: tensor} an output copies unchanged: the passthrough tensors and every carried module's."""
+        return {**self.passthrough, **{key: tensor for module in self.carried for key, tensor in module.tensors.items()}}
 
     @property
     def base_model(self) -> str | None:
@@ -93,7 +130,13 @@ class AdapterDeltas:
 
     @property
     def stored_values(self) -> int:
-        """Trainable values the input stores for its layers (factors or dense entries)."""
+        """Trainable values the input stores for its layers (factors or dense entries) and for the modules it
+        carries verbatim or drops (``carried``/``dropped``)."""
+        unconverted = sum(module.stored_values for module in (*self.carried, *self.dropped))
+        return self.layer_values() + unconverted
+
+    def layer_values(self) -> int:
+        """Trainable values the input stores for its layers."""
         if isinstance(self.layers, LazyLayers):
             return self.layers.stored_values
         total = 0

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import InputError
 from .adapter_deltas import AdapterDeltas, LazyLayers, SkippedLayer
+from .conv import KEY as WEIGHT_SHAPE, matrix_shape
 from .checkpoints import Checkpoint, float32_difference, looks_like_embedding
 from .layer_delta import LayerDelta
 from .memory_budget import check_layer_size
@@ -93,7 +94,9 @@ def _factory(base: Checkpoint, tuned: Checkpoint, key: str, module: str, transpo
             return None
         if transpose:
             delta = delta.T.contiguous()
-        return LayerDelta.from_dense(module, delta, stored_values=delta.numel(), dtype=tuned.dtypes[key].lower())
+        info = {WEIGHT_SHAPE: tuple(delta.shape)} if delta.dim() > 2 else {}
+        return LayerDelta.from_dense(module, delta.reshape(delta.shape[0], -1), stored_values=delta.numel(),
+                                     dtype=tuned.dtypes[key].lower(), **info)
 
     return build
 
@@ -128,18 +131,18 @@ def read_full_finetune(
             skipped.append(SkippedLayer(key, f"shape {list(shape)} differs from the base's {list(base_ck.shapes[key])}"))
         elif ndim == 1:
             skipped.append(SkippedLayer(key, _one_d_reason(base_ck, tuned_ck, key)))
-        elif ndim != 2:
-            skipped.append(SkippedLayer(key, f"{ndim}-D tensor (only 2-D weights become layers)"))
+        elif ndim not in (2, 3, 4, 5):
+            skipped.append(SkippedLayer(key, f"{ndim}-D tensor (only 2-D weights and convolution kernels become layers)"))
         elif not key.endswith(".weight"):
             skipped.append(SkippedLayer(key, "not a module weight"))
         elif not selected(module, includes, excludes):
-            linear = _module_kind(module, kinds) in ("linear", "conv1d")
+            linear = ndim > 2 or _module_kind(module, kinds) in ("linear", "conv1d")
             skipped.append(SkippedLayer(key, DROPPED if linear else "not selected by --include/--exclude"))
             if linear:
                 unselected.append(module)
         else:
-            kind = _module_kind(module, kinds)
-            if kind in ("linear", "conv1d"):
+            kind = "conv" if ndim > 2 else _module_kind(module, kinds)
+            if kind in ("linear", "conv1d", "conv"):
                 candidates.append((key, module, kind))
             elif kind == "embedding":
                 skipped.append(SkippedLayer(key, "embedding table, not a linear layer"))
@@ -157,6 +160,7 @@ def read_full_finetune(
     conv1d = [c for c in candidates if c[2] == "conv1d"]
     fan_in_fan_out = len(conv1d) > len(linear)
     keep, drop = (conv1d, linear) if fan_in_fan_out else (linear, conv1d)
+    keep = keep + [c for c in candidates if c[2] == "conv"]  # kernels: (c_out, c_in·kh·kw) matrices (deltas/conv.py)
     for key, _, kind in drop:
         skipped.append(SkippedLayer(key, f"{kind} layer in a model whose other layers need fan_in_fan_out={fan_in_fan_out}; "
                                          "convert it separately with --include"))
@@ -164,7 +168,7 @@ def read_full_finetune(
         raise InputError(f"{tuned_ck.path}: no 2-D linear weight to convert ({len(skipped)} tensors skipped)")
     entries = []
     for key, module, kind in keep:
-        d0, d1 = tuned_ck.shapes[key]
+        d0, d1 = matrix_shape(tuned_ck.shapes[key])
         shape = (d1, d0) if kind == "conv1d" else (d0, d1)
         check_layer_size(tuned_ck.path, module, shape)
         entries.append((module, shape, d0 * d1, _factory(base_ck, tuned_ck, key, module, kind == "conv1d")))
@@ -176,5 +180,6 @@ def read_full_finetune(
         config=config,
         skipped=skipped,
         metadata={},
+        also_read=[str(base_ck.path)],
     )
 

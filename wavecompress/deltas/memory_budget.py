@@ -8,24 +8,23 @@ available, the address-space limit (``ulimit -v``), and ``WAVECOMPRESS_MEMORY_LI
 from __future__ import annotations
 
 import os
-import re
 import resource
 from pathlib import Path
 
 from ..errors import InputError
+from ..units import parse_size_text
 
 ENV = "WAVECOMPRESS_MEMORY_LIMIT"
 # Dense float32 copies of one layer alive at once while converting it (ΔW, its transform, the
 # reconstruction and the residual/baselines); measured peaks stay below this many.
 COPIES = 3
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
 def _parse_size(text: str) -> int:
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?I?B?)\s*", text.upper())
-    if match is None or match[2] not in _UNITS:
+    size = parse_size_text(text)
+    if size is None:
         raise InputError(f"{ENV}={text!r}: expected a size such as 8GB or 512MiB")
-    return int(float(match[1]) * _UNITS[match[2]])
+    return size
 
 
 def _available() -> int | None:

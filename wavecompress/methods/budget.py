@@ -12,17 +12,16 @@ says how a total is split across layers (methods/allocation.py): ``uniform`` or 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ..errors import InputError
+from ..units import parse_size_text
 
 Allocate = Literal["uniform", "global"]
 ALLOCATIONS: tuple[Allocate, ...] = ("uniform", "global")
 FORMS = ("per_layer", "total", "ratio", "max_bytes", "rank", "target_error")
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
 def parse_size(text: str | int) -> int:
@@ -30,11 +29,10 @@ def parse_size(text: str | int) -> int:
     if isinstance(text, int):
         size = text
     else:
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-        unit = match.group(2).lower() if match else None
-        if not match or unit not in _UNITS:
+        parsed = parse_size_text(str(text))
+        if parsed is None:
             raise InputError(f"max size {text!r}: expected a number of bytes with an optional unit (B, kB, MB, GB, KiB, MiB, GiB)")
-        size = int(float(match.group(1)) * _UNITS[unit])
+        size = parsed
     if size <= 0:
         raise InputError(f"max size must be positive, got {text!r}")
     return size

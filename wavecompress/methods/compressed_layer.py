@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..deltas.conv import KEY as WEIGHT_SHAPE, lora_factor_shapes, weight_shape_of
 from ..deltas.shared_tensors import written_tensors
 
 
@@ -38,8 +39,15 @@ class CompressedLayer:
         return sum(t.numel() * t.element_size() for t in self.written_tensors().values())
 
     def written_tensors(self) -> dict[str, torch.Tensor]:
-        """The tensors this layer's own keys store in the file."""
-        return written_tensors(self.name, self.tensors, self.meta)
+        """The tensors this layer's own keys store in the file (a conv layer's LoRA factors in PEFT's
+        Conv2d shapes: lora_A (r, c_in, kh, kw), lora_B (c_out, r, 1, 1); deltas/conv.py)."""
+        tensors = written_tensors(self.name, self.tensors, self.meta)
+        weight_shape = weight_shape_of(self.meta)
+        if weight_shape is not None and "lora_A.weight" in tensors and "lora_B.weight" in tensors:
+            down, up = lora_factor_shapes(tensors["lora_A.weight"].shape[0], weight_shape)
+            tensors = {**tensors, "lora_A.weight": tensors["lora_A.weight"].reshape(down),
+                       "lora_B.weight": tensors["lora_B.weight"].reshape(up)}
+        return tensors
 
     @property
     def relative_error(self) -> float:
@@ -48,3 +56,12 @@ class CompressedLayer:
     @property
     def energy_kept(self) -> float:
         return 1.0 - self.error_sq / self.energy if self.energy > 0 else 1.0
+
+
+def with_weight_shape(layer: CompressedLayer, info: dict[str, Any]) -> CompressedLayer:
+    """Record a conv layer's 4-D weight shape (from its delta's ``info``) in the layer's metadata, so
+    outputs keep it (deltas/conv.py); linear layers are returned unchanged."""
+    shape = weight_shape_of(info)
+    if shape is not None:
+        layer.meta[WEIGHT_SHAPE] = list(shape)
+    return layer

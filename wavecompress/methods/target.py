@@ -17,6 +17,7 @@ from typing import Any
 from ..deltas.layer_delta import LayerDelta
 from ..errors import InputError
 from .allocation import global_budgets
+from .budget import validate_target  # noqa: F401 - export.py imports it from here
 from .options import MethodOptions
 from .rate_distortion import RDCurve, rd_curve
 
@@ -37,13 +38,6 @@ class TargetSearch:
         text = (f"target error {self.target:g}: {method} needs {self.total} values in total (predicted error "
                 f"{self.error:.4f}; binary search over {len(self.tried)} totals, global allocation")
         return text + (f"; {closest[0]} values give {closest[1]:.4f})" if closest else ")")
-
-
-def validate_target(target: Any) -> float:
-    """A relative error in (0, 1), or InputError naming the option."""
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < float(target) < 1:
-        raise InputError(f"--target-error must be a relative error between 0 and 1 (0.05 = 5%), got {target!r}")
-    return float(target)
 
 
 def _error(curves: list[RDCurve], total: int, energy: float) -> tuple[float, list[int]]:

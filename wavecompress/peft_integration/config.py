@@ -20,7 +20,7 @@ STORED_TENSORS = "stored_tensors"
 
 def header_tensor_specs(weights_path: str, names: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
     """{layer name: {tensor key: {"shape", "dtype"}}} read from a safetensors header (no data loaded)."""
-    from ..deltas.safetensors_file import open_safetensors
+    from ..deltas.safetensors_file import open_safetensors, torch_dtype_name
 
     specs: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
     with open_safetensors(weights_path) as reader:
@@ -29,17 +29,8 @@ def header_tensor_specs(weights_path: str, names: list[str]) -> dict[str, dict[s
             module, _, tensor = stripped.rpartition(".")
             if module in specs:
                 piece = reader.get_slice(key)
-                specs[module][tensor] = {"shape": list(piece.get_shape()), "dtype": _torch_dtype_name(piece.get_dtype())}
+                specs[module][tensor] = {"shape": list(piece.get_shape()), "dtype": torch_dtype_name(piece.get_dtype())}
     return specs
-
-
-_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16",
-                       "U32": "uint32", "U64": "uint64", "BOOL": "bool"}
-
-
-def _torch_dtype_name(safetensors_dtype: str) -> str:
-    return _SAFETENSORS_DTYPES.get(safetensors_dtype, safetensors_dtype.lower())
 
 
 @dataclass

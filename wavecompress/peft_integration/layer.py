@@ -68,8 +68,11 @@ class WavecompressLayer(BaseTunerLayer):
         elif isinstance(base, Conv1D):
             weight = base.weight
             self.in_features, self.out_features = weight.ds_shape if hasattr(weight, "ds_shape") else weight.shape
+        elif isinstance(base, nn.modules.conv._ConvNd) and not base.transposed:
+            # A convolution's ΔW is its (c_out, c_in/groups·kh·kw) matrix (deltas/conv.py).
+            self.out_features, self.in_features = base.weight.shape[0], base.weight[0].numel()
         else:
-            raise TypeError(f"wavecompress adapters apply to nn.Linear and transformers Conv1D, not {type(base).__name__}")
+            raise TypeError(f"wavecompress adapters apply to nn.Linear, transformers Conv1D and convolutions, not {type(base).__name__}")
 
     def update_layer(self, adapter_name: str, method: str, meta: dict[str, Any], specs: dict[str, dict[str, Any]],
                      inference_mode: bool = False) -> None:
@@ -130,6 +133,10 @@ class Linear(nn.Module, WavecompressLayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, method, meta, specs, inference_mode=inference_mode)
 
+    def delta_as_weight(self, adapter: str) -> torch.Tensor:
+        """ΔŴ of ``adapter`` laid out like the base weight (transposed for Conv1D)."""
+        return transpose(self.get_delta_weight(adapter), self.fan_in_fan_out)
+
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         """Add ΔŴ of the active (or given) adapters to the base weight."""
         adapter_names = check_adapters_to_merge(self, adapter_names)
@@ -137,7 +144,7 @@ class Linear(nn.Module, WavecompressLayer):
             if adapter not in self.wavecompress_tensors:
                 continue
             weight = self.get_base_layer().weight
-            delta = transpose(self.get_delta_weight(adapter), self.fan_in_fan_out).to(weight.dtype)
+            delta = self.delta_as_weight(adapter).to(weight.dtype)
             if safe_merge:
                 merged = weight.data + delta
                 if not torch.isfinite(merged).all():
@@ -156,7 +163,7 @@ class Linear(nn.Module, WavecompressLayer):
             adapter = self.merged_adapters.pop()
             if adapter in self.wavecompress_tensors:
                 weight = self.get_base_layer().weight
-                weight.data -= transpose(self.get_delta_weight(adapter), self.fan_in_fan_out).to(weight.dtype)
+                weight.data -= self.delta_as_weight(adapter).to(weight.dtype)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         previous_dtype = x.dtype
@@ -171,9 +178,25 @@ class Linear(nn.Module, WavecompressLayer):
             for adapter in self.active_adapters:
                 if adapter not in self.wavecompress_tensors:
                     continue
-                delta = self.get_delta_weight(adapter)
-                result = result + F.linear(self._cast_input_dtype(x, delta.dtype), delta).to(result.dtype)
+                result = result + self.adapter_output(adapter, x).to(result.dtype)
         return result.to(previous_dtype)
+
+    def adapter_output(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
+        """The adapter's own contribution x ΔŴᵀ."""
+        delta = self.get_delta_weight(adapter)
+        return F.linear(self._cast_input_dtype(x, delta.dtype), delta)
 
     def __repr__(self) -> str:
         return "wavecompress." + super().__repr__()
+
+
+class Conv(Linear):
+    """A convolution (Conv1d/2d/3d) plus wavecompress adapters: y = base(x) + conv(x, ΔŴ reshaped to the kernel)."""
+
+    def delta_as_weight(self, adapter: str) -> torch.Tensor:
+        return self.get_delta_weight(adapter).reshape(self.get_base_layer().weight.shape)
+
+    def adapter_output(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
+        base = self.get_base_layer()
+        kernel = self.delta_as_weight(adapter)
+        return base._conv_forward(self._cast_input_dtype(x, kernel.dtype), kernel, None)

@@ -14,7 +14,7 @@ from ..methods.registry import method_of_peft_type
 from ..methods import kept
 from ..deltas.shared_tensors import borrowed
 from .config import STORED_TENSORS
-from .layer import TENSORS_ATTR, Linear, WavecompressLayer
+from .layer import TENSORS_ATTR, Conv, Linear, WavecompressLayer
 
 PREFIX = "wavecompress_"
 
@@ -46,10 +46,13 @@ class WavecompressModel(BaseTuner):
             target.update_layer(adapter_name, method, layer_meta, specs, inference_mode=peft_config.inference_mode)
             return
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-        if not isinstance(base, (torch.nn.Linear, Conv1D)):
-            raise TypeError(f"module {current_key} is a {type(base).__name__}; wavecompress adapters apply to Linear and Conv1D")
-        new_module = Linear(target, adapter_name, method, layer_meta, specs, fan_in_fan_out=isinstance(base, Conv1D),
-                            inference_mode=peft_config.inference_mode)
+        conv = isinstance(base, torch.nn.modules.conv._ConvNd) and not base.transposed
+        if not isinstance(base, (torch.nn.Linear, Conv1D)) and not conv:
+            raise TypeError(f"module {current_key} is a {type(base).__name__}; wavecompress adapters apply to Linear, "
+                            "Conv1D and convolutions")
+        new_module = (Conv if conv else Linear)(target, adapter_name, method, layer_meta, specs,
+                                                fan_in_fan_out=isinstance(base, Conv1D),
+                                                inference_mode=peft_config.inference_mode)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)

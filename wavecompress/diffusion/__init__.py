@@ -1,0 +1,1 @@
+"""Diffusion pipelines: module names as sd-scripts and diffusers write them, and loading outputs into pipelines."""
