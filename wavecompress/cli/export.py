@@ -40,7 +40,7 @@ def export(adapter: Path, target_format: str, out_dir: Path, rank: int | None, b
       wavecompress export out/wara --to lora --out out/wara-as-lora      # error ≤ 1% vs out/wara
       wavecompress export out/wara --to lora --max-error 0 --out out/wara-lossless   # numerical ranks
       wavecompress export out/waveft --to lora --rank 16 --out out/waveft-r16
-      wavecompress export out/sd-wara --to lora --layout kohya --out sd-wara-lora.safetensors   # for ComfyUI / A1111
+      wavecompress export out/sd-wara --to lora --layout kohya --out sd-wara-lora.safetensors
     """
     from ..deltas import load_deltas
     from ..export import export_lora
