@@ -142,7 +142,7 @@ class Analysis:
         if self.bytes is not None:
             return self._format_bytes_table(group)
         shown = [b for b in budgets if b in self.budgets]
-        lines = ["| method | " + " | ".join(f"{b} / layer" for b in shown) + " | 10% at | 5% at | 1% at |",
+        lines = ["| method | " + " | ".join(f"{b}/layer" for b in shown) + " | 10% at | 5% at | 1% at |",
                  "|---|" + "---:|" * (len(shown) + 3)]
         for method in self.methods:
             cells = [f"{self.error_at(method, group, b):.4f}" for b in shown]
@@ -201,24 +201,123 @@ def budget_grid(max_budget: int, points: int = 48, extra: Sequence[int] = TABLE_
     return sorted(grid)
 
 
-def _group_error(curves: list[RDCurve], budget: int) -> tuple[float, int]:
-    error = sum(c.error_sq_at(budget) for c in curves)
-    energy = sum(c.energy for c in curves)
-    return ((error / energy) ** 0.5 if energy > 0 else 0.0), sum(c.stored_at(budget) for c in curves)
+SMALL_CURVE = 4096  # steps: a curve this short is kept whole; a longer one is folded into its group's sums
 
 
-def threshold_budget(curves: list[RDCurve], target: float, high: int) -> int | None:
-    """Smallest per-layer budget with group error ≤ ``target`` (errors only fall with budget), or None."""
-    if _group_error(curves, high)[0] > target:
-        return None
-    low = 0
-    while high - low > 1:
-        mid = (low + high) // 2
-        if _group_error(curves, mid)[0] <= target:
-            high = mid
-        else:
-            low = mid
-    return high
+def _is_prefix(curve: RDCurve | LowestCurve) -> bool:
+    """True when the method's greedy takes a prefix of the steps at every budget (one group)."""
+    parts = curve.curves if isinstance(curve, LowestCurve) else [curve]
+    return all(not len(c.groups) or c.groups.min() == c.groups.max() for c in parts)
+
+
+def _steps(curve: RDCurve | LowestCurve) -> int:
+    return sum(len(c.costs) for c in curve.curves) if isinstance(curve, LowestCurve) else len(curve.costs)
+
+
+def curve_errors(curve: RDCurve | LowestCurve, limit: int) -> np.ndarray:
+    """The layer's squared error at every per-layer budget 0..limit (a prefix curve), exactly as
+    ``error_sq_at`` reads it at each budget (a LowestCurve: the lowest of its orderings)."""
+    if isinstance(curve, LowestCurve):
+        return np.minimum.reduce([curve_errors(c, limit) for c in curve.curves])
+    budgets = np.arange(limit + 1, dtype=np.int64)
+    if len(curve.costs) and curve.costs.min() == 1 == curve.costs.max():  # one value per step: step b is budget b
+        steps = np.minimum(budgets, len(curve.costs))
+    else:
+        steps = np.searchsorted(curve.budgets, budgets, side="right") - 1
+    return curve.errors_sq[steps]
+
+
+class GroupCurves:
+    """One curve variant's layer curves summed per group, layer by layer, so no layer's curve outlives it.
+
+    A long prefix curve (a top-k's one step per coefficient) is folded into its groups' running sums
+    of squared error at every budget 0..limit; a short curve (LoRA's ranks, WaRA's band terms) is kept
+    whole. Sums run in layer order, as the Python sums over every layer's curve did, so the errors and
+    thresholds are the same numbers; stored values are summed at the grid's budgets only."""
+
+    def __init__(self, limit: int, grid: Sequence[int]) -> None:
+        self.limit, self.grid = limit, list(grid)
+        self.sums: dict[str, np.ndarray] = {}  # group → Σ error² of the folded layers at each budget
+        self.kept: dict[str, list[RDCurve | LowestCurve]] = {}
+        self.energy: dict[str, float] = {}
+        self.stored: dict[str, list[int]] = {}
+        self.total: dict[str, int] = {}  # layer → every step's cost (where the layer's curve saturates)
+
+    def add(self, groups: Sequence[str], curve: RDCurve | LowestCurve) -> None:
+        """Fold one layer's curve into ``groups`` (its own group and ``all``)."""
+        stored = [curve.stored_at(b) for b in self.grid]
+        self.total[curve.name] = int(curve.costs.sum())
+        folded = curve_errors(curve, self.limit) if _is_prefix(curve) and _steps(curve) > SMALL_CURVE else None
+        for group in groups:
+            self.energy[group] = self.energy.get(group, 0) + curve.energy
+            self.stored[group] = [a + b for a, b in zip(self.stored.get(group, [0] * len(stored)), stored)]
+            if folded is None:
+                self.kept.setdefault(group, []).append(curve)
+            elif group in self.sums:
+                self.sums[group] += folded
+            else:
+                self.sums[group] = np.zeros(self.limit + 1) + folded
+
+    def error_sq(self, group: str, budget: int) -> float:
+        kept = sum(c.error_sq_at(budget) for c in self.kept.get(group, []))
+        if group not in self.sums:
+            return kept
+        folded = float(self.sums[group][min(budget, self.limit)])
+        return folded + kept if group in self.kept else folded
+
+    def error(self, group: str, budget: int) -> float:
+        """Relative error of the group at per-layer ``budget`` (Frobenius over its layers together)."""
+        energy = self.energy.get(group, 0)
+        return (self.error_sq(group, budget) / energy) ** 0.5 if energy > 0 else 0.0
+
+    def threshold(self, group: str, target: float, high: int) -> int | None:
+        """Smallest per-layer budget with group error ≤ ``target`` (errors only fall with budget), or None."""
+        if self.error(group, high) > target:
+            return None
+        low = 0
+        while high - low > 1:
+            mid = (low + high) // 2
+            if self.error(group, mid) <= target:
+                high = mid
+            else:
+                low = mid
+        return high
+
+
+def release(delta: LayerDelta, keep: int = 1 << 20) -> None:
+    """Drop the layer's cached results larger than ``keep`` bytes (top-k selections, dense features):
+    small ones (orderings, a factored SVD, the energy) stay for a later convert of the same layer."""
+    for key in list(delta.cache):
+        if _nbytes(delta.cache[key]) > keep:
+            del delta.cache[key]
+
+
+def _nbytes(value: Any, depth: int = 0) -> int:
+    """Bytes of the tensors and arrays a cached value holds (tuples, lists, dicts and plain objects, shallowly)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if depth > 2:
+        return 0
+    if isinstance(value, dict):
+        return sum(_nbytes(v, depth + 1) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v, depth + 1) for v in value)
+    if hasattr(value, "__dict__"):
+        return sum(_nbytes(v, depth + 1) for v in vars(value).values())
+    return 0
+
+
+def layer_shapes(layers: Sequence[LayerDelta]) -> list[tuple[int, int]]:
+    """Every layer's shape without loading a lazy layer (LazyLayers knows its entries' shapes)."""
+    from .deltas.adapter_deltas import LazyLayers
+
+    if isinstance(layers, LazyLayers):
+        return [tuple(entry[1]) for entry in layers.entries]
+    return [tuple(delta.shape) for delta in layers]
 
 
 def layer_curve(delta: LayerDelta, method: str, options: MethodOptions, max_cost: int | None) -> RDCurve | LowestCurve:
@@ -236,9 +335,11 @@ def analyze(source: DeltaSource, methods: Sequence[str] = DEFAULT_METHODS, wavel
             progress: bool | None = False, x: str = "values", dtype: str = "auto", mark: Budget | None = None) -> Analysis:
     """Rate-distortion curves of every method (and each reorderable method's plain-order variant).
 
-    ``progress=None`` shows a progress bar (one step per layer) only on a terminal. ``x="bytes"``
-    measures each point's stored bytes (and error) in precision ``dtype``, as ``convert`` reports
-    them; ``mark`` (a per-layer or max-size Budget) is drawn on the plot, a per-layer one is on the grid."""
+    Streams: each layer's curves are summed into their groups and released before the next layer
+    (GroupCurves), so memory holds a few layers whatever the layer count. ``progress=None`` shows
+    progress (one step per layer) only on a terminal. ``x="bytes"`` measures each point's stored
+    bytes (and error) in precision ``dtype``, as ``convert`` reports them; ``mark`` (a per-layer or
+    max-size Budget) is drawn on the plot, a per-layer one is on the grid."""
     dtype = validate_dtype(dtype)
     check_axis(x, dtype, mark)
     for method in methods:
@@ -253,51 +354,52 @@ def analyze(source: DeltaSource, methods: Sequence[str] = DEFAULT_METHODS, wavel
         for m in methods:
             if get_method(m).reorderable:
                 variants[f"{m}-plain"] = (m, MethodOptions(wavelet=options.wavelet, levels=levels, reorder=None))
-    curves: dict[str, list[RDCurve | LowestCurve]] = {v: [] for v in variants}
-    groups: dict[str, list[str]] = {}
-    top = 0
-    from tqdm.auto import tqdm
-
-    bar = tqdm(deltas.layers, desc=f"analyze {len(variants)} curves per layer", unit="layer",
-               disable=None if progress is None else not progress)
-    for delta in bar:
-        top = max(top, delta.shape[0] * delta.shape[1])
-        groups.setdefault(layer_group(delta.name), []).append(delta.name)
-        for variant, (method, opts) in variants.items():
-            curves[variant].append(layer_curve(delta, method, opts, max_budget))
-    if not groups:
+    shapes = layer_shapes(deltas.layers)
+    if not shapes:
         raise InputError(f"{deltas.source}: no layers to analyze")
-    limit = max_budget or top
+    limit = max_budget or max(rows * cols for rows, cols in shapes)
     # x=bytes compresses every layer at every budget (a large top-k takes a good fraction of a second): half the points
     grid = budget_grid(limit, points=48 if x == "values" else BYTES_POINTS,
                        extra=(*(TABLE_BUDGETS if x == "values" else ()), *([marked] if marked is not None else [])))
     if marked is not None and marked not in grid:  # above every layer's size: the top of the curves
         grid.append(marked)
+    sums = {v: GroupCurves(limit, grid) for v in variants}
+    groups: dict[str, list[str]] = {}
+    from .progress import Progress
+
+    with Progress(f"analyze: {len(variants)} curves per layer", total=len(shapes), unit="layers", show=progress) as bar:
+        for delta in deltas.layers:
+            group = layer_group(delta.name)
+            groups.setdefault(group, []).append(delta.name)
+            for variant, (method, opts) in variants.items():
+                sums[variant].add(("all", group), layer_curve(delta, method, opts, max_budget))
+            release(delta)
+            bar.step()
     groups = {"all": [name for names in groups.values() for name in names], **dict(sorted(groups.items()))}
     errors: dict[str, dict[str, list[float]]] = {}
     stored: dict[str, dict[str, list[int]]] = {}
     thresholds: dict[str, dict[str, dict[str, int | None]]] = {g: {} for g in groups}
-    for variant, layer_curves in curves.items():
-        errors[variant], stored[variant] = {}, {}
-        for group, names in groups.items():
-            chosen = [c for c in layer_curves if c.name in set(names)]
-            points = [_group_error(chosen, b) for b in grid]
-            errors[variant][group] = [p[0] for p in points]
-            stored[variant][group] = [p[1] for p in points]
-            thresholds[group][variant] = {f"{int(t * 100)}%": threshold_budget(chosen, t, limit) for t in THRESHOLDS}
+    for variant, summed in sums.items():
+        errors[variant] = {group: [summed.error(group, b) for b in grid] for group in groups}
+        stored[variant] = {group: summed.stored[group] for group in groups}
+        for group in groups:
+            thresholds[group][variant] = {f"{int(t * 100)}%": summed.threshold(group, t, limit) for t in THRESHOLDS}
+    full = {v: {name: total if get_method(variants[v][0]).rd_curve is not None else None
+                for name, total in summed.total.items()} for v, summed in sums.items()}
+    del sums
     notes = [f"{len(groups['all'])} layers; budgets are stored values per layer (convert --budget); "
              "group errors are Frobenius over the group's layers together; — = not reached by "
              f"{limit} values per layer"]
     if options.reorder:
         notes.append(f"waveft/wara rows and columns reordered ({options.reorder}); '-plain' keeps the model's order")
-    result = Analysis(deltas.source, list(curves), groups, grid, errors, stored, thresholds, notes, mark=mark)
+    result = Analysis(deltas.source, list(variants), groups, grid, errors, stored, thresholds, notes, mark=mark)
     if x == "bytes":
-        measure_sizes(result, deltas, variants, curves, dtype, progress)
+        measure_sizes(result, deltas, variants, full, dtype, progress)
     return result
 
 
 def measure_sizes(analysis: Analysis, deltas, variants: dict[str, tuple[str, MethodOptions]],
-                  curves: dict[str, list[RDCurve | LowestCurve]], dtype: str, progress: bool | None) -> None:
+                  full: dict[str, dict[str, int | None]], dtype: str, progress: bool | None) -> None:
     """Fill ``analysis.bytes`` (and its errors) with what ``convert --budget b --dtype dtype`` reports at
     every plotted budget, and the bytes at each threshold budget.
 
@@ -309,9 +411,7 @@ def measure_sizes(analysis: Analysis, deltas, variants: dict[str, tuple[str, Met
     budgets = analysis.budgets
     wanted = {v: {*budgets, *(b for g in analysis.groups for b in analysis.thresholds[g][v].values() if b is not None)}
               for v in variants}
-    # an exact curve holds every step its method can take: any larger budget stores the same layer
-    full = {v: {c.name: int(c.costs.sum()) if get_method(variants[v][0]).rd_curve is not None else None for c in cs}
-            for v, cs in curves.items()}
+    # full: an exact curve holds every step its method can take: any larger budget stores the same layer
     converted = {v: f"{m}-plain" for v, (m, opts) in variants.items() if v == m and opts.reorder and get_method(m).reorderable}
     found: dict[str, dict[int, dict[str, Any]]] = {v: {} for v in variants}  # variant → budget → layer → summary
     runs = [(v, b) for v in converted for b in sorted(wanted[v] | wanted.get(converted[v], set()))]

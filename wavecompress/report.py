@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .methods.compressed_layer import CompressedLayer
@@ -105,6 +106,32 @@ class MethodSummary:
         return out
 
 
+def same_error(a: MethodSummary, b: MethodSummary, digits: int = 4) -> bool:
+    """True when two relative errors are equal at the ``digits`` decimals the verdict shows them in:
+    a tie, which no method wins."""
+    return f"{a.relative_error:.{digits}f}" == f"{b.relative_error:.{digits}f}"
+
+
+def weight_bytes(path: str | Path | None) -> int | None:
+    """Bytes of an adapter on disk: a file's size, or a folder's weight files (.safetensors, .bin, .pt,
+    .pth); None when the path is not a local file or folder."""
+    if path is None or not Path(path).exists():
+        return None
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    files = [f for f in path.rglob("*") if f.is_file() and f.suffix in (".safetensors", ".bin", ".pt", ".pth")]
+    return sum(f.stat().st_size for f in files) if files else None
+
+
+def size_note(output_bytes: int | None, input_bytes: int | None) -> str | None:
+    """One line when an output's weights are larger than its input's (and by how much), else None."""
+    if not output_bytes or not input_bytes or output_bytes <= input_bytes:
+        return None
+    return (f"note: the output ({format_bytes(output_bytes)}) is larger than its input ({format_bytes(input_bytes)}): "
+            f"{output_bytes / input_bytes:.2f}x, +{format_bytes(output_bytes - input_bytes)}")
+
+
 @dataclass
 class LayerReport:
     """Figures for one layer: the chosen method and each baseline at the same budget."""
@@ -184,7 +211,11 @@ class Report:
                 continue
             best = min(group, key=lambda n: (group[n].relative_error, n != self.method))
             others = ", ".join(f"{n.removesuffix('@bytes')} {s.relative_error:.4f}" for n, s in group.items() if n != self.method)
-            parts.append(f"{label}: {others} -> {best.removesuffix('@bytes')} wins")
+            tied = [n.removesuffix("@bytes") for n in group if n != best and same_error(group[n], group[best])]
+            if tied:  # equal within the shown rounding: nobody wins
+                parts.append(f"{label}: {others} -> tie: {', '.join([best.removesuffix('@bytes'), *tied])}")
+            else:
+                parts.append(f"{label}: {others} -> {best.removesuffix('@bytes')} wins")
         return parts
 
     def carried_lines(self) -> list[str]:

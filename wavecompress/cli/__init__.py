@@ -14,6 +14,7 @@ import click
 
 from ..version import __version__
 from .analyze import analyze as analyze_command
+from .common import CommandList
 from .convert import convert as convert_command
 from .export import export as export_command
 from .inspect import inspect as inspect_command
@@ -34,7 +35,7 @@ def exit_cleanly_on_sigterm() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # start-up is over: Ctrl-C cleans up as usual
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=CommandList, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="wavecompress")
 def main() -> None:
     """Compress fine-tuning deltas (LoRA, ...) into wavelet-domain adapters.

@@ -8,7 +8,7 @@ import click
 
 from ..errors import InputError
 from ..methods.options import DEFAULT_REORDER, REORDER_CHOICES
-from .common import INPUT_PATH, debug_option, friendly_errors
+from .common import INPUT_PATH, debug_option, fit_lines, friendly_errors
 
 
 @click.command()
@@ -48,7 +48,8 @@ def analyze(input_path: Path, out_dir: Path, methods: str, wavelet: str, levels:
     Example:
       wavecompress analyze fixtures/minilm-bbc-lora --out analysis/
       wavecompress analyze fixtures/minilm-bbc-lora --out analysis-svd/ --order-by svd
-      wavecompress analyze fixtures/minilm-bbc-lora --out analysis-bytes/ --x bytes --dtype bfloat16 --budget 3000
+      wavecompress analyze fixtures/minilm-bbc-lora --out analysis-bytes/ --x bytes \\
+          --dtype bfloat16 --budget 3000
       wavecompress analyze fixtures/minilm-bbc-lora --out analysis-300k/ --x bytes --max-size 300kB
     """
     from ..analyze import PNG_NAME, analyze as run_analysis, check_axis, write_analysis
@@ -73,8 +74,8 @@ def analyze(input_path: Path, out_dir: Path, methods: str, wavelet: str, levels:
     click.echo(result.format_table())
     if result.bytes is not None and budget is not None:
         sizes = ", ".join(f"{m} {size} B" for m, size in result.sizes_at(budget).items())
-        click.echo(f"--budget {budget}: {sizes}")
+        click.echo(fit_lines(f"--budget {budget}: {sizes}"))
     for note in result.notes:
-        click.echo(note)
+        click.echo(fit_lines(note))
     write_analysis(result, out_dir, force=force, title=title)
     click.echo(f"wrote {out_dir / PNG_NAME} and its CSV/JSON")

@@ -102,3 +102,86 @@ class LocalOrHubPath(click.Path):
 
 
 INPUT_PATH = LocalOrHubPath()
+
+
+def command_summary(command: click.Command) -> tuple[str, str | None]:
+    """(the first paragraph of a command's help, uncut; its first example line or None)."""
+    text = inspect_help(command.help or "")
+    paragraphs = [p for p in text.split("\n\n") if p.strip()]
+    first = " ".join(paragraphs[0].split()) if paragraphs else ""
+    example = None
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().rstrip(":").lower() in ("example", "examples"):
+            parts: list[str] = []
+            for rest in (line.split("  #")[0].strip() for line in lines[i + 1:]):
+                if rest:
+                    parts.append(rest.removesuffix("\\").strip())
+                    if not rest.endswith("\\"):
+                        break
+            example = " ".join(parts) or None
+            break
+    return first, example
+
+
+def inspect_help(text: str) -> str:
+    """Help text with click's ``\\b`` no-rewrap markers removed and common indentation dropped."""
+    import textwrap
+
+    return textwrap.dedent("\n".join(line for line in text.splitlines() if line.strip() != "\b"))
+
+
+class CommandList(click.Group):
+    """A group whose --help lists every command with its whole one-line summary and one example."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            for name in self.list_commands(ctx):
+                command = self.get_command(ctx, name)
+                if command is None or command.hidden:
+                    continue
+                summary, example = command_summary(command)
+                formatter.write_text(f"{name}: {summary}")
+                if example:
+                    with formatter.indentation():
+                        formatter.write_text(f"e.g. {example}")
+
+
+WIDTH = 100  # columns every line of a command's default output fits in (--wide / --json for the rest)
+
+
+def fit_lines(text: str, wide: bool = False, width: int = WIDTH) -> str:
+    """Text whose every line fits ``width`` columns: a table row (columns split by two or more spaces)
+    is cut with '…', prose is wrapped with an indented continuation; ``wide`` leaves it as it is."""
+    import re
+    import textwrap
+
+    if wide:
+        return text
+    out = []
+    for line in text.splitlines():
+        if len(line) <= width:
+            out.append(line)
+        elif len(re.findall(r"\S {2,}(?=\S)", line.strip())) >= 2:  # a table row: two or more column gaps
+            out.append(line[: width - 1] + "…")
+        else:
+            indent = line[: len(line) - len(line.lstrip())]
+            out.append(textwrap.fill(line.strip(), width=width, initial_indent=indent, subsequent_indent=indent + "  ",
+                                     break_on_hyphens=False, break_long_words=True))
+    return "\n".join(out)
+
+
+def summarise_list(values: list, width: int = WIDTH - 20) -> str:
+    """A long list as its count and first few entries ('31 entries: "a", "b", …'), a short one as JSON."""
+    import json
+
+    text = json.dumps(values, sort_keys=True)
+    if len(text) <= width:
+        return text
+    shown: list[str] = []
+    for value in values:
+        item = json.dumps(value, sort_keys=True)
+        if shown and len(", ".join([*shown, item])) > width - 30:
+            break
+        shown.append(item)
+    return f"{len(values)} entries: {', '.join(shown)}, … (--wide or --json for all)"

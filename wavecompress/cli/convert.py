@@ -17,7 +17,7 @@ from ..formats.kohya_writer import LAYOUTS, layout_of, write_lora_layout
 from ..hardware import cuda_fallback_note
 from ..hub import check_push_target, push_after_save
 from ..layout import output_name
-from .common import INPUT_PATH, InterruptedAfterWrite, debug_option, friendly_errors
+from .common import INPUT_PATH, InterruptedAfterWrite, debug_option, fit_lines, friendly_errors
 from .finetune import STEPS as FINETUNE_STEPS
 from .guards import check_method_options, check_outputs
 from .options import budget_of, budget_options, calibration_options, input_options, method_kwargs, method_options, run_options
@@ -78,14 +78,16 @@ def convert(input_path: Path | None, out_dir: Path | None, report_path: Path | N
     Examples:
       wavecompress convert fixtures/minilm-bbc-lora --budget 3000
       wavecompress convert fixtures/minilm-bbc-lora --budget 3000 --method wara --out out/wara
-      wavecompress convert fixtures/minilm-bbc-lora --budget 3000 --method waveft-seeded --scaling 25 --seed 777
+      wavecompress convert fixtures/minilm-bbc-lora --budget 3000 --method waveft-seeded \\
+          --scaling 25 --seed 777
       wavecompress convert path/to/adapter_model.safetensors --budget 768 --report report.json
       wavecompress convert someone/their-lora --budget 3000 --push-to me/their-lora-waveft-b3000
       wavecompress convert my-dora --base path/to/base-model --budget 3000
       wavecompress convert lora_kohya.safetensors --budget 3000
-      wavecompress convert sd15_locon.safetensors --method lora --rank 4 --out small.safetensors   # kohya in, kohya out
-      wavecompress convert fixtures/minilm-bbc-lora --budget 3000 --include query   # other layers kept exactly
-      wavecompress convert --base meta-llama-2-7b/ --tuned my-finetune/ --budget 8192 --include 'self_attn' --drop-unselected
+      wavecompress convert sd15_locon.safetensors --method lora --rank 4 --out small.safetensors
+      wavecompress convert fixtures/minilm-bbc-lora --budget 3000 --include query  # rest kept as is
+      wavecompress convert --base meta-llama-2-7b/ --tuned my-finetune/ --budget 8192 \\
+          --include 'self_attn' --drop-unselected
       wavecompress convert fixtures/minilm-bbc-lora --budget-ratio 0.1 --allocate global --method auto
       wavecompress convert my-lora --max-size 2MB --calibration calib.txt --base-model path/to/base
       wavecompress convert fixtures/minilm-bbc-lora --method lora --rank 4
@@ -123,9 +125,9 @@ def _convert(input_path: Path | None, out_dir: Path | None, report_path: Path | 
         from ..plan import describe_plan
 
         by_target = spec.target_error is not None
-        click.echo(describe_plan(source, None if by_target else spec, spec.target_error, method, kwargs["wavelet"],
-                                 kwargs["levels"], kwargs["reorder"], spec.allocate, target,
-                                 drop_unconvertible=drop_unconvertible))
+        click.echo(fit_lines(describe_plan(source, None if by_target else spec, spec.target_error, method, kwargs["wavelet"],
+                                           kwargs["levels"], kwargs["reorder"], spec.allocate, target,
+                                           drop_unconvertible=drop_unconvertible), wide))
         return
     if push_to is not None:
         check_push_target(push_to)  # before converting: a missing token should not cost a conversion
@@ -152,10 +154,10 @@ def _convert(input_path: Path | None, out_dir: Path | None, report_path: Path | 
     click.echo("\n  ".join([first, *currencies]))
     if quiet:
         for line in report.carried_lines():
-            click.echo(line)  # modules carried verbatim or dropped: never silent
+            click.echo(fit_lines(line, wide))  # modules carried verbatim or dropped: never silent
         for note in report.notes:
             if note.startswith(("auto:", "target error")):
-                click.echo(note)  # why auto chose this method/wavelet; the budget an error target needed
+                click.echo(fit_lines(note, wide))  # why auto chose this method/wavelet; the budget an error target needed
     if finetune_data is not None:
         from .finetune import finetune_converted
 
@@ -175,6 +177,10 @@ def _convert(input_path: Path | None, out_dir: Path | None, report_path: Path | 
         except KeyboardInterrupt:
             raise InterruptedAfterWrite(f"{target} was written, --report {report_path} was not") from None
     click.echo(f"wrote {target}" + (f" and {report_path}" if report_path else ""))
+    from ..report import size_note, weight_bytes
+
+    if (note := size_note(weight_bytes(target), weight_bytes(tuned if tuned is not None else input_path))) is not None:
+        click.echo(note)
     if push_to is not None:
         try:
             click.echo(push_after_save(target, push_to, private=private).describe(target, push_to))

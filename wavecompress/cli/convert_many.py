@@ -58,8 +58,10 @@ def convert_many(inputs: str, out_dir: Path, report_path: Path | None, force: bo
     Examples:
       wavecompress convert-many adapters/ --out converted/ --budget 3000
       wavecompress convert-many 'runs/*/final' --out converted/ --budget 3000 --method wara --jobs 4
-      wavecompress convert-many doras/ --out converted/ --budget 3000 --base path/to/base-model --include 'attn'
-      RAY_ADDRESS=auto wavecompress convert-many /shared/adapters --out /shared/out --budget 3000 --backend ray
+      wavecompress convert-many doras/ --out converted/ --budget 3000 --base path/to/base-model \\
+        --include 'attn'
+      RAY_ADDRESS=auto wavecompress convert-many /shared/adapters --out /shared/out --budget 3000 \\
+        --backend ray
     """
     spec = budget_of(options)
     kwargs = method_kwargs(options)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..report import format_bytes
-from .common import INPUT_PATH, debug_option, friendly_errors
+from .common import INPUT_PATH, debug_option, fit_lines, friendly_errors
 
 
 @click.command()
@@ -37,10 +37,10 @@ def export(adapter: Path, target_format: str, out_dir: Path, rank: int | None, b
 
     \b
     Examples:
-      wavecompress export out/wara --to lora --out out/wara-as-lora                  # error ≤ 1% vs out/wara
+      wavecompress export out/wara --to lora --out out/wara-as-lora      # error ≤ 1% vs out/wara
       wavecompress export out/wara --to lora --max-error 0 --out out/wara-lossless   # numerical ranks
       wavecompress export out/waveft --to lora --rank 16 --out out/waveft-r16
-      wavecompress export out/sd-wara --to lora --layout kohya --out sd-wara-lora.safetensors   # for ComfyUI / A1111
+      wavecompress export out/sd-wara --to lora --layout kohya --out sd-wara-lora.safetensors
     """
     from ..deltas import load_deltas
     from ..export import export_lora
@@ -54,11 +54,11 @@ def export(adapter: Path, target_format: str, out_dir: Path, rank: int | None, b
     ranks = [row.result.detail.get("rank", 0) for row in report.layers]
     size = sum(f.stat().st_size for f in ([out_dir] if out_dir.is_file() else out_dir.glob("*.safetensors")))
     input_size = _weights_size(adapter)
-    click.echo(f"lora: {len(ranks)} layers, ranks {min(ranks)}–{max(ranks)}, {overall.stored_values} values, "
-               f"{format_bytes(size)} on disk" + (f" (input {format_bytes(input_size)})" if input_size else "")
-               + f", relative error {overall.relative_error:.2e} vs {adapter}")
+    click.echo(fit_lines(f"lora: {len(ranks)} layers, ranks {min(ranks)}–{max(ranks)}, {overall.stored_values} values, "
+                         f"{format_bytes(size)} on disk" + (f" (input {format_bytes(input_size)})" if input_size else "")
+                         + f", relative error {overall.relative_error:.2e} vs {adapter}"))
     for note in report.notes:
-        click.echo(note)
+        click.echo(fit_lines(note))
     click.echo(f"wrote {out_dir}")
 
 

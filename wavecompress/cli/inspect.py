@@ -16,7 +16,7 @@ import click
 
 from ..errors import InputError
 from ..layout import CONFIG_NAME, strip_prefix
-from .common import INPUT_PATH, debug_option, friendly_errors
+from .common import INPUT_PATH, debug_option, fit_lines, friendly_errors, summarise_list
 
 _TYPES = {
     "LORA": "PEFT LoRA (loads in stock PEFT)",
@@ -141,7 +141,7 @@ def _layer_shape(module: str, parts: dict, layer_table: dict, shapes: dict, conf
     return None
 
 
-def format_description(info: dict[str, Any], show_config: bool = True) -> str:
+def format_description(info: dict[str, Any], show_config: bool = True, wide: bool = False) -> str:
     """Human-readable text of :func:`describe_adapter`'s result."""
     lines = [f"adapter: {info['path']}", f"type: {info['peft_type']} — {info['type']}"]
     if info.get("load"):
@@ -165,16 +165,18 @@ def format_description(info: dict[str, Any], show_config: bool = True) -> str:
         lines.append("config:")
         for key, value in sorted(info["config"].items()):
             if value not in (None, {}, [], ""):
-                lines.append(f"  {key}: {json.dumps(value, sort_keys=True)}")
+                shown = summarise_list(value) if isinstance(value, list) and not wide else json.dumps(value, sort_keys=True)
+                lines.append(f"  {key}: {shown}")
     return "\n".join(lines)
 
 
 @click.command()
 @click.argument("path", type=INPUT_PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+@click.option("--wide", is_flag=True, help="Print every column and list in full (default: lines fit 100 columns).")
 @debug_option
 @friendly_errors
-def inspect(path: Path, as_json: bool, debug: bool) -> None:
+def inspect(path: Path, as_json: bool, wide: bool, debug: bool) -> None:
     """Show what the adapter at PATH holds: type, layers, shapes, stored values, bytes, config.
 
     PATH is an adapter folder (or its adapter_model.safetensors), or a single-file kohya/LyCORIS
@@ -188,4 +190,4 @@ def inspect(path: Path, as_json: bool, debug: bool) -> None:
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     info = describe_adapter(path)
-    click.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else format_description(info))
+    click.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else fit_lines(format_description(info, wide=wide), wide))

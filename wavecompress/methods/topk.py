@@ -269,7 +269,34 @@ def select_topk_product(left: torch.Tensor, right: torch.Tensor, k: int) -> tupl
             return left[start:stop] @ right
         return torch.matmul(left[start:stop], right, out=scratch[: (stop - start) * cols].view(stop - start, cols))
 
+    if k == rows * cols and k > 0 and left.device.type == "cpu":  # everything kept: no selection to make
+        return _every_entry(rows, cols, product_rows, left)
     return _stream(rows, cols, k, product_rows, left, energy, (lambda picked: left[picked] @ right, row_energy))
+
+
+def _every_entry(rows: int, cols: int, make_chunk: ChunkMaker, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """What :func:`_stream` returns when k is every entry (all indices, the values in index order,
+    nothing dropped), without its two selection passes and index sort: each chunk is made with the
+    same row ranges and thread split as the streamed pass, so every value is the same float."""
+    values = torch.empty(rows * cols, dtype=like.dtype, device=like.device)
+    per_worker = max(1, CHUNK_ELEMENTS["cpu"] // max(1, cols))
+    workers = max(1, min(torch.get_num_threads(), rows // per_worker))
+    spans = [(rows * i // workers, rows * (i + 1) // workers) for i in range(workers)]
+
+    def fill(span: tuple[int, int]) -> None:
+        first, last = span
+        step = chunk_rows((last - first, cols), like.device)
+        for start in range(first, last, step):
+            stop = min(last, start + step)
+            chunk = make_chunk(start, stop, values[start * cols:])
+            if chunk.data_ptr() != values[start * cols:].data_ptr():
+                values[start * cols: stop * cols] = chunk.reshape(-1)
+
+    if workers == 1:
+        fill(spans[0])
+    else:
+        list(map_in_threads(fill, spans, workers))
+    return torch.arange(rows * cols, dtype=index_dtype(rows * cols), device=like.device), values, 0.0
 
 
 class TopkPrefix:
