@@ -201,6 +201,13 @@ def _option(*extra):
     return build
 
 
+def _kohya_with_alpha(tmp, alpha):
+    g = torch.Generator().manual_seed(0)
+    save_file({"lora_unet_a.lora_down.weight": torch.randn(4, 16, generator=g), "lora_unet_a.lora_up.weight": torch.randn(16, 4, generator=g),
+               "lora_unet_a.alpha": torch.tensor(alpha, dtype=torch.float64)}, tmp / "kohya.safetensors")
+    return tmp / "kohya.safetensors"
+
+
 def _same_checkpoint(tmp, lora):
     ck = checkpoint(tmp / "model", model_weights())
     return ["convert", "--base", ck, "--tuned", ck, "--budget", 10, "--out", tmp / "o"]
@@ -271,7 +278,7 @@ CASES = {
     "report-is-a-folder": (_report_is_folder, 2, "is a folder"),
     "report-in-a-read-only-place": (_report_read_only, 2, "cannot write in /sys"),
     "report-under-a-file": (_report_under_a_file, 2, "is not a folder"),
-    "report-over-a-file-that-is-not-a-report": (_report_over_other_file, 2, "use --force"),
+    "report-over-a-file-that-is-not-a-report": (_report_over_other_file, 2, "not an earlier wavecompress output"),
     "reconstruct-out-is-the-input": (lambda tmp, lora: ["reconstruct", lora, "--out", lora / "adapter_model.safetensors", "--force"],
                                      2, "overwrite the input"),
     "export-out-is-the-input": (lambda tmp, lora: ["export", write_folder(tmp / "earlier", _OUTPUT_BYTES), "--to", "lora",
@@ -290,12 +297,17 @@ CASES = {
     "lora_alpha-inf": (_raw_config('{"peft_type": "LORA", "r": 4, "lora_alpha": Infinity}'), 2, "lora_alpha is Infinity"),
     "lora_alpha-1e300": (_config(lora_alpha=1e300), 2, "lora_alpha is 1e+300"),
     "rank_pattern-bad-regex": (_config(rank_pattern={"(query": 4}), 2, "not a valid regular expression"),
+    "rank_pattern-nested-repetition": (_config(rank_pattern={"(\\w+\\.)+query": 4}), 2, "exponential time"),
+    "alpha_pattern-power-of-the-length": (_config(alpha_pattern={".*.*.*.*.*x": 4}), 2, "more than 3 repetitions"),
+    "alpha_pattern-backreference": (_config(alpha_pattern={"(q)\\1uery": 4}), 2, "backreference"),
     "peft_type-as-list": (_config(peft_type=["LORA"]), 2, "peft_type is [\"LORA\"]"),
     "json-nested-200k-deep": (_raw_config("[" * 200_000 + "]" * 200_000), 2, "nested too deeply"),
     "lora_B-0x4": (_tensors(_empty_lora_b), 2, "empty layer"),
     "budget-ratio-inf": (_option("--budget-ratio", "inf"), 2, "budget-ratio"),
     "seed-1e20": (_option("--budget", 100, "--method", "waveft-seeded", "--seed", 10**20), 2, "--seed"),
     "unchanged-full-finetune": (_same_checkpoint, 2, "same checkpoint"),
+    "kohya-alpha-1e300-float64": (lambda tmp, lora: ["convert", _kohya_with_alpha(tmp, 1e300), "--budget", 20, "--out", tmp / "o"],
+                                  2, "expected a finite number below 1e30"),
     "pickled-bin-base-for-calibration": (_pickled_calibration_base, 2, "pickled"),
     # item 9: silently wrong before, refused now
     "r-4.5": (_config(r=4.5), 2, "r is 4.5"),
@@ -307,6 +319,7 @@ CASES = {
     "output-int-spectrum": (_tampered_output(_int_spectrum), 2, "int32 values"),
     "module-name-with-newline": (_tensors(_rename_module("que\nry")), 2, "control characters"),
     "module-name-with-ansi": (_tensors(_rename_module("\x1b[31mquery")), 2, "\\x1b[31m"),
+    "module-name-with-bidi-override": (_tensors(_rename_module("que\u202ery")), 2, "\\u202e"),
     "output-layer-name-with-ansi": (_tampered_output(change_config=lambda c: c["layers"].update({"\x1b[2Jq": next(iter(c["layers"].values()))})),
                                     2, "\\x1b[2Jq"),
     # item 12: a shard path may not leave its folder

@@ -10,7 +10,31 @@
 
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
 from .version import __version__
+
+
+def _interrupt_quietly_while_starting() -> None:
+    """Under the ``wavecompress`` command only: Ctrl-C while the heavy imports load prints one line and
+    exits 130 instead of a 30-line traceback (the CLI group puts Python's own handler back once it runs)."""
+    import signal
+
+    if _os.path.basename(_sys.argv[0] or "") != "wavecompress" or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return
+
+    def _wavecompress_startup_interrupt(signum: int, frame: object) -> None:
+        _os.write(2, b"interrupted while starting; no output was written\n")
+        _os._exit(130)
+
+    try:
+        signal.signal(signal.SIGINT, _wavecompress_startup_interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+
+
+_interrupt_quietly_while_starting()
 
 from pathlib import Path
 

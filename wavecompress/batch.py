@@ -111,6 +111,37 @@ def plan(inputs: Iterable[Path], out_dir: Path, method: str, budget: Any) -> lis
     return items
 
 
+def check_batch_outputs(items: list[BatchItem], read: list[Path | None], out_dir: Path, report: Path | None,
+                        force: bool) -> None:
+    """Before any conversion, through the output guard: no output folder is, holds or lies in an input of
+    the batch (or a base / calibration file); one that exists is a folder, and with ``force`` an earlier
+    wavecompress output (never a folder of the user's own files); ``--out`` can be written; ``report`` is
+    never an input, its folder's files, inside an output folder, or a file wavecompress did not write."""
+    from .output_guard import check_earlier_output_folder, check_file_output, check_folder_output, resolve_output
+
+    inputs = [item.source for item in items] + [path for path in read if path is not None]
+    if not Path(out_dir).is_dir() or Path(out_dir).is_symlink():
+        check_folder_output(out_dir, inputs, force=False, option="--out")  # README.md/x, /proc/x, a symlink: refused now
+    for item in items:
+        check_folder_output(item.target, inputs, force=True, probe=False, option="--out") if not os.path.lexists(item.target) else None
+        real = resolve_output(item.target)
+        for source in [resolve_output(path) for path in inputs if os.path.lexists(path)]:
+            if real == source or real in source.parents or (source.is_dir() and source in real.parents):
+                raise InputError(f"--out {out_dir}: the output {item.target} would be written over the input {source}; "
+                                 "choose another --out")
+        if os.path.lexists(item.target):
+            if item.target.is_symlink() or not item.target.is_dir():
+                raise InputError(f"{item.target}: exists and is not a folder (the output of {item.source.name})")
+            if force:
+                check_earlier_output_folder(real, item.target)
+    if report is not None:
+        real = resolve_output(report)
+        for item in items:
+            if resolve_output(item.target) in [real, *real.parents]:
+                raise InputError(f"--report {report}: is inside the output folder {item.target}; choose a path outside it")
+        check_file_output(report, inputs, force, option="--report")
+
+
 def is_done(target: Path) -> bool:
     """True when ``target`` holds a complete output (the atomic writer never leaves a partial one)."""
     return target.is_dir() and all((target / name).is_file() for name in OUTPUT_FILES)
@@ -175,8 +206,37 @@ def _convert(source: Path, options: dict[str, Any], inputs: InputOptions) -> Any
         return compress(deltas, progress=False, calibration=calibration, drop_unconvertible=inputs.drop_unconvertible, **options)
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when its parent dies (prctl PR_SET_PDEATHSIG): a ``kill -9`` of
+    convert-many must not leave workers converting; elsewhere a thread watches the parent pid."""
+    import sys
+    import threading
+
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0:  # PR_SET_PDEATHSIG = 1
+                if os.getppid() != parent:  # the parent died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="wavecompress-parent-watch").start()
+
+
 def _init_worker(threads: int) -> None:
     import torch
+
+    die_with_parent()
 
     torch.set_num_threads(threads)
 

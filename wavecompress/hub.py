@@ -210,10 +210,17 @@ def download_adapter(repo_id: str, revision: str | None = None, token: str | Non
     """Folder of a Hub adapter's files in huggingface_hub's cache (downloaded with progress if needed)."""
     from huggingface_hub import snapshot_download
 
-    with hub_errors(repo_id, "downloading the adapter"):
-        seconds = set_hub_timeouts()
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=DOWNLOAD_PATTERNS, token=token,
-                                        etag_timeout=seconds))
+    try:
+        with hub_errors(repo_id, "downloading the adapter"):
+            seconds = set_hub_timeouts()
+            folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=DOWNLOAD_PATTERNS, token=token,
+                                            etag_timeout=seconds))
+    except HubError as exc:
+        owner = repo_id.split("/", 1)[0]
+        if Path(owner).is_dir():  # `fixtures/minilm-bbc-lor`: most likely a mistyped local path, not a Hub repo
+            raise InputError(f"{repo_id}: neither a local path ({owner}/ holds no {repo_id.split('/', 1)[1]}) nor a "
+                             f"Hub repo that could be fetched ({str(exc).split(': ', 1)[-1]})") from None
+        raise
     missing = [name for name in REQUIRED_FILES if not (folder / name).exists()]
     if missing:
         raise InputError(f"{repo_id}: the Hub repo has no {' or '.join(missing)} (is it a PEFT adapter saved with safetensors?)")

@@ -30,6 +30,8 @@ def exit_cleanly_on_sigterm() -> None:
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
+    if getattr(signal.getsignal(signal.SIGINT), "__name__", "") == "_wavecompress_startup_interrupt":
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # start-up is over: Ctrl-C cleans up as usual
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from ..errors import WavecompressError
+from ..text_safety import escape_controls
 from ..methods.registry import all_methods, method_names
 
 
@@ -21,7 +22,7 @@ class InterruptedAfterWrite(KeyboardInterrupt):
 
 def one_line(message: str) -> str:
     """``message`` as one terminal-safe line: newlines, escape sequences and other control characters escaped."""
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in message)
+    return escape_controls(message)
 
 
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:

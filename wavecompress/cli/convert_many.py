@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from ..batch import BACKENDS, InputOptions, ItemResult, available_cores, exit_code, find_inputs, format_summary, plan, run_batch
+from ..batch import (BACKENDS, InputOptions, ItemResult, available_cores, check_batch_outputs, exit_code, find_inputs, format_summary,
+                     plan, run_batch)
 from ..formats.atomic import atomic_write_bytes
 from ..hardware import cuda_fallback_note
 from .common import debug_option, friendly_errors
@@ -75,6 +76,8 @@ def convert_many(inputs: str, out_dir: Path, report_path: Path | None, force: bo
 
         raise InputError("--base-model needs --calibration (a text file)")
     items = plan(find_inputs(inputs), out_dir, kwargs["method"], spec)
+    read_paths = [read.base, read.calibration, read.base_model]
+    check_batch_outputs(items, read_paths, out_dir, report_path, force)  # before any conversion
     if (note := cuda_fallback_note(device)) is not None:
         click.echo(note, err=True)
         device = "cpu"
@@ -82,7 +85,8 @@ def convert_many(inputs: str, out_dir: Path, report_path: Path | None, force: bo
                         report=(lambda result: None) if quiet else _progress, inputs=read)
     click.echo(format_summary(results, kwargs["method"]))
     if report_path is not None:
-        atomic_write_bytes(report_path, (json.dumps([asdict(r) for r in results], indent=1) + "\n").encode("utf-8"))
+        atomic_write_bytes(report_path, (json.dumps([asdict(r) for r in results], indent=1) + "\n").encode("utf-8"),
+                           inputs=[item.source for item in items] + read_paths, force=force, option="--report")
         click.echo(f"wrote {report_path}")
     failed = [r for r in results if r.status == "failed"]
     for r in failed:

@@ -117,7 +117,8 @@ def finetune(compressed: Path, teacher: str, base_model: str | None, data: Path,
     click.echo(result.summary())
     result.save(target, force=force)
     if report_path is not None:
-        atomic_write_bytes(report_path, result.report.dumps().encode("utf-8"))
+        atomic_write_bytes(report_path, result.report.dumps().encode("utf-8"), inputs=[compressed, data], force=force,
+                           option="--report")
     click.echo(f"wrote {target}" + (f" and {report_path}" if report_path else ""))
 
 

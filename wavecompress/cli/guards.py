@@ -3,85 +3,35 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import InputError
-from ..formats.atomic import check_output_file, check_output_folder, remove_stale_staging
-
-
-def _real(path: Path) -> Path:
-    return Path(os.path.realpath(path))
-
-
-def _contains(folder: Path, path: Path) -> bool:
-    """Whether ``path`` is ``folder`` or lies inside it (both resolved through symlinks)."""
-    folder, path = _real(folder), _real(path)
-    return path == folder or folder in path.parents
-
-
-def _same_file(first: Path, second: Path) -> bool:
-    try:
-        return os.path.samefile(first, second)
-    except OSError:
-        return _real(first) == _real(second)
+from ..formats.atomic import remove_stale_staging
+from ..output_guard import check_file_output, check_folder_output, resolve_output
 
 
 def check_outputs(inputs: Iterable[Path | None], out_dir: Path | None = None, files: Iterable[tuple[str, Path | None]] = (),
                   force: bool = False) -> None:
     """Refuse, before anything is read or written, an output that would replace or overwrite an input.
 
-    ``out_dir`` (a folder replaced whole with --force) must not be an input or hold one; each of
-    ``files`` ((option, path) pairs, e.g. ("--report", report.json)) must not overwrite an input or
-    a file of an input folder (not even with --force), lie inside ``out_dir``, be a folder, or be in
-    an unwritable place; replacing an existing file that is not an earlier report/calibration needs --force.
+    Every path goes through the output guard (wavecompress/output_guard.py), resolved: ``out_dir`` (a
+    folder replaced whole with --force, and only if it is an earlier output) must not be, hold or lie
+    inside an input; each of ``files`` ((option, path) pairs, e.g. ("--report", report.json)) must not
+    overwrite an input or a file of an input's folder, lie inside ``out_dir``, be a folder, symlink or
+    device, or be in an unwritable place; an existing file is replaced only if wavecompress wrote it.
     """
-    sources = [Path(p) for p in inputs if p is not None and os.path.lexists(p)]
-    for source in list(sources):  # a weights file's config and card beside it are inputs too
-        if not source.is_dir():
-            sources += [s for name in ("adapter_config.json", "README.md") if (s := source.parent / name).is_file()]
+    sources = [Path(p) for p in inputs if p is not None]
     if out_dir is not None:
-        if Path(out_dir).parent.is_dir():
-            remove_stale_staging(out_dir)  # a killed run's old output is put back before it is judged
-        check_output_folder(out_dir, force, hint="use --force to replace it")
-        for source in sources:
-            if _contains(out_dir, source):
-                what = "is" if _real(out_dir) == _real(source) else "holds"
-                raise InputError(f"--out {out_dir}: {what} the input {source}; replacing it would destroy the input "
-                                 "(choose another --out)")
+        if resolve_output(out_dir).parent.is_dir():
+            remove_stale_staging(resolve_output(out_dir))  # a killed run's old output is put back before it is judged
+        check_folder_output(out_dir, sources, force, hint="use --force to replace it", option="--out")
     for option, path in files:
         if path is None:
             continue
-        path = Path(path)
-        for source in sources:
-            if not path.exists():
-                break
-            inside = source.is_dir() and _contains(source, path)
-            if _same_file(path, source) or inside:
-                raise InputError(f"{option} {path}: is {'inside ' if inside else ''}the input {source}; "
-                                 f"writing it would overwrite the input (choose another {option} path)")
-        if out_dir is not None and _contains(out_dir, path):
+        if out_dir is not None and resolve_output(out_dir) in [resolve_output(path), *resolve_output(path).parents]:
             raise InputError(f"{option} {path}: is inside the output folder {out_dir}; choose a path outside it")
-        check_output_file(path)
-        if path.exists() and not force and not _earlier_output(path):
-            raise InputError(f"{option} {path}: already exists and is not an earlier wavecompress report or "
-                             "calibration file (use --force to replace it)")
-
-
-def _earlier_output(path: Path) -> bool:
-    """Whether ``path`` is a report or calibration file wavecompress wrote (replaced without --force, as before)."""
-    from ..deltas.safetensors_file import open_safetensors
-    from ..deltas.safetensors_reader import read_json
-
-    try:
-        if path.suffix == ".safetensors":
-            with open_safetensors(path) as reader:
-                return "wavecompress.calibration" in reader.metadata()
-        data = read_json(path)
-        return "overall" in data and "method" in data
-    except InputError:
-        return False
+        check_file_output(path, sources, force, option=option)
 
 
 MAX_SEED = 2**63 - 1

@@ -9,6 +9,9 @@ import click
 from ..errors import InputError
 from ..formats.atomic import atomic_write_bytes
 from ..formats.safetensors_writer import deterministic_bytes
+
+# Marks the file as reconstruct's own output, so --force may replace it (and nothing else) on a rerun.
+RECONSTRUCT_MARKER = "wavecompress.reconstruct"
 from .common import INPUT_PATH, debug_option, friendly_errors
 
 
@@ -33,5 +36,5 @@ def reconstruct(adapter: Path, out_file: Path, force: bool, debug: bool) -> None
         raise InputError(f"{out_file}: output already exists (use --force to replace it)")
     check_outputs([adapter], files=[("--out", out_file)], force=True)  # never the input, a folder or an unwritable place
     deltas = rebuild(adapter)
-    atomic_write_bytes(out_file, deterministic_bytes(deltas))
+    atomic_write_bytes(out_file, deterministic_bytes(deltas, {RECONSTRUCT_MARKER: "dense_deltas"}), inputs=[adapter], force=force)
     click.echo(f"wrote {len(deltas)} dense deltas to {out_file}")

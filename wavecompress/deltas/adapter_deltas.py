@@ -109,6 +109,11 @@ class AdapterDeltas:
     kept: list[LayerDelta] = field(default_factory=list)
     carried: list[CarriedModule] = field(default_factory=list)
     dropped: list[CarriedModule] = field(default_factory=list)
+    also_read: list[str] = field(default_factory=list)  # other local paths read (a base checkpoint): outputs never replace them
+
+    def input_paths(self) -> list[str]:
+        """Local paths this delta was read from: what the output guard keeps every write away from."""
+        return [self.source, *self.also_read]
 
     def drop_unconvertible(self) -> None:
         """Leave the carried modules out of the output (they stay named in the report as dropped)."""
@@ -125,7 +130,13 @@ class AdapterDeltas:
 
     @property
     def stored_values(self) -> int:
-        """Trainable values the input stores for its layers (factors or dense entries)."""
+        """Trainable values the input stores for its layers (factors or dense entries) and for the modules it
+        carries verbatim or drops (``carried``/``dropped``)."""
+        unconverted = sum(module.stored_values for module in (*self.carried, *self.dropped))
+        return self.layer_values() + unconverted
+
+    def layer_values(self) -> int:
+        """Trainable values the input stores for its layers."""
         if isinstance(self.layers, LazyLayers):
             return self.layers.stored_values
         total = 0

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from ..errors import InputError
-from .safetensors_file import DTYPES, open_regular, open_safetensors
+from .safetensors_file import DTYPES, open_regular, open_safetensors, printable
 from .safetensors_reader import check_finite, check_readable_file, read_json
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -43,17 +43,33 @@ class Checkpoint:
         self.dtypes: dict[str, str] = {}
         self.metadata: dict[str, str] = {}
         self._headers: dict[Path, tuple[int, dict[str, Any]]] = {}
+        weight_map = self._weight_map(self.path)
         for file in self.files:
             with open_safetensors(file) as reader:
                 if not self.metadata:
                     self.metadata = reader.metadata()
                 for key in reader.keys():
+                    owner = weight_map.get(key)
+                    if isinstance(owner, str) and owner != file.name:
+                        continue  # a stale copy: the index's weight_map says which shard holds the tensor
+                    if key in self.location:
+                        raise InputError(f"{self.path}: tensor {printable(key)} is in two shards ({self.location[key].name} and "
+                                         f"{file.name}) and the index does not say which one holds it; refusing to pick one")
                     view = reader.get_slice(key)
                     self.location[key] = file
                     self.shapes[key] = tuple(int(n) for n in view.get_shape())
                     self.dtypes[key] = str(view.get_dtype())
         if not self.location:
             raise InputError(f"{self.path}: the checkpoint holds no tensors")
+
+    @staticmethod
+    def _weight_map(path: Path) -> dict[str, Any]:
+        """The index's {tensor: shard} map when ``path`` is (or holds) a sharded checkpoint's index, else {}."""
+        index = path if path.name.endswith(".index.json") else path / INDEX_NAME
+        if not index.is_file():
+            return {}
+        weight_map = read_json(index).get("weight_map")
+        return weight_map if isinstance(weight_map, dict) else {}
 
     @staticmethod
     def _locate(path: Path) -> list[Path]:

@@ -113,4 +113,5 @@ def read_dora(lora: AdapterDeltas, weights_path: Path, base: str | Path | None) 
         passthrough=lora.passthrough,
         skipped=lora.skipped,
         metadata=lora.metadata,
+        also_read=[str(checkpoint.path)] if getattr(checkpoint, "path", None) is not None else [],
     )

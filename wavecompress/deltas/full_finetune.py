@@ -180,5 +180,6 @@ def read_full_finetune(
         config=config,
         skipped=skipped,
         metadata={},
+        also_read=[str(base_ck.path)],
     )
 

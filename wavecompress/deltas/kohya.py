@@ -11,8 +11,10 @@ so writers carry it into what they write.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -58,6 +60,8 @@ def is_single_file_lora(path: Path) -> bool:
     try:
         with open_safetensors(path) as reader:
             keys = list(reader.keys())
+    except InputError:  # an invalid safetensors file: its own reason, not "no adapter_config.json beside it"
+        raise
     except Exception:  # noqa: BLE001 - not a readable safetensors file: let the caller's reader say why
         return False
     roles = {_SUFFIXES[m["suffix"]] for key in keys if (m := _KEY.match(key))}
@@ -80,12 +84,18 @@ def _alpha(path: Path, module: str, parts: dict[str, torch.Tensor]) -> float | N
     value = parts["alpha"]
     if value.numel() != 1:
         raise InputError(f"{path}: tensor {module}.alpha has {value.numel()} values, expected one")
-    return float(value.reshape(()).float())
+    alpha = float(value.reshape(()).double())
+    if not math.isfinite(alpha) or abs(alpha) >= 1e30:  # the PEFT reader's rule for lora_alpha: scaled factors must stay finite
+        raise InputError(f"{path}: tensor {printable(module)}.alpha is {alpha:g}; expected a finite number below 1e30")
+    return alpha
 
 
-def _lora_layer(path: Path, module: str, parts: dict[str, torch.Tensor]) -> LayerDelta:
+def _lora_layer(path: Path, module: str, parts: dict[str, torch.Tensor],
+                scale_without_alpha: Callable[[str, int], float | None]) -> LayerDelta:
     """The LayerDelta of a down/up module: linear, convolution (4-D factors; sd-scripts' LoCon) or CP
-    (``lora_mid``: a k×k core between 1×1 factors), a conv's ΔW as its (c_out, c_in·kh·kw) matrix."""
+    (``lora_mid``: a k×k core between 1×1 factors), a conv's ΔW as its (c_out, c_in·kh·kw) matrix. The scale
+    is alpha / r with the module's alpha tensor, else ``scale_without_alpha(module, r)`` (diffusers' metadata),
+    else 1."""
     if "down" not in parts or "up" not in parts:
         missing = "up" if "down" in parts else "down"
         raise InputError(f"{path}: module {module} has no lora_{missing} tensor")
@@ -102,7 +112,7 @@ def _lora_layer(path: Path, module: str, parts: dict[str, torch.Tensor]) -> Laye
     if rank == 0:
         raise InputError(f"{path}: module {module} has rank 0")
     alpha = _alpha(path, module, parts)
-    scale = alpha / rank if alpha is not None else 1.0
+    scale = alpha / rank if alpha is not None else (scale_without_alpha(module, rank) or 1.0)
     stored = down.numel() + up.numel()
     info = {"rank": rank, "scaling": scale, "dtype": str(down.dtype).replace("torch.", "")}
     if "mid" in parts:
@@ -173,12 +183,7 @@ def read_kohya(path: str | Path) -> AdapterDeltas:
             continue
         if set(parts) == {"alpha"}:
             raise InputError(f"{path}: tensor {module}.alpha has no lora_down/lora_up tensors beside it")
-        layer = _lora_layer(path, module, parts)
-        scale = scales(module, layer.info["rank"]) if "alpha" not in parts else None
-        if scale is not None and scale != 1.0:
-            layer = LayerDelta.from_factors(module, layer.left * scale, layer.right, **{**layer.info, "scaling": scale}) \
-                if layer.is_factored else LayerDelta.from_dense(module, layer.dense * scale, **{**layer.info, "scaling": scale})
-        layers.append(layer)
+        layers.append(_lora_layer(path, module, parts, scales))
     if not layers:
         names = ", ".join(c.name for c in carried) or "none"
         raise InputError(f"{path}: no convertible LoRA modules (not convertible: {names})")

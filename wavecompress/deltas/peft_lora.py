@@ -23,6 +23,7 @@ from .adapter_deltas import AdapterDeltas, SkippedLayer
 from .conv import KEY as WEIGHT_SHAPE, conv_factors
 from .layer_delta import LayerDelta
 from .memory_budget import check_layer_size
+from .safetensors_file import printable
 from .safetensors_reader import NonFiniteError, check_finite, nonfinite_layers_skipped, read_safetensors
 
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<kind>A|B|embedding_A|embedding_B|magnitude_vector)(?:\.(?P<adapter>[^.]+))?(?:\.weight)?$")
@@ -65,13 +66,72 @@ def check_lora_config(config: dict[str, Any], where: Path) -> None:
                 raise InputError(f"{where}: {key} key {pattern[:60]!r} is not a valid regular expression ({exc})") from None
             except RecursionError:
                 raise InputError(f"{where}: {key} key {pattern[:60]!r} is not a usable regular expression (nested too deeply)") from None
+            if (reason := unsafe_pattern(pattern)) is not None:
+                raise InputError(f"{where}: {key} key {printable(pattern[:60])!r} {reason}; use plain module names or a simple regex")
             if not ok(value):
                 raise bad(f"{key}[{pattern[:40]!r}]", value, expected)
 
 
+MAX_PATTERN_LENGTH = 1000
+MAX_OPEN_REPEATS = 3
+MAX_MODULE_NAME = 4096
+
+
+def _backtracks(parsed: Any, inside_repeat: bool = False) -> bool:
+    """Whether a parsed regex nests a repetition (or an alternation) inside another repetition: the
+    shapes (``(a+)+``, ``(a|aa)*``) whose matching time can grow exponentially with the name."""
+    from re import _constants as c  # type: ignore[attr-defined]
+
+    for op, arg in parsed:
+        if op in (c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", None)):
+            low, high, sub = arg
+            if inside_repeat and high != 1:
+                return True
+            if _backtracks(sub, inside_repeat or high != 1):
+                return True
+        elif op == c.BRANCH:
+            if inside_repeat:
+                return True
+            if any(_backtracks(branch, inside_repeat) for branch in arg[1]):
+                return True
+        elif op == c.SUBPATTERN:
+            if _backtracks(arg[-1], inside_repeat):
+                return True
+        elif op in (c.ASSERT, c.ASSERT_NOT):
+            if _backtracks(arg[1], inside_repeat):
+                return True
+        elif op == c.GROUPREF or (op == c.GROUPREF_EXISTS):
+            return True  # backreferences: no bound on matching time
+    return False
+
+
+def unsafe_pattern(pattern: str) -> str | None:
+    """Why a ``rank_pattern``/``alpha_pattern`` key cannot be matched in bounded time (None when it can):
+    plain names, dotted paths and simple regexes are fine; nested repetition and backreferences are not."""
+    from re import _parser  # type: ignore[attr-defined]
+
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        return f"is longer than {MAX_PATTERN_LENGTH} characters"
+    try:
+        parsed = _parser.parse(pattern)
+    except (re.error, RecursionError, OverflowError):
+        return "is not a valid regular expression"
+    if _backtracks(parsed):
+        return "nests repetitions or alternatives inside a repetition, or uses a backreference (matching could take exponential time)"
+    if pattern.count("*") + pattern.count("+") + pattern.count("{") > MAX_OPEN_REPEATS:
+        return f"has more than {MAX_OPEN_REPEATS} repetitions (matching time grows as a power of the name length)"
+    return None
+
+
 def match_pattern_key(patterns: dict[str, Any], module_name: str) -> str | None:
-    """The first key of a PEFT ``*_pattern`` dict that matches ``module_name`` (PEFT's rule)."""
+    """The first key of a PEFT ``*_pattern`` dict that matches ``module_name`` (PEFT's rule
+    ``(.*\\.)?(key)$``); a key that could backtrack catastrophically is refused, never run."""
+    if patterns and len(module_name) > MAX_MODULE_NAME:
+        raise InputError(f"module name {printable(module_name[:60])!r}... is longer than {MAX_MODULE_NAME} characters; refusing it")
     for key in patterns:
+        reason = unsafe_pattern(key)
+        if reason is not None:
+            raise InputError(f"pattern key {printable(key[:60])!r} {reason}; use plain module names or a simple regex")
         if re.match(rf"(.*\.)?({key})$", module_name):
             return key
     return None
@@ -110,12 +170,22 @@ def read_peft_lora(config: dict[str, Any], weights_path: Path, base: str | Path 
     tensors, metadata = read_safetensors(weights_path)
     groups: dict[str, dict[str, str]] = defaultdict(dict)
     passthrough: dict[str, torch.Tensor] = {}
+    adapters: dict[str, str] = {}
     for key in tensors:
         match = _LORA_KEY.match(key)
         if match is None:
             passthrough[key] = tensors[key]
-        else:
-            groups[strip_prefix(match["module"])][match["kind"]] = key
+            continue
+        module, kind = strip_prefix(match["module"]), match["kind"]
+        if kind in groups[module]:  # `base_model.model.x.lora_A.weight` beside `x.lora_A.weight`: never drop one silently
+            raise InputError(f"{weights_path}: tensors {printable(groups[module][kind])} and {printable(key)} are the same "
+                             f"module's lora_{kind}; refusing to pick one")
+        adapters.setdefault("" if match["adapter"] in (None, "weight") else match["adapter"], key)
+        if len(adapters) > 1:
+            first, second = sorted(adapters)[:2]
+            raise InputError(f"{weights_path}: holds two adapters ({printable(adapters[first])} and {printable(adapters[second])}); "
+                             "save one adapter per file")
+        groups[module][kind] = key
     if not groups:
         raise InputError(f"{weights_path}: no LoRA tensors (*.lora_A.weight / *.lora_B.weight) found")
 

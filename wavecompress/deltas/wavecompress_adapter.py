@@ -50,6 +50,72 @@ def check_stored_tensor(weights_path: Path, key: str, tensor: torch.Tensor) -> N
         raise InputError(f"{weights_path}: tensor {key} holds {str(tensor.dtype).replace('torch.', '')} values; stored values must be floats")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_layer_meta(config_path: Path, name: str, meta: dict[str, Any], shape: tuple[int, ...],
+                     tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse a tampered layer entry before anything sized by it is allocated: a wavelet that is not an
+    orthogonal one PyWavelets knows, levels that are not two small non-negative integers the layer's
+    sizes can take, and WaRA bands outside the layer, with ranks above the band's size or not adding up
+    to the stored ``wara_factors`` values. Shared by the CLI readers and the PEFT loader."""
+    from ..transforms.dwt import axis_levels, band_slices, validate_wavelet
+
+    where = f"{config_path}: layer {printable(name)}"
+    if "wavelet" in meta:
+        if not isinstance(meta["wavelet"], str):
+            raise InputError(f"{where}: wavelet is {str(meta['wavelet'])[:40]}, expected a wavelet name")
+        try:
+            validate_wavelet(meta["wavelet"])
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None
+    levels = meta.get("levels")
+    if levels is not None:
+        if not isinstance(levels, list) or len(levels) != 2 or not all(_is_int(v) and 0 <= v <= 62 for v in levels):
+            raise InputError(f"{where}: levels is {str(levels)[:40]}, expected two non-negative integers")
+        if len(shape) == 2 and any(axis_levels(int(n), v) != v for n, v in zip(shape, levels)):
+            raise InputError(f"{where}: levels {levels} do not fit its shape {list(shape)}")
+    bands = meta.get("bands")
+    if bands is not None:
+        if levels is None or len(shape) != 2 or not isinstance(bands, list):
+            raise InputError(f"{where}: bands need levels and a 2-D shape")
+        rows, cols = band_slices(int(shape[0]), levels[0]), band_slices(int(shape[1]), levels[1])
+        needed = 0
+        for band in bands:
+            if not isinstance(band, list) or len(band) != 3 or not all(_is_int(v) and v >= 0 for v in band) \
+                    or band[0] >= len(rows) or band[1] >= len(cols):
+                raise InputError(f"{where}: band {str(band)[:40]} is not [row band, column band, rank] of this layer")
+            n_rows, n_cols = rows[band[0]].stop - rows[band[0]].start, cols[band[1]].stop - cols[band[1]].start
+            if band[2] > min(n_rows, n_cols):
+                raise InputError(f"{where}: band {band} has rank {band[2]} above its size {n_rows}×{n_cols}")
+            needed += (n_rows + n_cols) * band[2]
+        factors = tensors.get("wara_factors")
+        if factors is not None and factors.numel() != needed:
+            raise InputError(f"{where}: wara_factors holds {factors.numel()} values but its bands need {needed}")
+    specs = meta.get("stored_tensors")
+    if specs is not None:  # what the PEFT layer allocates before loading: exactly the stored tensors, no bigger
+        if not isinstance(specs, dict):
+            raise InputError(f"{where}: stored_tensors is {str(specs)[:40]}, expected {{tensor: {{shape, dtype}}}}")
+        size = 1
+        for n in shape:
+            size *= int(n)
+        for key, spec in specs.items():
+            if key not in tensors:  # a missing tensor is named by the readers below; its spec must still be small
+                dims = spec.get("shape") if isinstance(spec, dict) else None
+                count = 1
+                for n in dims if isinstance(dims, list) else [-1]:
+                    count = count * n if _is_int(n) and n >= 0 else -1
+                if count < 0 or count > 2 * size + sum(int(n) for n in shape):
+                    raise InputError(f"{where}: stored_tensors[{printable(key)!r}] is {str(spec)[:80]}, larger than the layer")
+                continue
+            stored = [int(n) for n in tensors[key].shape]
+            if not isinstance(spec, dict) or spec.get("shape") != stored or \
+                    str(spec.get("dtype", "")).replace("torch.", "") != str(tensors[key].dtype).replace("torch.", ""):
+                raise InputError(f"{where}: stored_tensors[{printable(key)!r}] is {str(spec)[:80]} but the stored tensor is "
+                                 f"{str(tensors[key].dtype).replace('torch.', '')} {stored}")
+
+
 def read_stored_layers(
     config: dict[str, Any], weights_path: Path
 ) -> tuple[list[StoredLayer], dict[str, torch.Tensor], dict[str, str]]:
@@ -75,6 +141,7 @@ def read_stored_layers(
             raise InputError(f"{weights_path.parent / CONFIG_NAME}: layer {name} has no 'shape' [d_out, d_in]")
         check_layer_size(weights_path.parent / CONFIG_NAME, name, tuple(shape))
         meta = {key: value for key, value in entry.items() if key != "shape"}
+        check_layer_meta(weights_path.parent / CONFIG_NAME, name, meta, tuple(shape), own)
         layers.append(StoredLayer(name, tuple(shape), meta, own))
     try:  # tensors stored once for several layers (a shared column permutation) go back to each
         resolve_shared({layer.name: (layer.tensors, layer.meta) for layer in layers}, str(weights_path))
@@ -96,32 +163,42 @@ def _weight_shape(weights_path: Path, stored: StoredLayer) -> tuple[int, ...] | 
     return tuple(raw)
 
 
+def _layer_delta(decoder: Any, weights_path: Path, stored: StoredLayer) -> LayerDelta:
+    """The LayerDelta of one stored layer (every decoder check runs: index ranges, permutations, sizes)."""
+    values = sum(v.numel() for v in stored.tensors.values() if v.is_floating_point())  # not indices/permutations
+    info: dict[str, Any] = {"stored_values": values}
+    floats = [v.dtype for v in stored.tensors.values() if v.is_floating_point()]
+    if floats:  # the stored precision: --dtype auto keeps it when this output is converted or exported again
+        info["dtype"] = str(floats[0]).replace("torch.", "")
+    weight_shape = _weight_shape(weights_path, stored)
+    if weight_shape is not None:  # a conv layer (deltas/conv.py)
+        info[conv.KEY] = weight_shape
+    try:
+        if kept_layers.KEY in stored.meta:  # a layer --include/--exclude left unselected: exactly as stored
+            return kept_layers.as_delta(stored.name, stored.tensors, stored.shape, **info, kept=True)
+        if decoder.low_rank_factors is not None:  # WaRA: ΔŴ = L @ R, kept factored (re-budgeting needs no dense SVD)
+            left, right = decoder.low_rank_factors(stored.tensors, stored.meta, stored.shape)
+            return LayerDelta.from_factors(stored.name, left, right, **info)
+        dense = decoder.reconstruct(stored.tensors, stored.meta, stored.shape)
+    except (KeyError, ValueError, RuntimeError, IndexError, TypeError) as exc:
+        raise InputError(f"{weights_path}: layer {stored.name} cannot be rebuilt ({exc})") from None
+    return LayerDelta.from_dense(stored.name, dense, **info)
+
+
+def validate_wavecompress_adapter(config: dict[str, Any], weights_path: Path) -> None:
+    """Every check :func:`read_wavecompress_adapter` makes, one layer at a time and nothing kept: what the
+    PEFT loader runs before PEFT applies stored indices and permutations (torch would wrap or repeat them)."""
+    decoder = require_decoder(config["peft_type"], str(weights_path.parent / CONFIG_NAME))
+    stored_layers, _, _ = read_stored_layers(config, weights_path)
+    for stored in stored_layers:
+        _layer_delta(decoder, weights_path, stored)
+
+
 def read_wavecompress_adapter(config: dict[str, Any], weights_path: Path) -> AdapterDeltas:
     """Dense deltas of a top-k WaveFT or WaRA output, plus its passthrough tensors."""
     decoder = require_decoder(config["peft_type"], str(weights_path.parent / CONFIG_NAME))
     stored_layers, passthrough, metadata = read_stored_layers(config, weights_path)
-    layers = []
-    for stored in stored_layers:
-        values = sum(v.numel() for v in stored.tensors.values() if v.is_floating_point())  # not indices/permutations
-        info: dict[str, Any] = {"stored_values": values}
-        floats = [v.dtype for v in stored.tensors.values() if v.is_floating_point()]
-        if floats:  # the stored precision: --dtype auto keeps it when this output is converted or exported again
-            info["dtype"] = str(floats[0]).replace("torch.", "")
-        weight_shape = _weight_shape(weights_path, stored)
-        if weight_shape is not None:  # a conv layer (deltas/conv.py)
-            info[conv.KEY] = weight_shape
-        try:
-            if kept_layers.KEY in stored.meta:  # a layer --include/--exclude left unselected: exactly as stored
-                layers.append(kept_layers.as_delta(stored.name, stored.tensors, stored.shape, **info, kept=True))
-                continue
-            if decoder.low_rank_factors is not None:  # WaRA: ΔŴ = L @ R, kept factored (re-budgeting needs no dense SVD)
-                left, right = decoder.low_rank_factors(stored.tensors, stored.meta, stored.shape)
-                layers.append(LayerDelta.from_factors(stored.name, left, right, **info))
-                continue
-            dense = decoder.reconstruct(stored.tensors, stored.meta, stored.shape)
-        except (KeyError, ValueError, RuntimeError, IndexError) as exc:
-            raise InputError(f"{weights_path}: layer {stored.name} cannot be rebuilt ({exc})") from None
-        layers.append(LayerDelta.from_dense(stored.name, dense, **info))
+    layers = [_layer_delta(decoder, weights_path, stored) for stored in stored_layers]
     return AdapterDeltas(
         source=str(weights_path), kind=decoder.method, layers=layers, config=config, passthrough=passthrough, metadata=metadata
     )

@@ -82,7 +82,7 @@ def write_adapter(
     # The card names the folder as the user gave it, never an absolute local path (the card travels).
     card_path = str(out_dir) if not Path(out_dir).is_absolute() else Path(out_dir).name
     card = render_model_card(report, config, source.config.get("license"), repo=card_path)
-    with atomic_directory(Path(out_dir), force=force) as staging:
+    with atomic_directory(Path(out_dir), force=force, inputs=source.input_paths()) as staging:
         (staging / WEIGHTS_NAME).write_bytes(weights)
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (staging / REPORT_NAME).write_text(report.dumps(), encoding="utf-8")

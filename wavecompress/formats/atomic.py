@@ -7,10 +7,11 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import InputError, OutputExistsError
+from ..output_guard import check_file_output, check_folder_output, check_swap_file
 
 # Test-only: seconds to wait after the staging folder is complete and before it is renamed, so a
 # test can deliver a signal while the staging folder provably exists (tests/test_robustness.py).
@@ -61,11 +62,11 @@ def remove_stale_staging(target: Path) -> None:
         shutil.rmtree(candidate, ignore_errors=True)
 
 
-_RENAME_EXCHANGE = 2  # linux/fs.h
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2  # linux/fs.h
 
 
-def exchange(first: Path, second: Path) -> bool:
-    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+def _renameat2(first: Path, second: Path, flags: int) -> bool:
+    """Linux renameat2(first, second, flags); False where the system or filesystem cannot do it."""
     import ctypes
     import sys
 
@@ -77,13 +78,28 @@ def exchange(first: Path, second: Path) -> bool:
     except (OSError, AttributeError):
         return False
     at_fdcwd = -100
-    result = renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), _RENAME_EXCHANGE)
+    result = renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), flags)
     if result == 0:
         return True
     errno = ctypes.get_errno()
-    if errno in (22, 38, 95):  # EINVAL / ENOSYS / EOPNOTSUPP: the filesystem cannot exchange
+    if errno in (22, 38, 95):  # EINVAL / ENOSYS / EOPNOTSUPP: the filesystem cannot do it
         return False
     raise OSError(errno, os.strerror(errno), str(second))
+
+
+def exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    return _renameat2(first, second, _RENAME_EXCHANGE)
+
+
+def rename_new(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target`` only if ``target`` does not exist (never over a folder that
+    appeared meanwhile: plain rename replaces an empty one); EEXIST otherwise."""
+    if _renameat2(source, target, _RENAME_NOREPLACE):
+        return
+    if os.path.lexists(target):
+        raise FileExistsError(17, "File exists", str(target))
+    os.replace(source, target)
 
 
 def replace_directory(staging: Path, target: Path) -> None:
@@ -108,52 +124,59 @@ def _test_hold_before_rename() -> None:
     """Sleep ``$WAVECOMPRESS_TEST_HOLD_STAGING`` seconds (test-only; unset means no wait)."""
     seconds = os.environ.get(HOLD_STAGING_ENV)
     if seconds:
-        time.sleep(float(seconds))
+        try:
+            time.sleep(min(max(float(seconds), 0.0), 3600.0))
+        except ValueError:  # a malformed test-only value is ignored, never an internal error after the conversion
+            pass
 
 
 @contextlib.contextmanager
-def atomic_directory(target: Path, force: bool = False) -> Iterator[Path]:
+def atomic_directory(target: Path, force: bool = False, inputs: Iterable[Path | str | None] = ()) -> Iterator[Path]:
     """Yield a fresh temporary folder next to ``target``; on success it becomes ``target``.
 
+    ``target`` goes through the output guard (never an input in ``inputs``, a symlink, a file, or a
+    folder of the user's own files) before anything is written and again at the moment of the swap.
     On any exception (Ctrl-C included) the temporary folder is removed and ``target`` is left as
     it was. An existing ``target`` is refused unless ``force``; with ``force`` the old folder is
-    moved aside and deleted only after the new one is in place.
+    moved aside and deleted only after the new one is in place. A folder that appears at ``target``
+    while writing is never replaced without ``force``.
     """
-    target = Path(target)
-    check_output_folder(target, force)
+    given = Path(target)
+    inputs = tuple(inputs)
+    target = check_folder_output(given, inputs, force)
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
         remove_stale_staging(target)
-        check_output_folder(target, force)  # a stranded old output may just have been put back
+        check_folder_output(given, inputs, force)  # a stranded old output may just have been put back
         staging = Path(tempfile.mkdtemp(prefix=f"{staging_prefix(target)}{os.getpid()}-", dir=parent))
     except OSError as exc:
-        raise InputError(f"{target}: cannot create output folder ({exc.strerror})") from None
+        raise InputError(f"{given}: cannot create output folder ({exc.strerror})") from None
     try:
         yield staging
         _test_hold_before_rename()
         os.chmod(staging, 0o755)
-        if target.exists():
+        if not force and os.path.lexists(target):
+            raise FileExistsError(17, "File exists", str(target))
+        check_folder_output(given, inputs, force, probe=False)  # judged again at the swap: what is there now
+        if os.path.lexists(target):
             replace_directory(staging, target)
         else:
-            os.replace(staging, target)
+            rename_new(staging, target)
+    except FileExistsError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputExistsError(f"{given}: appeared while writing; it was left as it is and nothing was written") from None
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise InputError(f"{target}: cannot write the output ({exc.strerror or exc}); nothing was changed") from None
+        raise InputError(f"{given}: cannot write the output ({exc.strerror or exc}); nothing was changed") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
 def check_output_folder(target: Path, force: bool, hint: str = "pass force=True, e.g. result.save(path, force=True), to replace it") -> None:
-    """Refuse an output path that exists without ``force``, is not a folder, or is a dangling symlink."""
-    target = Path(target)
-    if target.is_symlink() and not target.exists():
-        raise InputError(f"{target}: is a symlink to a missing path ({os.readlink(target)}); remove it or choose another --out")
-    if target.exists() and not force:
-        raise OutputExistsError(f"{target}: output already exists ({hint})")
-    if target.exists() and not target.is_dir():
-        raise InputError(f"{target}: exists and is not a folder")
+    """Refuse an output path that exists without ``force``, is not a folder, is a symlink, or holds the user's files."""
+    check_folder_output(target, (), force, hint=hint, probe=False)
 
 
 def default_file_mode() -> int:
@@ -163,24 +186,29 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def atomic_write_bytes(target: Path, data: bytes) -> None:
-    """Write a single file via a temporary sibling and rename; it gets the mode a plain open() would give."""
-    target = Path(target)
-    check_output_file(target)
+def atomic_write_bytes(target: Path, data: bytes, inputs: Iterable[Path | str | None] = (), force: bool = False,
+                       option: str = "output") -> None:
+    """Write a single file via a temporary sibling and rename; it gets the mode a plain open() would give.
+
+    ``target`` goes through the output guard (never an input or its folder's files, a symlink, a
+    device, or a file wavecompress did not write) before writing and again at the rename."""
+    given = Path(target)
+    target = check_file_output(given, tuple(inputs), force, option=option)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     except OSError as exc:
-        raise InputError(f"{target}: cannot write here ({exc.strerror or exc})") from None
+        raise InputError(f"{given}: cannot write here ({exc.strerror or exc})") from None
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
         os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; outputs are meant to be shared like folders' files
+        check_swap_file(target, given)
         os.replace(tmp, target)
     except OSError as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise InputError(f"{target}: cannot write ({exc.strerror or exc})") from None
+        raise InputError(f"{given}: cannot write ({exc.strerror or exc})") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

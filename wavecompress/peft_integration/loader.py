@@ -77,6 +77,21 @@ def build_base_model(name: str | Path, adapter: str | Path) -> Any:
         return load_base_model(str(name), config.get("task_type"), heads)
 
 
+def _validate_stored(folder: Path) -> None:
+    """A WAVECOMPRESS_* output gets the CLI readers' own checks (indices, permutations, bands, wavelet, shapes)
+    before PEFT applies its tensors: a tampered file is refused the same way by both."""
+    from ..deltas.safetensors_reader import read_json
+    from ..deltas.wavecompress_adapter import validate_wavecompress_adapter
+
+    from ..deltas.decoders import decoder_of
+    from ..layout import LORA, WAVEFT
+
+    config = read_json(folder / CONFIG_NAME)
+    peft_type = config.get("peft_type") if isinstance(config, dict) else None
+    if isinstance(peft_type, str) and peft_type not in (LORA, WAVEFT) and decoder_of(peft_type) is not None:  # stock types: PEFT's own
+        validate_wavecompress_adapter(config, folder / WEIGHTS_NAME)
+
+
 def load_adapter(base_model: Any, path: str | Path, **kwargs: Any) -> Any:
     """``PeftModel.from_pretrained(base_model, path, **kwargs)`` for every adapter type wavecompress knows.
 
@@ -84,13 +99,18 @@ def load_adapter(base_model: Any, path: str | Path, **kwargs: Any) -> Any:
     ``path``: an output folder (WaRA, top-k WaveFT, LoRA, stock WaveFT), any PEFT LoRA, or a Hub repo id.
     Extra keyword arguments go to PEFT (``is_trainable=True``, ``adapter_name=...``).
 
-    A diffusers pipeline (or its UNet / transformer) as ``base_model`` gets the adapter applied in place and is
+    A diffusers pipeline (or its UNet / transformer, or a text encoder given an adapter with kohya / diffusers
+    module names) as ``base_model`` gets the adapter applied in place and is
     returned (kohya ``lora_unet_*`` and diffusers ``unet.*`` names are mapped to its modules; ``merge=True`` folds
     ΔŴ into the weights; diffusion/loading.py).
     """
-    from ..diffusion.loading import is_diffusion_target
+    import torch
 
-    if is_diffusion_target(base_model):  # a diffusers pipeline or model: applied in place, as load_lora_weights does
+    from ..diffusion.loading import is_diffusion_target, names_diffusion_modules
+
+    # a diffusers pipeline or model, or one component (a CLIPTextModel) given an adapter named for a pipeline:
+    # applied in place, as load_lora_weights does
+    if is_diffusion_target(base_model) or (isinstance(base_model, torch.nn.Module) and names_diffusion_modules(path)):
         from ..diffusion.loading import load_into
 
         return load_into(base_model, path, **kwargs)
@@ -104,6 +124,7 @@ def load_adapter(base_model: Any, path: str | Path, **kwargs: Any) -> Any:
             raise InputError(f"{local}: no {CONFIG_NAME} here; load_adapter needs an adapter folder")
         if not (local / WEIGHTS_NAME).is_file():
             raise InputError(f"{local}: no {WEIGHTS_NAME} here; load_adapter needs an adapter folder")
+        _validate_stored(local)
     elif "/" not in str(path) or str(path).startswith((".", "/")):
         raise InputError(f"{path}: no such adapter folder")
     if isinstance(base_model, (str, Path)):
