@@ -91,16 +91,6 @@ class MethodSummary:
             detail["reorder"] = layer.meta["reorder"]
         return cls(layer.method, layer.stored_values, layer.stored_bytes, layer.error_sq, layer.energy, detail)
 
-    def carried_lines(self) -> list[str]:
-        """One line each for the modules carried verbatim and dropped, with a few of their names."""
-        lines = []
-        for label, modules in (("carried verbatim (no ΔW without the base weights or a known form)", self.carried),
-                               ("dropped by --drop-unconvertible", self.dropped)):
-            if modules:
-                names = ", ".join(m["name"] for m in modules[:3]) + (f", … ({len(modules) - 3} more)" if len(modules) > 3 else "")
-                lines.append(f"{label}: {len(modules)} modules, {sum(m['stored_values'] for m in modules)} values: {names}")
-        return lines
-
     def to_json(self) -> dict[str, Any]:
         out = {
             "method": self.method,
@@ -125,16 +115,6 @@ class LayerReport:
     budget_clamped: bool
     result: MethodSummary
     baselines: dict[str, MethodSummary]
-
-    def carried_lines(self) -> list[str]:
-        """One line each for the modules carried verbatim and dropped, with a few of their names."""
-        lines = []
-        for label, modules in (("carried verbatim (no ΔW without the base weights or a known form)", self.carried),
-                               ("dropped by --drop-unconvertible", self.dropped)):
-            if modules:
-                names = ", ".join(m["name"] for m in modules[:3]) + (f", … ({len(modules) - 3} more)" if len(modules) > 3 else "")
-                lines.append(f"{label}: {len(modules)} modules, {sum(m['stored_values'] for m in modules)} values: {names}")
-        return lines
 
     def to_json(self) -> dict[str, Any]:
         out = {"name": self.name, "shape": list(self.shape), "budget": self.budget, "budget_clamped": self.budget_clamped}
