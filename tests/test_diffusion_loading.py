@@ -80,6 +80,15 @@ def test_load_adapter_into_a_text_encoder_alone(locon) -> None:
         pipe.text_encoder.load_state_dict(state)  # merge=True changed the weights
 
 
+def test_the_model_card_says_how_to_load_a_diffusion_output(locon) -> None:
+    """The card's snippet (retargeted to the folder) is the call the tests above check, and names the kohya export."""
+    _, outputs = locon
+    for out in outputs.values():
+        card = (out / "README.md").read_text()
+        assert f'wavecompress.load_adapter(pipe, "{out}")' in card or f'wavecompress.load_adapter(pipe, "{out.name}")' in card
+        assert "--layout kohya" in card and "PeftModel.from_pretrained" not in card
+
+
 def test_merge_true_folds_exactly_the_reconstructed_delta(locon) -> None:
     pipe, outputs = locon
     unet = tiny_unet(0)

@@ -8,7 +8,7 @@ weight. Module names are mapped the way sd-scripts and diffusers make them (diff
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -92,16 +92,16 @@ def load_into(target: Any, path: str | Path, merge: bool = False, base: str | Pa
     for layer in layers:
         component, module_path = places[layer.name]
         module = components[component].get_submodule(module_path)
+        weight = cast(torch.Tensor, module.weight)
         delta = layer.to_dense()
-        if delta.numel() != module.weight.numel() or delta.shape[0] != module.weight.shape[0]:
+        if delta.numel() != weight.numel() or delta.shape[0] != weight.shape[0]:
             raise InputError(f"{path}: module {layer.name} has ΔW {list(layer.shape)} but {component}.{module_path} has weight "
-                             f"{list(module.weight.shape)}: wrong base model?")
-        plan.append((module, delta.reshape(module.weight.shape)))
-    for module, delta in plan:
-        delta = delta.to(device=module.weight.device, dtype=module.weight.dtype)
+                             f"{list(weight.shape)}: wrong base model?")
+        plan.append((module, weight, delta.reshape(weight.shape).to(device=weight.device, dtype=weight.dtype)))
+    for module, weight, delta in plan:
         if merge:
             with torch.no_grad():
-                module.weight += delta
+                weight += delta
         else:
             hooks = getattr(module, HOOKS_ATTR, [])
             hooks.append(module.register_forward_hook(_adds(delta)))
@@ -116,7 +116,7 @@ def _adds(delta: torch.Tensor):
         if isinstance(module, nn.Linear):
             extra = F.linear(x, delta)
         else:
-            extra = module._conv_forward(x, delta, None)
+            extra = cast(nn.Conv2d, module)._conv_forward(x, delta, None)  # Conv1d/3d have the same method
         return output + extra.to(output.dtype)
 
     return hook
