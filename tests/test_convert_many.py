@@ -146,8 +146,9 @@ def test_device_cuda_without_cuda_falls_back_with_a_note(tmp_path: Path, adapter
 
 # convert options that name one input or one output, or print one input's table or plan, and so have no
 # per-input meaning in a batch (convert-many prints one summary table).
+# layout: a batch writes one PEFT-style output folder per input (export --layout rewrites any of them).
 CONVERT_ONLY = {"input_path", "out_dir", "tuned", "push_to", "private", "save_calibration", "wide", "dry_run",
-                "finetune_steps", "finetune_data", "finetune_lr", "finetune_device"}
+                "finetune_steps", "finetune_data", "finetune_lr", "finetune_device", "layout"}
 BATCH_ONLY = {"inputs", "out_dir", "jobs", "backend"}
 
 
