@@ -118,9 +118,12 @@ class _HaarSplit(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_approx: torch.Tensor | None, grad_detail: torch.Tensor | None):  # type: ignore[override]
-        like = grad_approx if grad_approx is not None else grad_detail
-        return _haar_merge(grad_approx if grad_approx is not None else torch.zeros_like(like),
-                           grad_detail if grad_detail is not None else torch.zeros_like(like))
+        if grad_approx is None:
+            assert grad_detail is not None
+            grad_approx = torch.zeros_like(grad_detail)
+        if grad_detail is None:
+            grad_detail = torch.zeros_like(grad_approx)
+        return _haar_merge(grad_approx, grad_detail)
 
 
 class _HaarMerge(torch.autograd.Function):
@@ -209,7 +212,7 @@ def _taps(wavelet: str, length: int) -> tuple[tuple[tuple[int, float], ...], tup
             coeff = columns[parity][part]
             for k in range(length // 2):
                 row0[(parity - 2 * k) % length] = coeff[k]
-        taps = tuple((i if i <= length // 2 else i - length, float(row0[i])) for i in np.flatnonzero(row0))
+        taps = tuple((int(i) if i <= length // 2 else int(i) - length, float(row0[i])) for i in np.flatnonzero(row0))
         out.append(taps)
     return out[0], out[1]
 
@@ -220,10 +223,9 @@ def _circular(z: torch.Tensor, taps: tuple[tuple[int, float], ...], sign: int) -
     shifts = [sign * offset for offset, _ in taps]
     left, right = max(0, -min(shifts)), max(0, max(shifts))
     ext = torch.cat([z[:, n - left:], z, z[:, :right]], dim=1) if left or right else z
-    out = None
-    for (_, weight), shift in zip(taps, shifts):
-        term = ext[:, left + shift: left + shift + n] * weight
-        out = term if out is None else out + term
+    out = ext[:, left + shifts[0]: left + shifts[0] + n] * taps[0][1]
+    for (_, weight), shift in zip(taps[1:], shifts[1:]):
+        out = out + ext[:, left + shift: left + shift + n] * weight
     return out
 
 
