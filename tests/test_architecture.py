@@ -11,12 +11,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "wavecompress"
 # Layers, lowest first: a module may import its own layer or lower ones. Readers (deltas) never
 # import methods or writers; transforms never import methods; writers (formats) come after methods.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "layout", "version", "hardware", "units", "progress"),  # leaves: errors, on-disk names, devices, size units, progress lines
+    ("errors", "layout", "version", "hardware", "units", "text_safety", "progress"),  # leaves: errors, on-disk names,
+    # devices, size units, escaping, progress lines
     ("transforms",),  # wavelets, PEFT geometry, reordering: pure maths
     ("deltas", "hub"),  # readers (hub: downloads for the readers, uploads of finished folders)
     ("methods",),  # compression methods, budgets, allocation
     ("report",),
-    ("formats", "kernels"),  # writers; fused kernels
+    ("formats", "kernels", "output_guard"),  # writers; fused kernels; the guard every writer goes through
     ("compressed_adapter", "calibration", "pipeline", "equal_bytes", "auto_select", "compress", "targets", "plan", "analyze",
      "export", "batch", "finetune", "diffusion", "peft_integration"),  # the pipeline and its users
     ("cli", "__init__"),

@@ -31,7 +31,11 @@ def kohya_file(label: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def base():
-    return task.load_base()
+    # One thread, as the fixture was measured: the tiny UNet's forwards are ~10x slower on two contended threads.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield task.load_base()
+    torch.set_num_threads(threads)
 
 
 def test_kohya_files_name_every_module_sd_scripts_walks(base):

@@ -52,6 +52,13 @@ def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, 
     return tensors["kept_B"].float() @ tensors["kept_A"].float()
 
 
+def apply(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int], x: torch.Tensor) -> torch.Tensor:
+    """``x @ ΔWᵀ``: through the factors (x Aᵀ) Bᵀ when factored, else the stored ΔW."""
+    if "kept_delta" in tensors:
+        return torch.nn.functional.linear(x, tensors["kept_delta"].to(x.dtype))
+    return (x @ tensors["kept_A"].to(x.dtype).T) @ tensors["kept_B"].to(x.dtype).T
+
+
 def method_of(adapter_method: str, meta: dict) -> str:
     """The method that rebuilds one layer of an output: ``kept`` for kept layers, else the adapter's."""
     return NAME if KEY in meta else adapter_method
@@ -64,6 +71,7 @@ METHOD = register_method(Method(
     compress=compress,
     reconstruct=reconstruct,
     tensor_keys=("kept_A", "kept_B", "kept_delta"),
+    apply=apply,
     output=False,
     description="unselected layers stored exactly as they came",
 ))

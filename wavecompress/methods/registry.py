@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 Compress = Callable[["LayerDelta", int, "MethodOptions"], "CompressedLayer"]
 Reconstruct = Callable[[dict[str, torch.Tensor], dict[str, Any], tuple[int, int]], torch.Tensor]
+Apply = Callable[[dict[str, torch.Tensor], dict[str, Any], tuple[int, int], torch.Tensor], torch.Tensor]
 CurveFn = Callable[["LayerDelta", "MethodOptions", int], "RDCurve"]
 
 # The model card's method-specific loading block ({repo}: the output folder or Hub repo), shown
@@ -104,6 +105,9 @@ class Method:
     # ``(tensors, meta, shape) -> (L, R)`` with ΔŴ = L @ R of small inner size (WaRA): the error of
     # rounded tensors then comes from Gram matrices, never a dense ΔŴ (methods/precision.py).
     low_rank_factors: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+    # ``(tensors, meta, shape, x) -> x @ ΔŴᵀ`` without forming ΔŴ (transforms/apply.py), in x's dtype and
+    # differentiable in x and the float tensors; None: the PEFT layer multiplies by the dense ΔŴ.
+    apply: Apply | None = None
 
     # Compatibility with the former method modules (``get_method(name).NAME``).
     @property

@@ -18,6 +18,7 @@ import torch
 from ..deltas.layer_delta import LayerDelta
 from ..hardware import SMALL_RANK, one_thread
 from ..transforms import analysis2d, band_slices, synthesis
+from ..transforms.apply import band_gains, band_groups, permuted_apply, raw_analysis_bands, raw_synthesis_bands
 from ..transforms.lowrank import RELATIVE_ZERO, dense_svd, split_factors, tail_energy
 from ..transforms.reorder import unpermute
 from .compressed_layer import CompressedLayer
@@ -225,6 +226,67 @@ def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, 
     return left @ right.T
 
 
+@functools.lru_cache(maxsize=256)
+def _apply_layout(levels: tuple[int, int], bands: tuple[tuple[int, int, int], ...], shape: tuple[int, int], numel: int):
+    """Gather maps of the dense-free forward: per column band j, (j, Q_j index map R_j × cols_j) with the
+    Q factors of its bands stacked; per row band i, (i, P_i index map rows_i × R_i, the columns of the
+    stacked inner products Z (tokens × R_total, column bands in order) that P_i multiplies)."""
+    row_bands = band_slices(shape[0], levels[0])
+    col_bands = band_slices(shape[1], levels[1])
+    p_maps, q_maps, offset = {}, {}, 0
+    for number, (i, j, rank) in enumerate(bands):
+        n_rows = row_bands[i].stop - row_bands[i].start
+        n_cols = col_bands[j].stop - col_bands[j].start
+        p_maps[number] = torch.arange(offset, offset + n_rows * rank).reshape(n_rows, rank)
+        offset += n_rows * rank
+        q_maps[number] = torch.arange(offset, offset + rank * n_cols).reshape(rank, n_cols)
+        offset += rank * n_cols
+    if offset != numel:
+        raise ValueError(f"wara_factors holds {numel} values but the band ranks need {offset}")
+    by_col, by_row = band_groups([tuple(band) for band in bands])
+    columns, inner_position, position = [], {}, 0
+    for j in sorted(by_col):
+        columns.append((j, torch.cat([q_maps[b] for b in by_col[j]])))
+        for b in by_col[j]:
+            inner_position[b] = torch.arange(position, position + bands[b][2])
+            position += bands[b][2]
+    rows = []
+    for i in sorted(by_row):
+        positions = torch.cat([inner_position[b] for b in by_row[i]])
+        # None: Z's columns in order already (one row band holding every stored band)
+        rows.append((i, torch.cat([p_maps[b] for b in by_row[i]], dim=1),
+                     None if torch.equal(positions, torch.arange(position)) else positions))
+    return columns, rows
+
+
+def apply(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int], x: torch.Tensor) -> torch.Tensor:
+    """``x @ ΔŴᵀ`` without ΔŴ: each token's column bands (1-D analysis), the stacked Q factors of each
+    column band then the stacked P factors of each row band (2·stored values per token, like LoRA's
+    2·r·(m + n)), a 1-D synthesis; one gather of the packed factors per band group."""
+    factors = tensors[FACTORS_KEY].to(x.dtype).reshape(-1)
+    levels = (int(meta["levels"][0]), int(meta["levels"][1]))
+    bands = tuple(tuple(int(v) for v in band) for band in meta["bands"])
+    wavelet = meta["wavelet"]
+    columns, rows = _apply_layout(levels, bands, tuple(shape), factors.numel())
+    row_sizes = [s.stop - s.start for s in band_slices(shape[0], levels[0])]
+    device = factors.device
+
+    col_gains, row_gains = band_gains(wavelet, levels[1]), band_gains(wavelet, levels[0])
+
+    def core(flat: torch.Tensor) -> torch.Tensor:
+        col_bands = raw_analysis_bands(flat, wavelet, levels[1])
+        inner = [col_bands[j] @ (factors[q_map.to(device)] * col_gains[j]).T for j, q_map in columns]
+        stacked = torch.cat(inner, dim=1) if len(inner) > 1 else (inner[0] if inner else None)
+        out_bands = [None] * len(row_sizes)
+        for i, p_map, positions in rows:
+            z = stacked if positions is None else stacked.index_select(1, positions.to(device))
+            out_bands[i] = z @ (factors[p_map.to(device)] * row_gains[i]).T
+        out_bands = [b if b is not None else flat.new_zeros(flat.shape[0], size) for b, size in zip(out_bands, row_sizes)]
+        return raw_synthesis_bands(out_bands, wavelet, levels[0])
+
+    return permuted_apply(tensors, shape, x, core)
+
+
 def rd_curve(delta: LayerDelta, options: MethodOptions, max_cost: int) -> RDCurve:
     """The greedy's own σ²/cost sequence over subbands (cost rows_i + cols_j per rank-1 term)."""
     layer = compress(delta, max_cost, options)
@@ -264,5 +326,6 @@ METHOD = register_method(Method(
     default_levels_reordered=3,
     auto=True,
     description="low-rank wavelet subbands",
+    apply=apply,
     low_rank_factors=lambda tensors, meta, shape: _product_factors(*reconstruct_factors(tensors, meta, shape)),
 ))

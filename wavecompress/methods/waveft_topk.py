@@ -10,9 +10,11 @@ import torch
 
 from ..deltas.layer_delta import LayerDelta
 from ..transforms import analysis2d, synthesis2d
+from ..transforms import band_slices
+from ..transforms.apply import permuted_apply, raw_analysis_bands, raw_synthesis_bands, sparse_product, sparse_support
 from .activation_aware import topk_variant
 from .compressed_layer import CompressedLayer
-from .index_codec import stored_indices
+from .index_codec import GAPS_SUFFIX, PLAIN_SUFFIX, stored_indices
 from .options import MethodOptions
 from .rate_distortion import RDCurve, topk_curve
 from .registry import Method, register_method
@@ -51,6 +53,34 @@ def reconstruct(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, 
     return restore_order(synthesis2d(coeffs, meta["wavelet"], tuple(meta["levels"])), tensors)
 
 
+def apply(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int], x: torch.Tensor) -> torch.Tensor:
+    """``x @ ΔŴᵀ`` without ΔŴ: a 1-D analysis of each token, the k stored coefficients as a sparse
+    (or, when they gather in few rows and columns, small dense) matrix, a 1-D synthesis."""
+    return sparse_coefficients_apply(tensors, meta, shape, x, VALUES_KEY, INDEX_PREFIX)
+
+
+def sparse_coefficients_apply(tensors: dict[str, torch.Tensor], meta: dict, shape: tuple[int, int], x: torch.Tensor,
+                              values_key: str, index_prefix: str) -> torch.Tensor:
+    """``apply`` of a top-k wavelet format storing ``values_key`` and flat indices under ``index_prefix``."""
+    index_key = index_prefix + GAPS_SUFFIX if index_prefix + GAPS_SUFFIX in tensors else index_prefix + PLAIN_SUFFIX
+    support = sparse_support(tensors[index_key], lambda: stored_indices(tensors, index_prefix), tuple(shape))
+    values = tensors[values_key].to(x.dtype).reshape(-1)
+    levels = tuple(int(v) for v in meta["levels"])
+    wavelet = meta["wavelet"]
+
+    m, n = shape
+    # the Haar 1/√2 per level folded into the k values: raw (sums/differences) transforms on the tokens
+    scaled = values * support.gains(wavelet, levels, values.dtype, values.device)
+    row_slices = band_slices(m, levels[0])
+
+    def core(flat: torch.Tensor) -> torch.Tensor:
+        coefficients = torch.cat(raw_analysis_bands(flat, wavelet, levels[1]), dim=1) if levels[1] else flat
+        out = sparse_product(coefficients, scaled, support)
+        return raw_synthesis_bands([out[:, s] for s in row_slices], wavelet, levels[0])
+
+    return permuted_apply(tensors, shape, x, core)
+
+
 def weighted_space(dense: torch.Tensor, metric: torch.Tensor, meta: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(coefficients K, metric W_c C W_cᵀ) of a (reordered) ΔW in this layer's wavelet basis."""
     levels = tuple(meta["levels"])
@@ -75,6 +105,7 @@ METHOD = register_method(Method(
     reorderable=True,
     wavelet=True,
     fused_synthesis=True,
+    apply=apply,
     default_levels=1,
     # Depths measured best once rows and columns are reordered (benchmarks/reorder_table.py).
     default_levels_reordered=5,

@@ -57,6 +57,8 @@ class WavecompressLayer(BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self._delta_cache: dict[str, tuple[tuple, torch.Tensor]] = {}
+        # "auto": the dense-free forward where the cost model finds it cheaper; "on"/"off" force it (tests, benchmarks).
+        self.fast_forward = "auto"
         # {adapter: {tensor key: the layer that stores it}}: tensors shared with (stored by) another
         # layer, e.g. a column permutation q/k/v share (deltas/shared_tensors.py). A plain dict, so
         # the lender is not registered as a submodule (its tensors are saved once, by itself).
@@ -120,6 +122,47 @@ class WavecompressLayer(BaseTunerLayer):
             self._delta_cache.pop(adapter, None)
         return delta
 
+    def delta_cached(self, adapter: str) -> bool:
+        """Whether ``get_delta_weight(adapter)`` would return a cached ΔŴ now (no values training)."""
+        tensors = self.stored_tensors(adapter)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors.values()):
+            return False
+        cached = self._delta_cache.get(adapter)
+        key = tuple((name, id(t), t._version, t.device) for name, t in sorted(tensors.items()))
+        return cached is not None and cached[0] == key
+
+    def uses_fast_forward(self, adapter: str, tokens: int) -> bool:
+        """Whether ``adapter``'s forward takes the method's dense-free ``apply`` (transforms/apply.py) for
+        ``tokens`` tokens: the method has one and the cost model finds it cheaper than x @ ΔŴᵀ."""
+        from ..methods import get_method
+        from ..transforms.apply import fast_is_cheaper
+
+        method = get_method(self.wavecompress_method[adapter])
+        if method.apply is None or self.fast_forward == "off":
+            return False
+        if self.fast_forward == "on":
+            return True
+        tensors = self.stored_tensors(adapter)
+        stored = sum(t.numel() for t in tensors.values() if t.is_floating_point())
+        meta = self.wavecompress_meta[adapter]
+        return fast_is_cheaper((self.out_features, self.in_features), stored, tokens, meta.get("wavelet"),
+                               self.delta_cached(adapter))
+
+    def adapter_output(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
+        """x ΔŴᵀ (float32, or float64 for float64 stored values) of ``adapter``: the dense-free forward
+        when :meth:`uses_fast_forward`, else x @ ΔŴᵀ from ``get_delta_weight``."""
+        from ..methods import get_method
+
+        tokens = x.numel() // max(x.shape[-1], 1)
+        if not self.uses_fast_forward(adapter, tokens):
+            delta = self.get_delta_weight(adapter)
+            return F.linear(self._cast_input_dtype(x, delta.dtype), delta)
+        tensors = self.stored_tensors(adapter)
+        dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors.values()) else torch.float32
+        shape = (self.out_features, self.in_features)
+        method = get_method(self.wavecompress_method[adapter])
+        return method.apply(tensors, self.wavecompress_meta[adapter], shape, x.to(dtype))
+
 
 class Linear(nn.Module, WavecompressLayer):
     """A Linear (or Conv1D, ``fan_in_fan_out``) layer plus wavecompress adapters: y = base(x) + x ΔŴᵀ."""
@@ -181,17 +224,13 @@ class Linear(nn.Module, WavecompressLayer):
                 result = result + self.adapter_output(adapter, x).to(result.dtype)
         return result.to(previous_dtype)
 
-    def adapter_output(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
-        """The adapter's own contribution x ΔŴᵀ."""
-        delta = self.get_delta_weight(adapter)
-        return F.linear(self._cast_input_dtype(x, delta.dtype), delta)
-
     def __repr__(self) -> str:
         return "wavecompress." + super().__repr__()
 
 
 class Conv(Linear):
-    """A convolution (Conv1d/2d/3d) plus wavecompress adapters: y = base(x) + conv(x, ΔŴ reshaped to the kernel)."""
+    """A convolution (Conv1d/2d/3d) plus wavecompress adapters: y = base(x) + conv(x, ΔŴ reshaped to the kernel)
+    (always the dense ΔŴ: the dense-free forward is for token × feature inputs)."""
 
     def delta_as_weight(self, adapter: str) -> torch.Tensor:
         return self.get_delta_weight(adapter).reshape(self.get_base_layer().weight.shape)
