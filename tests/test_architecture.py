@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "wavecompress"
 # Layers, lowest first: a module may import its own layer or lower ones. Readers (deltas) never
 # import methods or writers; transforms never import methods; writers (formats) come after methods.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "layout", "version", "hardware", "units", "text_safety"),  # leaves: errors, on-disk names, devices, size units, escaping
+    ("errors", "layout", "version", "hardware", "units", "text_safety", "progress"),  # leaves: errors, on-disk names,
+    # devices, size units, escaping, progress lines
     ("transforms",),  # wavelets, PEFT geometry, reordering: pure maths
     ("deltas", "hub"),  # readers (hub: downloads for the readers, uploads of finished folders)
     ("methods",),  # compression methods, budgets, allocation
