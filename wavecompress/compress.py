@@ -52,6 +52,8 @@ def compress(
     target_error: float | None = None,
     optimise: str | None = None,
     drop_unconvertible: bool = False,
+    adapter_name: str | None = None,
+    config: Any = None,
 ) -> CompressedAdapter:
     """Compress every layer of ``source`` to ``budget`` stored values with ``method``.
 
@@ -85,7 +87,7 @@ def compress(
         raise InputError("--target-error needs one --method and --wavelet (auto compares methods at one budget)")
     if job.budget.target_error is not None and calibration is not None:
         raise InputError("--target-error sizes by the Frobenius error; it cannot be combined with --calibration")
-    deltas = as_adapter_deltas(source)
+    deltas = as_adapter_deltas(source, adapter_name=adapter_name, config=config)
     if drop_unconvertible:
         deltas.drop_unconvertible()
     job = replace(job, calibration=load_calibration(calibration))
