@@ -54,6 +54,7 @@ def compress(
     drop_unconvertible: bool = False,
     adapter_name: str | None = None,
     config: Any = None,
+    compare_orders: bool | None = None,
 ) -> CompressedAdapter:
     """Compress every layer of ``source`` to ``budget`` stored values with ``method``.
 
@@ -87,6 +88,7 @@ def compress(
         raise InputError("--target-error needs one --method and --wavelet (auto compares methods at one budget)")
     if job.budget.target_error is not None and calibration is not None:
         raise InputError("--target-error sizes by the Frobenius error; it cannot be combined with --calibration")
+    job = replace(job, order_variant=bool(baselines) if compare_orders is None else compare_orders)
     deltas = as_adapter_deltas(source, adapter_name=adapter_name, config=config)
     if drop_unconvertible:
         deltas.drop_unconvertible()

@@ -141,7 +141,7 @@ def _convert(input_path: Path | None, out_dir: Path | None, report_path: Path | 
         click.echo(note, err=True)
         device = "cpu"
     result = compress(source, spec, progress=None, calibration=calib, device=device, drop_unconvertible=drop_unconvertible,
-                      **kwargs)
+                      compare_orders=True, **kwargs)
     report = result.report
     method = report.method
     if not quiet:
