@@ -71,7 +71,8 @@ class CompressedAdapter:
         if isinstance(base, PeftModel):
             raise TypeError("to_peft_model takes the base model; for a PeftModel that already holds adapters use apply_to(model)")
         with self.saved() as folder:
-            return load_adapter(base, folder, is_trainable=is_trainable, adapter_name=adapter_name)
+            model: PeftModel = load_adapter(base, folder, is_trainable=is_trainable, adapter_name=adapter_name)
+            return model
 
     def apply_to(self, model: "PeftModel", adapter_name: str = "compressed", is_trainable: bool = False,
                  activate: bool = True) -> "PeftModel":

@@ -31,6 +31,7 @@ def _stored_layers(config: dict[str, Any], weights: Path) -> tuple[str, list[tup
         assert lora is not None
         rows = []
         for delta in deltas.layers:
+            assert delta.left is not None and delta.right is not None  # the LoRA reader keeps factors
             tensors = {"lora_A.weight": delta.right.contiguous(), "lora_B.weight": delta.left.contiguous()}
             meta: dict[str, Any] = {"rank": delta.left.shape[1], **({"weight_shape": list(delta.info["weight_shape"])}
                                                                      if "weight_shape" in delta.info else {})}
@@ -59,7 +60,8 @@ def read_output(path: str | Path) -> CompressedAdapter:
     report_path = config_path.parent / REPORT_NAME
     saved = read_json(report_path) if report_path.is_file() else {}
     by_name = {row["name"]: row for row in saved.get("layers", []) if isinstance(row, dict) and "name" in row}
-    budget = int(saved.get("budget") or (config.get("wavecompress") or {}).get("budget") or 0)
+    written = config.get("wavecompress")
+    budget = int(saved.get("budget") or (written.get("budget") if isinstance(written, dict) else 0) or 0)
     layers, reports = [], []
     for name, shape, layer_method, tensors, meta in rows:
         stored = sum(t.numel() for t in tensors.values() if t.is_floating_point())
@@ -71,20 +73,20 @@ def read_output(path: str | Path) -> CompressedAdapter:
             share = float(row.get("energy_kept", 1.0))
             energy = kept_energy / share if share > 0 else kept_energy
             error_sq = float(row["relative_error"]) ** 2 * energy
-        layer = CompressedLayer(name=name, shape=tuple(shape), method=layer_method, tensors=tensors, meta=meta,
+        layer = CompressedLayer(name=name, shape=(int(shape[0]), int(shape[1])), method=layer_method, tensors=tensors, meta=meta,
                                 stored_values=stored, index_values=index, error_sq=error_sq, energy=energy,
                                 budget=int(row["budget"]) if row is not None else budget,
                                 budget_clamped=bool(row.get("budget_clamped")) if row is not None else False)
         layers.append(layer)
         if row is not None:
             baselines = {key: _summary(value, energy) for key, value in (row.get("baselines") or {}).items()}
-            reports.append(LayerReport(name, tuple(shape), layer.budget, layer.budget_clamped, _summary(row, energy), baselines))
+            reports.append(LayerReport(name, layer.shape, layer.budget, layer.budget_clamped, _summary(row, energy), baselines))
     report = Report(method=method, budget=budget, source=str(saved.get("source", config_path.parent)), layers=reports,
                     skipped=list(saved.get("skipped", [])), input_stored_values=int(saved.get("input_stored_values", 0)),
                     notes=list(saved.get("notes", [])), kept=list(saved.get("kept", [])),
                     allocation=saved.get("allocation"), carried=list(saved.get("carried", [])),
                     dropped=list(saved.get("dropped", [])))
-    provenance = config.get("wavecompress") if isinstance(config.get("wavecompress"), dict) else {}
+    provenance: dict[str, Any] = config["wavecompress"] if isinstance(config.get("wavecompress"), dict) else {}
     if not provenance and metadata.get("wavecompress.provenance"):  # stock PEFT formats keep it in the weights header
         try:
             provenance = json.loads(metadata["wavecompress.provenance"])

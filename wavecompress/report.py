@@ -91,16 +91,6 @@ class MethodSummary:
             detail["reorder"] = layer.meta["reorder"]
         return cls(layer.method, layer.stored_values, layer.stored_bytes, layer.error_sq, layer.energy, detail)
 
-    def carried_lines(self) -> list[str]:
-        """One line each for the modules carried verbatim and dropped, with a few of their names."""
-        lines = []
-        for label, modules in (("carried verbatim (no ΔW without the base weights or a known form)", self.carried),
-                               ("dropped by --drop-unconvertible", self.dropped)):
-            if modules:
-                names = ", ".join(m["name"] for m in modules[:3]) + (f", … ({len(modules) - 3} more)" if len(modules) > 3 else "")
-                lines.append(f"{label}: {len(modules)} modules, {sum(m['stored_values'] for m in modules)} values: {names}")
-        return lines
-
     def to_json(self) -> dict[str, Any]:
         out = {
             "method": self.method,
@@ -125,16 +115,6 @@ class LayerReport:
     budget_clamped: bool
     result: MethodSummary
     baselines: dict[str, MethodSummary]
-
-    def carried_lines(self) -> list[str]:
-        """One line each for the modules carried verbatim and dropped, with a few of their names."""
-        lines = []
-        for label, modules in (("carried verbatim (no ΔW without the base weights or a known form)", self.carried),
-                               ("dropped by --drop-unconvertible", self.dropped)):
-            if modules:
-                names = ", ".join(m["name"] for m in modules[:3]) + (f", … ({len(modules) - 3} more)" if len(modules) > 3 else "")
-                lines.append(f"{label}: {len(modules)} modules, {sum(m['stored_values'] for m in modules)} values: {names}")
-        return lines
 
     def to_json(self) -> dict[str, Any]:
         out = {"name": self.name, "shape": list(self.shape), "budget": self.budget, "budget_clamped": self.budget_clamped}
@@ -178,9 +158,11 @@ class Report:
                 sum(r.error_sq for r in rows),
                 sum(r.energy for r in rows),
             )
-            if rows and all(r.act_error_sq is not None for r in rows):
-                totals[name].act_error_sq = sum(r.act_error_sq for r in rows)
-                totals[name].act_energy = sum(r.act_energy for r in rows)
+            act_errors = [r.act_error_sq for r in rows]
+            act_energies = [r.act_energy for r in rows]
+            if rows and all(v is not None for v in act_errors):
+                totals[name].act_error_sq = sum(v for v in act_errors if v is not None)
+                totals[name].act_energy = sum(v for v in act_energies if v is not None)
         return totals
 
     @property

@@ -72,10 +72,12 @@ def active_adapter_of(model: torch.nn.Module) -> str:
 def config_dict(config: Any) -> dict[str, Any]:
     """A PeftConfig (or an adapter_config dict) as the JSON-ready dict a saved folder's config holds."""
     if isinstance(config, Mapping):
-        return json.loads(json.dumps(dict(config), default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
+        settings: dict[str, Any] = json.loads(json.dumps(dict(config), default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
+        return settings
     from ..formats.adapter_config import json_ready
 
-    return json.loads(json.dumps(json_ready(config), default=str))
+    ready: dict[str, Any] = json.loads(json.dumps(json_ready(config), default=str))
+    return ready
 
 
 def _layer_config(root: torch.nn.Module, adapter: str) -> dict[str, Any]:
@@ -144,10 +146,11 @@ def _merge_dora(lora: AdapterDeltas, root: torch.nn.Module, adapter: str, transp
 
     layers = []
     for layer in lora.layers:
-        module = root.get_submodule(layer.name)
+        module: Any = root.get_submodule(layer.name)
         magnitude = module.lora_magnitude_vector[adapter].weight.detach().cpu().reshape(-1).to(torch.float32)
         weight = module.get_base_layer().weight.detach().cpu().to(torch.float32)
         weight = (weight.T if transpose else weight).reshape(layer.shape).clone()
+        assert layer.left is not None and layer.right is not None  # the LoRA reader keeps factors
         delta = dora_delta(weight, layer.left, layer.right, magnitude)
         stored = int(layer.info.get("stored_values", 0)) + layer.shape[0]
         layers.append(LayerDelta.from_dense(layer.name, delta, **{**layer.info, "stored_values": stored}, dora=True))

@@ -39,7 +39,7 @@ def report_metrics(result: CompressedAdapter) -> dict[str, float]:
     return metrics
 
 
-class CompressCallback(TrainerCallback):  # type: ignore[misc]
+class CompressCallback(TrainerCallback):
     """Compress the trained adapter at each save and/or at the end of training; log the report's numbers.
 
     ``compress_kwargs`` go to :func:`wavecompress.compress` (``budget=``, ``method=``, ``baselines=`` …;
@@ -80,12 +80,12 @@ class CompressCallback(TrainerCallback):  # type: ignore[misc]
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None,
                 **kwargs: Any) -> None:
         if self.compress_on_save and state.is_world_process_zero:
-            self._compress(model, Path(args.output_dir) / f"checkpoint-{state.global_step}", state)
+            self._compress(model, Path(str(args.output_dir)) / f"checkpoint-{state.global_step}", state)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None,
                      **kwargs: Any) -> None:
         if self.compress_on_train_end and state.is_world_process_zero:
-            self._compress(model, Path(args.output_dir), state)
+            self._compress(model, Path(str(args.output_dir)), state)
 
 
 __all__ = ["CompressCallback", "report_metrics"]

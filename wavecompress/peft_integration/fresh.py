@@ -45,9 +45,9 @@ class FreshAdapterConfig(WavecompressConfig):
         from ..transforms import validate_wavelet
         from .registration import register
 
-        super().__post_init__()
+        super().__post_init__()  # type: ignore[no-untyped-call]
         register()
-        self.peft_type = get_method(self.method).peft_type  # type: ignore[assignment]
+        self.peft_type = get_method(self.method).peft_type
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget <= 0:
             raise InputError(f"budget must be a positive number of stored values per layer, got {self.budget!r}")
         if self.levels is not None and (not isinstance(self.levels, int) or self.levels < 0):

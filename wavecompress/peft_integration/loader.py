@@ -11,7 +11,12 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, overload
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DiffusionPipeline, ModelMixin
+    from peft import PeftModel
 
 from ..errors import InputError
 from ..layout import CONFIG_NAME, WEIGHTS_NAME
@@ -26,7 +31,7 @@ def quiet_head_initialisation() -> Iterator[None]:
     from transformers.utils import logging as hf_logging
 
     previous = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     try:
         yield
     finally:
@@ -75,6 +80,18 @@ def build_base_model(name: str | Path, adapter: str | Path) -> Any:
     heads = _head_passthrough(weights, config) if weights.is_file() else {}
     with quiet_head_initialisation():
         return load_base_model(str(name), config.get("task_type"), heads)
+
+
+@overload
+def load_adapter(base_model: "DiffusionPipeline", path: str | Path, **kwargs: Any) -> "DiffusionPipeline": ...
+
+
+@overload
+def load_adapter(base_model: "ModelMixin", path: str | Path, **kwargs: Any) -> "ModelMixin": ...
+
+
+@overload
+def load_adapter(base_model: "torch.nn.Module | str | Path", path: str | Path, **kwargs: Any) -> "PeftModel": ...
 
 
 def load_adapter(base_model: Any, path: str | Path, **kwargs: Any) -> Any:
