@@ -209,6 +209,8 @@ def test_carried_modules_stay_byte_identical_or_are_dropped_by_name(tmp_path: Pa
         assert torch.equal(written[f"{name}.{suffix}"], tensors[f"{name}.{suffix}"])
     report = json.loads((out / "wavecompress_report.json").read_text())
     assert [m["name"] for m in report["carried"]] == [name]
+    # the input's stored values count the carried module too (all its tensors) beside the converted factors
+    assert report["input_stored_values"] == sum(v.numel() for k, v in tensors.items() if not k.endswith(".alpha") or k.startswith(name))
     dropped = CliRunner().invoke(main, ["convert", str(path), "--budget", "200", "--method", "lora", "--out", str(tmp_path / "d"),
                                         "--quiet", "--drop-unconvertible"])
     assert dropped.exit_code == 0 and "dropped by --drop-unconvertible: 1 modules" in dropped.output

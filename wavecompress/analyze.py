@@ -353,7 +353,7 @@ def _converted_sizes(found: dict, deltas, variant: str, plain: str, budget: int,
 
     key = budget if saturated is None else min(budget, saturated)
     if key not in found[variant]:
-        job = Job(method=variant, budget=Budget(per_layer=key), options=replace(options, dtype=dtype), baselines=())
+        job = Job(method=get_method(variant), budget=Budget(per_layer=key), options=replace(options, dtype=dtype), baselines=())
         rows = run(deltas, job).report.layers
         found[variant][key] = {row.name: row.result for row in rows}
         if plain in found:

@@ -119,4 +119,4 @@ def choose(deltas: AdapterDeltas, job: Job, methods: tuple[str, ...], wavelet_au
 
 def _candidate(job: Job, method: str, wavelet: str, **changes: Any) -> Job:
     """``job`` with ``method`` and ``wavelet`` (and any other field in ``changes``)."""
-    return replace(job, method=method, options=replace(job.options, wavelet=wavelet), **changes)
+    return replace(job, method=get_method(method), options=replace(job.options, wavelet=wavelet), **changes)

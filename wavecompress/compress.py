@@ -138,15 +138,15 @@ def make_job(budget: int | Budget | None, method: str, wavelet: str = "db1", lev
         spec = budget
     else:
         spec = Budget.of(budget, budget_total, budget_ratio, max_size, allocate, rank=rank, target_error=target_error)
-    if method != AUTO:
-        get_method(method)  # unknown method names fail here
+    # The name is resolved here, once; for "auto" choose() (auto_select.py) sets each candidate in turn.
+    found = get_method(method if method != AUTO else method_names(auto=True)[0])
     for name in baselines:
         get_method(name)
     options = MethodOptions(wavelet=wavelet if wavelet == AUTO else validate_wavelet(wavelet), levels=levels,
                             reorder=reorder_choice(reorder), scaling=scaling, seed=seed, dtype=dtype)
     if levels is not None and levels < 0:
         raise InputError(f"levels must be >= 0, got {levels}")
-    return Job(method=method, budget=spec, options=options, baselines=tuple(baselines), device=device, progress=progress)
+    return Job(method=found, budget=spec, options=options, baselines=tuple(baselines), device=device, progress=progress)
 
 
 def load_calibration(calibration: Any) -> Any:

@@ -13,7 +13,7 @@ from pathlib import Path
 from .deltas.in_memory import DeltaSource, as_adapter_deltas
 from .errors import InputError
 from .formats import write_adapter
-from .formats.kohya_writer import LAYOUTS, layout_of, write_lora_layout
+from .formats.kohya_writer import LAYOUTS, check_layout_names, layout_of, write_lora_layout
 from .methods.allocation import layer_names
 from .methods.compressed_layer import with_weight_shape
 from .methods.precision import stored_layer, validate_dtype
@@ -46,6 +46,8 @@ def export_lora(source: DeltaSource, out_dir: str | Path, rank: int | None = Non
     stored_dtype = validate_dtype(dtype)
     deltas = as_adapter_deltas(source)
     layers_in = list(deltas.layers)
+    chosen = layout_of(layer_names(layers_in), deltas.kind) if layout == "auto" else layout
+    check_layout_names(layer_names(layers_in), chosen)  # before the SVDs
     curves = [lora_svd.METHOD.rd_curve(delta, MethodOptions(), min(delta.shape) * sum(delta.shape)) for delta in layers_in]
     lossless = {curve.name: len(curve.costs) for curve in curves}  # numerical rank of each layer
     search = None
@@ -80,7 +82,6 @@ def export_lora(source: DeltaSource, out_dir: str | Path, rank: int | None = Non
     else:
         report.notes.append("exported to LoRA by truncated SVD of each layer's ΔŴ at its numerical rank "
                             "(lossless up to float rounding)")
-    chosen = layout_of(layer_names(layers_in), deltas.kind) if layout == "auto" else layout
     report.carried, report.dropped = [m.entry() for m in deltas.carried], [m.entry() for m in deltas.dropped]
     if chosen == "peft":
         write_adapter(Path(out_dir), layers, deltas, report, force=force)

@@ -27,6 +27,7 @@ from .methods.allocation import Allocation, bytes_per_value, bytes_total, layer_
 from .methods.budget import Budget
 from .layout import LORA, WAVEFT
 from .methods.options import DEFAULT_REORDER
+from .methods.registry import Method
 from .methods.precision import stored_layer
 from .methods.shared_permutations import PermutationChoice, bytes_share
 from .report import LayerReport, MethodSummary, Report
@@ -34,9 +35,13 @@ from .report import LayerReport, MethodSummary, Report
 
 @dataclass(frozen=True)
 class Job:
-    """One conversion, validated: output method, budget, method options, baselines, calibration, device."""
+    """One conversion, validated: output method, budget, method options, baselines, calibration, device.
 
-    method: str
+    ``method`` is the registered :class:`~wavecompress.methods.registry.Method` object; names are resolved
+    once, where they enter (compress.py, the CLI). For ``method="auto"`` auto_select.py sets each candidate.
+    """
+
+    method: Method
     budget: Budget
     options: MethodOptions
     baselines: tuple[str, ...] = BASELINES
@@ -59,14 +64,14 @@ def check_finite_result(layer: CompressedLayer, source: str) -> None:
         raise InputError(f"{source}: layer {layer.name} has values too large to process in float32 (overflow)")
 
 
-def order_variant(method: str, delta: LayerDelta, budget: int, options: MethodOptions) -> tuple[str, MethodSummary]:
+def order_variant(method: Method, delta: LayerDelta, budget: int, options: MethodOptions) -> tuple[str, MethodSummary]:
     """The other ordering of ``method`` for the report: ``<method>-plain`` when reordered, else
     ``<method>-reordered`` (default ordering), so plain and reordered always show side by side."""
     if options.reorder:
-        name, other = f"{method}-plain", replace(options, reorder=None)
+        name, other = f"{method.name}-plain", replace(options, reorder=None)
     else:
-        name, other = f"{method}-reordered", replace(options, reorder=DEFAULT_REORDER)
-    layer = stored_layer(get_method(method).compress(delta, budget, other), delta, options.dtype)
+        name, other = f"{method.name}-reordered", replace(options, reorder=DEFAULT_REORDER)
+    layer = stored_layer(method.compress(delta, budget, other), delta, options.dtype)
     return name, replace(MethodSummary.of(layer), method=name)
 
 
@@ -82,13 +87,14 @@ def convert(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
 
 def run(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
     """Compress every layer with ``job.method`` and each baseline at the planned budgets; the report beside it."""
-    method, spec, options, baselines, calibration = job.method, job.budget, job.options, job.baselines, job.calibration
+    found, spec, options, baselines, calibration = job.method, job.budget, job.options, job.baselines, job.calibration
+    method = found.name
     plans = plan_budgets(deltas.layers, [method, *baselines], options, spec, spec.allocate, deltas.stored_values,
                          calibration=calibration)
     layers, rows = [], []
     progress = job.progress
     target = resolve_device(job.device)  # "cuda": each layer moves there in turn; CPU fallback with a warning
-    reorderable = get_method(method).reorderable
+    reorderable = found.reorderable
     # Permutations are chosen per layer / group only under a size limit (job.bytes_share): at a values
     # budget sharing lost in every group measured (methods/shared_permutations.py), so that path is unchanged.
     choice = (permutation_choice(deltas, job, plans[method], target)
@@ -106,7 +112,7 @@ def run(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
         with_weight_shape(kept, delta.info)
         others = {}
         if reorderable and job.order_variant:
-            variant, summary = order_variant(method, delta, budget, options)
+            variant, summary = order_variant(found, delta, budget, options)
             others[variant] = summary
         summary = with_activation_error(MethodSummary.of(kept), delta, kept, gram)
         return kept, LayerReport(delta.name, delta.shape, budget, kept.budget_clamped, summary, others)
@@ -121,7 +127,7 @@ def run(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
     compared = [b for b in baselines if b != method]
     if compared:  # each baseline at equal values and at the output's bytes (<baseline>@bytes), one pass
         add_baseline_columns(deltas, rows, layers, compared, plans, options, calibration, target)
-    kept = [keep_exactly(delta, method) for delta in deltas.kept]
+    kept = [keep_exactly(delta, found) for delta in deltas.kept]
     layers.extend(kept)
     report = Report(
         method=method,
@@ -148,26 +154,26 @@ def permutation_choice(deltas: AdapterDeltas, job: Job, plan: Allocation, target
     names = layer_names(deltas.layers)
     index = {name: i for i, name in enumerate(names)}
     return PermutationChoice(
-        job.method, job.options, layer_shapes(deltas.layers),
+        job.method.name, job.options, layer_shapes(deltas.layers),
         fetch=lambda name: layer_to_device(deltas.layers[index[name]], target),
         budget_of=plan.budget_of, finish=lambda layer, delta: stored_layer(layer, delta, job.options.dtype),
         bytes_share=job.bytes_share)
 
 
-def check_kept_fits(deltas: AdapterDeltas, method: str) -> None:
+def check_kept_fits(deltas: AdapterDeltas, method: Method) -> None:
     """Stock-PEFT WaveFT cannot hold exactly kept layers: refuse before any work."""
-    if len(deltas.kept) and get_method(method).peft_type == WAVEFT:
-        raise InputError(f"{deltas.source}: --method {method} (stock PEFT WaveFT) cannot store the "
+    if len(deltas.kept) and method.peft_type == WAVEFT:
+        raise InputError(f"{deltas.source}: --method {method.name} (stock PEFT WaveFT) cannot store the "
                          f"{len(deltas.kept)} layers --include/--exclude leave unselected exactly (first: "
                          f"{deltas.kept[0].name if not hasattr(deltas.kept, 'names') else deltas.kept.names[0]}); "
                          "pass --drop-unselected to drop them, or use another method")
 
 
-def keep_exactly(delta: LayerDelta, method: str) -> CompressedLayer:
+def keep_exactly(delta: LayerDelta, method: Method) -> CompressedLayer:
     """An unselected layer as stored in the output: a plain LoRA layer in LoRA outputs, else a ``kept`` layer."""
     from .methods import kept
 
-    return with_weight_shape(kept.as_lora(delta) if get_method(method).peft_type == LORA else kept.compress(delta), delta.info)
+    return with_weight_shape(kept.as_lora(delta) if method.peft_type == LORA else kept.compress(delta), delta.info)
 
 
 def kept_entry(layer: CompressedLayer) -> dict[str, Any]:
@@ -211,12 +217,12 @@ def fit_to_size(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
     """
     from .formats.adapter_writer import serialized_weights
 
-    spec, method = job.budget, job.method
+    spec, method = job.budget, job.method.name
     options = replace(job.options, scaling=None, seed=None)  # the byte probes do not depend on them
     carried = sum(t.numel() * t.element_size() for t in deltas.verbatim_tensors().values())
     names = layer_names(deltas.layers)
     share = None  # how reordered layers pay for their permutations (methods/shared_permutations.py)
-    if options.reorder and get_method(method).reorderable:
+    if options.reorder and job.method.reorderable:
         plain = replace(options, reorder=None)
         room = bytes_total(spec, names, method, plain, carried, deltas.layers[0])[0] * bytes_per_value(method, deltas.layers[0], plain)[0]
         share = bytes_share(layer_shapes(deltas.layers).values(), room)
@@ -261,7 +267,7 @@ def fit_to_error(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
     """
     from .methods.target import total_for_target
 
-    target, method = job.budget.target_error, job.method
+    target, method = job.budget.target_error, job.method.name
     layers = list(deltas.layers)
     with tqdm(total=len(layers), desc=f"{method} curves for error ≤ {target:g}", unit="layer",
               disable=None if job.progress is None else not job.progress) as bar:

@@ -9,7 +9,7 @@ import click
 
 from ..calibration import calibration_for
 from ..compress import cli_words, compress
-from ..deltas import read_input
+from ..deltas import AdapterDeltas, read_input
 from ..errors import InputError
 from ..finetune import defaults as FINETUNE_DEFAULTS
 from ..formats.atomic import atomic_write_bytes
@@ -117,6 +117,8 @@ def _convert(input_path: Path | None, out_dir: Path | None, report_path: Path | 
     check_outputs([input_path, base, tuned, calibration, base_model, finetune_data], target,
                   [("--report", report_path), ("--save-calibration", save_calibration)], force)
     input_path, source = read_input(input_path, base, tuned, include, exclude, drop_unselected)
+    if layout in ("kohya", "diffusers"):
+        source = check_layout_names(source, layout)  # names the layout cannot spell: refused before converting
     if dry_run:
         from ..plan import describe_plan
 
@@ -181,3 +183,14 @@ def _convert(input_path: Path | None, out_dir: Path | None, report_path: Path | 
         except KeyboardInterrupt:
             raise InterruptedAfterWrite(f"the push to {push_to} was stopped (nothing is committed until the single "
                                         f"commit lands); the converted adapter is intact at {target}") from None
+
+
+def check_layout_names(source: Path | AdapterDeltas, layout: str) -> AdapterDeltas:
+    """The input read, its module names checked for ``layout`` (formats/kohya_writer.check_layout_names)."""
+    from ..deltas import load_deltas
+    from ..formats.kohya_writer import check_layout_names as check_names
+    from ..methods.allocation import layer_names
+
+    deltas = source if isinstance(source, AdapterDeltas) else load_deltas(source)
+    check_names(layer_names(deltas.layers), layout)
+    return deltas

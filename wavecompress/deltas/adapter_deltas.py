@@ -125,7 +125,13 @@ class AdapterDeltas:
 
     @property
     def stored_values(self) -> int:
-        """Trainable values the input stores for its layers (factors or dense entries)."""
+        """Trainable values the input stores for its layers (factors or dense entries) and for the modules it
+        carries verbatim or drops (``carried``/``dropped``)."""
+        unconverted = sum(module.stored_values for module in (*self.carried, *self.dropped))
+        return self.layer_values() + unconverted
+
+    def layer_values(self) -> int:
+        """Trainable values the input stores for its layers."""
         if isinstance(self.layers, LazyLayers):
             return self.layers.stored_values
         total = 0

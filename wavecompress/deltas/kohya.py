@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -83,9 +84,12 @@ def _alpha(path: Path, module: str, parts: dict[str, torch.Tensor]) -> float | N
     return float(value.reshape(()).float())
 
 
-def _lora_layer(path: Path, module: str, parts: dict[str, torch.Tensor]) -> LayerDelta:
+def _lora_layer(path: Path, module: str, parts: dict[str, torch.Tensor],
+                scale_without_alpha: Callable[[str, int], float | None]) -> LayerDelta:
     """The LayerDelta of a down/up module: linear, convolution (4-D factors; sd-scripts' LoCon) or CP
-    (``lora_mid``: a k×k core between 1×1 factors), a conv's ΔW as its (c_out, c_in·kh·kw) matrix."""
+    (``lora_mid``: a k×k core between 1×1 factors), a conv's ΔW as its (c_out, c_in·kh·kw) matrix. The scale
+    is alpha / r with the module's alpha tensor, else ``scale_without_alpha(module, r)`` (diffusers' metadata),
+    else 1."""
     if "down" not in parts or "up" not in parts:
         missing = "up" if "down" in parts else "down"
         raise InputError(f"{path}: module {module} has no lora_{missing} tensor")
@@ -102,7 +106,7 @@ def _lora_layer(path: Path, module: str, parts: dict[str, torch.Tensor]) -> Laye
     if rank == 0:
         raise InputError(f"{path}: module {module} has rank 0")
     alpha = _alpha(path, module, parts)
-    scale = alpha / rank if alpha is not None else 1.0
+    scale = alpha / rank if alpha is not None else (scale_without_alpha(module, rank) or 1.0)
     stored = down.numel() + up.numel()
     info = {"rank": rank, "scaling": scale, "dtype": str(down.dtype).replace("torch.", "")}
     if "mid" in parts:
@@ -173,12 +177,7 @@ def read_kohya(path: str | Path) -> AdapterDeltas:
             continue
         if set(parts) == {"alpha"}:
             raise InputError(f"{path}: tensor {module}.alpha has no lora_down/lora_up tensors beside it")
-        layer = _lora_layer(path, module, parts)
-        scale = scales(module, layer.info["rank"]) if "alpha" not in parts else None
-        if scale is not None and scale != 1.0:
-            layer = LayerDelta.from_factors(module, layer.left * scale, layer.right, **{**layer.info, "scaling": scale}) \
-                if layer.is_factored else LayerDelta.from_dense(module, layer.dense * scale, **{**layer.info, "scaling": scale})
-        layers.append(layer)
+        layers.append(_lora_layer(path, module, parts, scales))
     if not layers:
         names = ", ".join(c.name for c in carried) or "none"
         raise InputError(f"{path}: no convertible LoRA modules (not convertible: {names})")

@@ -27,6 +27,31 @@ def is_diffusion_target(target: Any) -> bool:
     return (type(target).__module__ or "").startswith("diffusers.")
 
 
+def names_diffusion_modules(path: str | Path) -> bool:
+    """True when a local adapter's tensors are named for a diffusion pipeline: kohya ``lora_unet_*``/``lora_te*_*``
+    or diffusers ``unet.``/``text_encoder.``… prefixes (a PEFT output keeps them under ``base_model.model.``).
+    Reads the safetensors header only; a Hub id or an unreadable path is False."""
+    from ..deltas.diffusers_metadata import COMPONENTS
+    from ..deltas.kohya import DIFFUSERS_WEIGHTS_NAME
+    from ..formats.kohya_writer import KOHYA_PREFIXES
+    from ..layout import WEIGHTS_NAME
+
+    local = Path(path)
+    if local.is_dir():
+        found = [local / WEIGHTS_NAME, local / DIFFUSERS_WEIGHTS_NAME, *sorted(local.glob("*.safetensors"))]
+        local = next((file for file in found if file.is_file()), local)
+    if not local.is_file() or local.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(local), framework="pt") as reader:
+            keys = [key.removeprefix("base_model.model.") for key in reader.keys()]
+    except Exception:  # not a safetensors file: the PEFT loader says what is wrong with it
+        return False
+    return bool(keys) and all(key.startswith(KOHYA_PREFIXES) or key.split(".", 1)[0] in COMPONENTS for key in keys)
+
+
 def components_of(target: Any) -> dict[str, nn.Module]:
     """{component name: module}: a pipeline's UNet/transformer and text encoders, or one component under its role."""
     if isinstance(target, nn.Module):

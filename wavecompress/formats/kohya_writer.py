@@ -27,7 +27,7 @@ from ..deltas.adapter_deltas import AdapterDeltas
 from ..deltas.diffusers_metadata import COMPONENTS, KEY as DIFFUSERS_METADATA_KEY
 from ..deltas.kohya import DIFFUSERS_WEIGHTS_NAME
 from ..errors import InputError
-from ..layout import REPORT_NAME, carried_metadata
+from ..layout import REPORT_NAME, carried_metadata, input_stem
 from ..methods.compressed_layer import CompressedLayer
 from ..report import Report
 from .atomic import atomic_directory, atomic_write_bytes
@@ -40,11 +40,14 @@ _KOHYA_OF_COMPONENT = {"unet": "lora_unet", "text_encoder": "lora_te", "text_enc
 
 
 def layout_of(names: Iterable[str], kind: str) -> str:
-    """The layout an input is in: kohya (``lora_unet_*`` names), diffusers (component prefixes) or peft."""
+    """The layout an input is in: kohya (``lora_unet_*`` names), diffusers (component prefixes: a diffusers file, or
+    an output of one, named ``unet.``/``text_encoder*.``; a ``transformer.`` prefix alone is also GPT-2's, so it
+    counts only in a file read as a diffusion LoRA) or peft."""
     names = list(names)
     if names and all(name.startswith(KOHYA_PREFIXES) for name in names):
         return "kohya"
-    if kind.startswith(("kohya", "lycoris")) and names and all(name.split(".", 1)[0] in COMPONENTS for name in names):
+    heads = {name.split(".", 1)[0] for name in names}
+    if names and heads <= set(COMPONENTS) and (kind.startswith(("kohya", "lycoris")) or heads & {"unet", "text_encoder", "text_encoder_2"}):
         return "diffusers"
     return "peft"
 
@@ -72,6 +75,18 @@ def diffusers_name(name: str) -> str:
         raise InputError(f"module {name}: kohya names cannot be turned back into module paths without the model; "
                          "write --layout kohya (diffusers' load_lora_weights reads kohya files)")
     return name if name.split(".", 1)[0] in COMPONENTS else f"unet.{name}"
+
+
+def check_layout_names(names: Iterable[str], layout: str) -> None:
+    """Refuse, before any work, module names that ``layout`` cannot spell (kohya names have no diffusers path
+    without the model; Flux/SD3 components have no kohya prefix)."""
+    names = list(names)
+    components = {name.split(".", 1)[0] for name in names}
+    for name in names:
+        if layout == "kohya":
+            kohya_name(name, components)
+        elif layout == "diffusers":
+            diffusers_name(name)
 
 
 def _lora_factors(layer: CompressedLayer) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -182,7 +197,7 @@ def write_lora_layout(out: Path, layout: str, layers: list[CompressedLayer], sou
 
     kohya: ``out`` ending in ``.safetensors`` is the file itself, else a folder holding ``<folder name>.safetensors``
     and the report. diffusers: a folder with ``pytorch_lora_weights.safetensors`` and the report."""
-    comment = f"converted by wavecompress ({report.method}, relative error {report.relative_error:.4f} vs {source.source_name})"
+    comment = f"converted by wavecompress ({report.method}, relative error {report.relative_error:.4f} vs {input_stem(source.source)})"
     if layout == "kohya":
         tensors = kohya_tensors(layers, source, dtype)
         data = deterministic_bytes(tensors, kohya_metadata(tensors, layers, source, comment))

@@ -69,12 +69,21 @@ For ComfyUI, A1111 or `pipe.load_lora_weights`, write a kohya file:
 _DIFFUSION_NAMES = re.compile(r"^(lora_unet_|lora_te\d?_|unet\.|text_encoder(_\d)?\.|transformer\.)")
 
 
+def is_diffusion_output(targets: Any) -> bool:
+    """True when every module is named for a diffusion pipeline; ``transformer.*`` names alone are also GPT-2's
+    (``transformer.h.0.attn.c_attn``), so they count only beside kohya, ``unet.`` or text-encoder names."""
+    if not targets or isinstance(targets, str):
+        return False
+    names = [str(name) for name in targets]
+    return all(_DIFFUSION_NAMES.match(name) for name in names) and not all(name.startswith("transformer.") for name in names)
+
+
 def _loading_blocks(method: str, config: dict[str, Any], repo: str) -> list[str]:
     """wavecompress formats: the one-call loader first, then plain PEFT; stock formats the other way round
     (no wavecompress needed); diffusion adapters (kohya or diffusers module names): into a pipeline.
     ``base_model`` is named by its Hub id when known."""
     targets = config.get("target_modules") or []
-    if targets and not isinstance(targets, str) and all(_DIFFUSION_NAMES.match(str(name)) for name in targets):
+    if is_diffusion_output(targets):
         return [_DIFFUSION.format(repo=repo)]
     base_model = config.get("base_model_name_or_path")
     base = f'"{base_model}"' if base_model and _HUB_ID.match(str(base_model)) else "base_model"

@@ -101,13 +101,18 @@ def load_adapter(base_model: Any, path: str | Path, **kwargs: Any) -> Any:
     ``path``: an output folder (WaRA, top-k WaveFT, LoRA, stock WaveFT), any PEFT LoRA, or a Hub repo id.
     Extra keyword arguments go to PEFT (``is_trainable=True``, ``adapter_name=...``).
 
-    A diffusers pipeline (or its UNet / transformer) as ``base_model`` gets the adapter applied in place and is
+    A diffusers pipeline (or its UNet / transformer, or a text encoder given an adapter with kohya / diffusers
+    module names) as ``base_model`` gets the adapter applied in place and is
     returned (kohya ``lora_unet_*`` and diffusers ``unet.*`` names are mapped to its modules; ``merge=True`` folds
     ΔŴ into the weights; diffusion/loading.py).
     """
-    from ..diffusion.loading import is_diffusion_target
+    import torch
 
-    if is_diffusion_target(base_model):  # a diffusers pipeline or model: applied in place, as load_lora_weights does
+    from ..diffusion.loading import is_diffusion_target, names_diffusion_modules
+
+    # a diffusers pipeline or model, or one component (a CLIPTextModel) given an adapter named for a pipeline:
+    # applied in place, as load_lora_weights does
+    if is_diffusion_target(base_model) or (isinstance(base_model, torch.nn.Module) and names_diffusion_modules(path)):
         from ..diffusion.loading import load_into
 
         return load_into(base_model, path, **kwargs)
