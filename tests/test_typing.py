@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC = ["wavecompress/__init__.py", "wavecompress/compress.py", "wavecompress/compressed_adapter.py",
-          "wavecompress/report.py", "wavecompress/output_reader.py", "wavecompress/peft_integration/loader.py",
+          "wavecompress/report.py", "wavecompress/peft_integration/loader.py",
           "wavecompress/peft_integration/fresh.py", "wavecompress/deltas/__init__.py", "wavecompress/deltas/in_memory.py",
           "wavecompress/deltas/peft_model.py", "wavecompress/integrations/transformers.py"]
 MYPY = [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--no-incremental", *PUBLIC]

@@ -74,9 +74,9 @@ def config_dict(config: Any) -> dict[str, Any]:
     if isinstance(config, Mapping):
         settings: dict[str, Any] = json.loads(json.dumps(dict(config), default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
         return settings
-    from ..formats.adapter_config import json_ready
-
-    ready: dict[str, Any] = json.loads(json.dumps(json_ready(config), default=str))
+    raw = {key: sorted(value) if isinstance(value, set) else getattr(value, "value", value)  # sets, enums
+           for key, value in config.to_dict().items()}
+    ready: dict[str, Any] = json.loads(json.dumps(raw, default=str))
     return ready
 
 

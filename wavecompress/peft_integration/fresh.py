@@ -43,10 +43,8 @@ class FreshAdapterConfig(WavecompressConfig):
         from ..errors import InputError
         from ..methods import get_method
         from ..transforms import validate_wavelet
-        from .registration import register
-
         super().__post_init__()  # type: ignore[no-untyped-call]
-        register()
+        # PEFT knows this peft_type once peft is imported: ``import wavecompress`` arranges it (peft_integration/hook.py).
         self.peft_type = get_method(self.method).peft_type
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget <= 0:
             raise InputError(f"budget must be a positive number of stored values per layer, got {self.budget!r}")
