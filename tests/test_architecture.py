@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("formats", "kernels", "output_guard"),  # writers; fused kernels; the guard every writer goes through
     ("compressed_adapter", "calibration", "pipeline", "equal_bytes", "auto_select", "compress", "targets", "plan", "analyze",
      "export", "batch", "finetune", "diffusion", "peft_integration"),  # the pipeline and its users
-    ("cli", "__init__"),
+    ("cli", "integrations", "__init__"),  # integrations: callbacks for training libraries (library users)
 ]
 MAX_AGAINST_LAYERING = 4
 

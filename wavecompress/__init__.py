@@ -37,6 +37,7 @@ def _interrupt_quietly_while_starting() -> None:
 _interrupt_quietly_while_starting()
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -58,15 +59,34 @@ def reconstruct(path: str | Path) -> dict[str, torch.Tensor]:
 
 to_delta = reconstruct
 
+# Loaded on first use (they import peft / the fine-tune loop, which ``import wavecompress`` does not).
+_LAZY = {"WaraConfig": ("peft_integration.fresh", "WaraConfig"),
+         "WaveFTTopKConfig": ("peft_integration.fresh", "WaveFTTopKConfig"),
+         "finetune": ("finetune", "")}  # the package, callable as finetune.finetune (finetune/__init__.py)
+
+
+def __getattr__(name: str) -> Any:
+    """``wavecompress.WaraConfig``, ``wavecompress.WaveFTTopKConfig`` and ``wavecompress.finetune`` on first use."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'wavecompress' has no attribute {name!r}")
+    import importlib
+
+    module, attribute = _LAZY[name]
+    found = importlib.import_module(f".{module}", __name__)
+    return getattr(found, attribute) if attribute else found
+
 __all__ = [
     "AdapterDeltas",
     "CompressedAdapter",
     "InputError",
     "LayerDelta",
     "Report",
+    "WaraConfig",
+    "WaveFTTopKConfig",
     "WavecompressError",
     "__version__",
     "compress",
+    "finetune",
     "load_adapter",
     "load_deltas",
     "load_peft_model",

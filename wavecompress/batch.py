@@ -196,14 +196,19 @@ def convert_one(item: BatchItem, options: dict[str, Any], force: bool = False,
 def _convert(source: Path, options: dict[str, Any], inputs: InputOptions) -> Any:
     """:func:`wavecompress.compress` of one input, read with ``inputs``."""
     from .calibration import calibration_for
-    from .compress import compress
+    from .compress import cli_words, compress
+    from .errors import InputError
     from .deltas import read_input
     from .deltas.safetensors_reader import skip_nonfinite_layers
 
     with skip_nonfinite_layers(inputs.allow_nonfinite):
         _, deltas = read_input(source, inputs.base, None, inputs.include, inputs.exclude, inputs.drop_unselected)
         calibration = calibration_for(deltas, inputs.calibration, inputs.base_model, inputs.calibration_tokens)
-        return compress(deltas, progress=False, calibration=calibration, drop_unconvertible=inputs.drop_unconvertible, **options)
+        try:  # the CLI's columns (the plain-order one too) and its flag names in messages
+            return compress(deltas, progress=False, calibration=calibration, drop_unconvertible=inputs.drop_unconvertible,
+                            compare_orders=True, **options)
+        except InputError as exc:
+            raise InputError(cli_words(str(exc))) from None
 
 
 def die_with_parent() -> None:

@@ -8,6 +8,7 @@ reads the input, and runs the job: :func:`wavecompress.pipeline.convert`, or
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -52,6 +53,9 @@ def compress(
     target_error: float | None = None,
     optimise: str | None = None,
     drop_unconvertible: bool = False,
+    adapter_name: str | None = None,
+    config: Any = None,
+    compare_orders: bool | None = None,
 ) -> CompressedAdapter:
     """Compress every layer of ``source`` to ``budget`` stored values with ``method``.
 
@@ -78,14 +82,18 @@ def compress(
     tensor) are carried into the output verbatim, or left out with ``drop_unconvertible=True``; the
     report names them either way.
     """
-    job = make_job(budget, method, wavelet, levels, baselines, progress, reorder, budget_total=budget_total,
-                   budget_ratio=budget_ratio, max_size=max_size, allocate=allocate, scaling=scaling, seed=seed,
-                   device=device, dtype=dtype, rank=rank, target_error=target_error)
+    try:
+        job = make_job(budget, method, wavelet, levels, baselines, progress, reorder, budget_total=budget_total,
+                       budget_ratio=budget_ratio, max_size=max_size, allocate=allocate, scaling=scaling, seed=seed,
+                       device=device, dtype=dtype, rank=rank, target_error=target_error)
+    except InputError as exc:  # validation shared with the CLI names flags; a library caller reads keywords
+        raise InputError(library_words(str(exc))) from None
     if job.budget.target_error is not None and (method == AUTO or wavelet == AUTO):
-        raise InputError("--target-error needs one --method and --wavelet (auto compares methods at one budget)")
+        raise InputError("target_error= needs one method= and wavelet= (auto compares methods at one budget)")
     if job.budget.target_error is not None and calibration is not None:
-        raise InputError("--target-error sizes by the Frobenius error; it cannot be combined with --calibration")
-    deltas = as_adapter_deltas(source)
+        raise InputError("target_error= sizes by the Frobenius error; it cannot be combined with calibration=")
+    job = replace(job, order_variant=bool(baselines) if compare_orders is None else compare_orders)
+    deltas = as_adapter_deltas(source, adapter_name=adapter_name, config=config)
     if drop_unconvertible:
         deltas.drop_unconvertible()
     job = replace(job, calibration=load_calibration(calibration))
@@ -93,6 +101,24 @@ def compress(
         candidates = method_names(auto=True) if method == AUTO else (method,)
         return choose(deltas, job, candidates, wavelet_auto=wavelet == AUTO, optimise=optimise)
     return convert(deltas, job)
+
+
+# Options whose shared validation messages name CLI flags (methods/budget.py, methods/precision.py):
+# compress() speaks the keyword, the CLI speaks the flag (cli_words turns a library message back).
+OPTION_WORDS = ("budget_total", "budget_ratio", "max_size", "target_error", "calibration", "budget", "method", "wavelet",
+                "levels", "rank", "dtype", "allocate", "reorder", "baselines")
+_FLAG = re.compile(r"--(" + "|".join(w.replace("_", "-") for w in OPTION_WORDS) + r")\b(?: (?=[A-Z]))?")
+_KEYWORD = re.compile(r"\b(" + "|".join(OPTION_WORDS) + r")=((?=[A-Z]))?")
+
+
+def library_words(message: str) -> str:
+    """``message`` with CLI flags as keyword arguments: "--budget-total N" → "budget_total=N"."""
+    return _FLAG.sub(lambda m: m.group(1).replace("-", "_") + "=", message)
+
+
+def cli_words(message: str) -> str:
+    """The inverse of :func:`library_words`, for the CLI: "budget_total=N" → "--budget-total N"."""
+    return _KEYWORD.sub(lambda m: "--" + m.group(1).replace("_", "-") + (" " if m.group(2) is not None else ""), message)
 
 
 def make_job(budget: int | Budget | None, method: str, wavelet: str = "db1", levels: int | None = None,

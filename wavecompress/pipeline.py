@@ -51,6 +51,9 @@ class Job:
     # Under a size limit, what a layer's planned values count for permutation choices
     # (methods/shared_permutations.py BYTES_SHARES: "permuted" or "plain"); None: a values budget.
     bytes_share: str | None = None
+    # The other-ordering column (<method>-plain / <method>-reordered) beside a reorderable method;
+    # compress(baselines=()) turns it off with the baselines (compare_orders=).
+    order_variant: bool = True
 
 
 def check_finite_result(layer: CompressedLayer, source: str) -> None:
@@ -108,7 +111,7 @@ def run(deltas: AdapterDeltas, job: Job) -> CompressedAdapter:
         check_finite_result(layer_to_cpu(kept), deltas.source)
         with_weight_shape(kept, delta.info)
         others = {}
-        if reorderable:
+        if reorderable and job.order_variant:
             variant, summary = order_variant(found, delta, budget, options)
             others[variant] = summary
         summary = with_activation_error(MethodSummary.of(kept), delta, kept, gram)

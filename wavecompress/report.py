@@ -185,9 +185,11 @@ class Report:
                 sum(r.error_sq for r in rows),
                 sum(r.energy for r in rows),
             )
-            if rows and all(r.act_error_sq is not None for r in rows):
-                totals[name].act_error_sq = sum(r.act_error_sq for r in rows)
-                totals[name].act_energy = sum(r.act_energy for r in rows)
+            act_errors = [r.act_error_sq for r in rows]
+            act_energies = [r.act_energy for r in rows]
+            if rows and all(v is not None for v in act_errors):
+                totals[name].act_error_sq = sum(v for v in act_errors if v is not None)
+                totals[name].act_energy = sum(v for v in act_energies if v is not None)
         return totals
 
     @property

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..calibration import calibration_for
-from ..compress import compress
+from ..compress import cli_words, compress
 from ..deltas import AdapterDeltas, read_input
 from ..errors import InputError
 from ..finetune import defaults as FINETUNE_DEFAULTS
@@ -144,8 +144,11 @@ def _convert(input_path: Path | None, out_dir: Path | None, report_path: Path | 
     if (note := cuda_fallback_note(device)) is not None:
         click.echo(note, err=True)
         device = "cpu"
-    result = compress(source, spec, progress=None, calibration=calib, device=device, drop_unconvertible=drop_unconvertible,
-                      **kwargs)
+    try:
+        result = compress(source, spec, progress=None, calibration=calib, device=device,
+                          drop_unconvertible=drop_unconvertible, compare_orders=True, **kwargs)
+    except InputError as exc:  # the library names keywords (budget=, method=); the CLI names its flags
+        raise InputError(cli_words(str(exc))) from None
     report = result.report
     method = report.method
     if not quiet:

@@ -155,10 +155,12 @@ def _expected_rank(config: dict[str, Any], module_name: str) -> int | None:
     return int(config["r"]) if "r" in config else None
 
 
-def read_peft_lora(config: dict[str, Any], weights_path: Path, base: str | Path | None = None) -> AdapterDeltas:
+def read_peft_lora(config: dict[str, Any], weights_path: Path, base: str | Path | None = None,
+                   tensors: dict[str, torch.Tensor] | None = None) -> AdapterDeltas:
     """Build layer deltas from a PEFT LoRA state dict and its (already parsed) config.
 
     DoRA adapters (``use_dora``) go to :mod:`.dora`, which needs the base weights ``base``.
+    ``tensors``: the state dict in memory (``weights_path`` then only names it in messages).
     """
     check_lora_config(config, weights_path.parent / "adapter_config.json")
     if config.get("use_dora"):
@@ -167,7 +169,7 @@ def read_peft_lora(config: dict[str, Any], weights_path: Path, base: str | Path 
         if base is None:
             raise base_required_error(weights_path)
         return read_dora(read_peft_lora({**config, "use_dora": False}, weights_path), weights_path, base)
-    tensors, metadata = read_safetensors(weights_path)
+    tensors, metadata = read_safetensors(weights_path) if tensors is None else (dict(sorted(tensors.items())), {})
     groups: dict[str, dict[str, str]] = defaultdict(dict)
     passthrough: dict[str, torch.Tensor] = {}
     adapters: dict[str, str] = {}

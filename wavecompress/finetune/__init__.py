@@ -8,6 +8,9 @@ Only float stored values (top-k values, WaRA or LoRA factors) train; indices and
 stay fixed, so the output has the input's format and size.
 """
 
+import sys
+from typing import Any
+
 from .compressed_source import CompressedSource, as_compressed_source, read_compressed
 from .data import Example, read_examples
 from ..hardware import resolve_device
@@ -34,3 +37,14 @@ __all__ = [
     "read_examples",
     "resolve_device",
 ]
+
+
+class _CallableModule(type(sys.modules[__name__])):  # type: ignore[misc]
+    """``wavecompress.finetune`` is both this package and the function: ``wavecompress.finetune(...)`` calls
+    :func:`finetune`, ``from wavecompress.finetune import ...`` imports from the package."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> FinetuneResult:
+        return finetune(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -278,7 +278,50 @@ def finetune(
     the adapter's saved modules, such as a classifier head, are loaded into it). ``examples``:
     texts, (text, label) pairs or :class:`Example`. Settings: :class:`FinetuneConfig` or keywords.
     ``log``: receives progress lines (seconds per step and the estimate); the kept step is in the result's summary.
+
+    The caller's model comes back as it was given: each parameter's ``requires_grad``, its device and its
+    train/eval mode are restored (the loaded head stays). A PeftModel, or a model holding PEFT adapter
+    layers, is refused in one line that says what to pass (the bare base model).
     """
+    check_bare_base(model)
+    target = model
+    grads = {name: param.requires_grad for name, param in target.named_parameters()}
+    devices = {param.device for param in target.parameters()}
+    training = model.training
+    try:
+        return _finetune(compressed, target, tokenizer, examples, teacher, config, log, **overrides)
+    finally:
+        for name, param in target.named_parameters():
+            param.requires_grad_(grads.get(name, param.requires_grad))
+        if len(devices) == 1:
+            target.to(next(iter(devices)))
+        model.train(training)
+
+
+def check_bare_base(model: nn.Module) -> None:
+    """Refuse a PeftModel or a model holding PEFT adapter layers: the fine-tune adds the compressed adapter
+    to a bare base model, and an adapter already inside would be trained against on top of it."""
+    try:
+        from peft import PeftModel
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return
+    if isinstance(model, PeftModel) or any(isinstance(module, BaseTunerLayer) for module in model.modules()):
+        raise InputError(f"finetune takes the bare base model, but this {type(model).__name__} holds PEFT adapter layers: "
+                         "pass the base model without adapters (load it again, or peft_model.unload() to strip them)")
+
+
+def _finetune(
+    compressed: CompressedAdapter | CompressedSource | str | Path,
+    model: nn.Module,
+    tokenizer: Any,
+    examples: list[Example] | list[str] | list[tuple[str, Any]],
+    teacher: AdapterDeltas | str | Path | None = None,
+    config: FinetuneConfig | None = None,
+    log: Callable[[str], None] | None = None,
+    **overrides: Any,
+) -> FinetuneResult:
+    """:func:`finetune` on a model whose state the caller's wrapper restores."""
     config = config or FinetuneConfig()
     if overrides:
         config = FinetuneConfig(**{**asdict(config), **overrides})

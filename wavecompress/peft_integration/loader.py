@@ -11,7 +11,12 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, overload
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DiffusionPipeline, ModelMixin
+    from peft import PeftModel
 
 from ..errors import InputError
 from ..layout import CONFIG_NAME, WEIGHTS_NAME
@@ -26,7 +31,7 @@ def quiet_head_initialisation() -> Iterator[None]:
     from transformers.utils import logging as hf_logging
 
     previous = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     try:
         yield
     finally:
@@ -90,6 +95,18 @@ def _validate_stored(folder: Path) -> None:
     peft_type = config.get("peft_type") if isinstance(config, dict) else None
     if isinstance(peft_type, str) and peft_type not in (LORA, WAVEFT) and decoder_of(peft_type) is not None:  # stock types: PEFT's own
         validate_wavecompress_adapter(config, folder / WEIGHTS_NAME)
+
+
+@overload
+def load_adapter(base_model: "DiffusionPipeline", path: str | Path, **kwargs: Any) -> "DiffusionPipeline": ...
+
+
+@overload
+def load_adapter(base_model: "ModelMixin", path: str | Path, **kwargs: Any) -> "ModelMixin": ...
+
+
+@overload
+def load_adapter(base_model: "torch.nn.Module | str | Path", path: str | Path, **kwargs: Any) -> "PeftModel": ...
 
 
 def load_adapter(base_model: Any, path: str | Path, **kwargs: Any) -> Any:

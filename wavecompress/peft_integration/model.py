@@ -14,6 +14,7 @@ from ..methods.registry import method_of_peft_type
 from ..methods import kept
 from ..deltas.shared_tensors import borrowed
 from .config import STORED_TENSORS
+from .fresh import FreshAdapterConfig, initialise_fresh_layer
 from .layer import TENSORS_ATTR, Conv, Linear, WavecompressLayer
 
 PREFIX = "wavecompress_"
@@ -27,7 +28,14 @@ class WavecompressModel(BaseTuner):
     target_module_mapping: dict[str, list[str]] = {}
 
     def _prepare_adapter_config(self, peft_config, model_config: dict) -> Any:
-        if not peft_config.target_modules:
+        if not peft_config.target_modules and isinstance(peft_config, FreshAdapterConfig):
+            from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+            model_type = model_config.get("model_type")
+            if model_type not in DEFAULTS:
+                raise ValueError(f"give target_modules: no default target modules for model type {model_type!r}")
+            peft_config.target_modules = set(DEFAULTS[model_type])  # LoRA's defaults (q/v projections)
+        elif not peft_config.target_modules:
             peft_config.target_modules = sorted(peft_config.layers)
         return peft_config
 
@@ -35,6 +43,11 @@ class WavecompressModel(BaseTuner):
         if current_key is None:
             raise ValueError("Current Key shouldn't be `None`")
         meta = peft_config.layers.get(current_key)
+        fresh = None
+        if meta is None and isinstance(peft_config, FreshAdapterConfig):  # a new adapter: the layer's table entry now
+            base_layer = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+            meta, fresh = peft_config.fresh_layer(current_key, layer_shape(base_layer))
+            peft_config.layers[current_key] = meta
         if meta is None:
             raise ValueError(f"module {current_key} is targeted but has no entry in the adapter config's 'layers' table")
         specs = meta.get(STORED_TENSORS)
@@ -44,6 +57,8 @@ class WavecompressModel(BaseTuner):
         layer_meta = {key: value for key, value in meta.items() if key != STORED_TENSORS}
         if isinstance(target, WavecompressLayer):
             target.update_layer(adapter_name, method, layer_meta, specs, inference_mode=peft_config.inference_mode)
+            if fresh is not None:
+                initialise_fresh_layer(target, adapter_name, fresh)
             return
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
         conv = isinstance(base, torch.nn.modules.conv._ConvNd) and not base.transposed
@@ -53,6 +68,8 @@ class WavecompressModel(BaseTuner):
         new_module = (Conv if conv else Linear)(target, adapter_name, method, layer_meta, specs,
                                                 fan_in_fan_out=isinstance(base, Conv1D),
                                                 inference_mode=peft_config.inference_mode)
+        if fresh is not None:
+            initialise_fresh_layer(new_module, adapter_name, fresh)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
@@ -68,6 +85,14 @@ class WavecompressModel(BaseTuner):
         """``<module>.wavecompress_tensors.<adapter>.<tensor>`` ↔ the saved ``<module>.<tensor>``."""
         key = super()._remove_adapter_name_from_key(key, adapter_name)
         return re.sub(rf"\.{TENSORS_ATTR}\.(?=[^.]+$)", ".", key)
+
+
+def layer_shape(base: torch.nn.Module) -> tuple[int, int]:
+    """(d_out, d_in) of a Linear, a transformers Conv1D (weight stored d_in × d_out) or a convolution's matrix."""
+    if isinstance(base, Conv1D):
+        return int(base.weight.shape[1]), int(base.weight.shape[0])
+    weight = base.weight
+    return int(weight.shape[0]), int(weight[0].numel())
 
 
 def link_lenders(model: torch.nn.Module, adapter_name: str) -> None:

@@ -1,0 +1,1 @@
+"""Integrations with training libraries (optional dependencies, imported on use)."""
