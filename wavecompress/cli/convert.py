@@ -179,11 +179,11 @@ def _convert(input_path: Path | None, out_dir: Path | None, report_path: Path | 
                                force=force, option="--report")
         except KeyboardInterrupt:
             raise InterruptedAfterWrite(f"{target} was written, --report {report_path} was not") from None
-    click.echo(f"wrote {target}" + (f" and {report_path}" if report_path else ""))
     from ..report import size_note, weight_bytes
 
     if (note := size_note(weight_bytes(target), weight_bytes(tuned if tuned is not None else input_path))) is not None:
         click.echo(note)
+    click.echo(f"wrote {target}" + (f" and {report_path}" if report_path else ""))  # the last line names the output
     if push_to is not None:
         try:
             click.echo(push_after_save(target, push_to, private=private).describe(target, push_to))
