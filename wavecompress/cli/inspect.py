@@ -7,6 +7,8 @@ PEFT WaveFT, wavecompress's WAVECOMPRESS_* outputs, LyCORIS and single-file kohy
 
 from __future__ import annotations
 
+import math
+
 import json
 import re
 from pathlib import Path
@@ -131,13 +133,10 @@ def _layer_shape(module: str, parts: dict, layer_table: dict, shapes: dict, conf
         return list(layer_table[module]["shape"])
     if module in shapes:
         return list(shapes[module])
-    if "lora_A.weight" in parts and "lora_B.weight" in parts:
-        a, b = parts["lora_A.weight"][0], parts["lora_B.weight"][0]
-        if len(a) == 2 and len(b) == 2:
-            return [b[0], a[1]]
-    if "lora_down.weight" in parts and "lora_up.weight" in parts:
-        down, up = parts["lora_down.weight"][0], parts["lora_up.weight"][0]
-        return [up[0], down[1]] if len(down) == 2 and len(up) == 2 else None
+    for down_key, up_key in (("lora_A.weight", "lora_B.weight"), ("lora_down.weight", "lora_up.weight")):
+        if down_key in parts and up_key in parts:  # a conv's factors give its (c_out, c_in·kh·kw) matrix
+            down, up = parts[down_key][0], parts[up_key][0]
+            return [up[0], math.prod(down[1:])] if len(down) >= 2 and len(up) >= 2 else None
     return None
 
 
