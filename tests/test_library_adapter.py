@@ -99,7 +99,8 @@ def test_push_to_hub_makes_the_push_commit(tmp_path):
     from hub_server import FakeHub
 
     with FakeHub({"hf_alice_write": ("alice", "write")}) as hub:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+        # TRANSFORMERS_OFFLINE too: huggingface_hub reads it as HF_HUB_OFFLINE (fixtures/bbc_task.py sets it when imported)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_OFFLINE"))}
         env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "home"), HF_TOKEN="hf_alice_write", HF_HUB_DISABLE_TELEMETRY="1")
         code = (f"import wavecompress; r = wavecompress.compress({str(FIXTURE)!r}, budget=3000, method='wara'); "
                 "r.save('out'); print(r.push_to_hub('alice/lib').commit_url)")
