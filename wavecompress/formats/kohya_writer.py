@@ -64,9 +64,15 @@ def kohya_name(name: str, components: set[str]) -> str:
         raise InputError(f"module {name}: the kohya layout of a {component} LoRA (Flux/SD3 names) is not written; "
                          "use --layout diffusers")
     prefix = "lora_te1" if component == "text_encoder" and "text_encoder_2" in components else _KOHYA_OF_COMPONENT[component]
+    return f"{prefix}_{sd_scripts_path(component, path).replace('.', '_')}"
+
+
+def sd_scripts_path(component: str, path: str) -> str:
+    """A module path as sd-scripts, ComfyUI and A1111 spell it: CLIP text-encoder paths under ``text_model.``
+    as transformers 4 named them (transformers 5 drops that level)."""
     if component.startswith("text_encoder") and not path.startswith("text_model."):
-        path = "text_model." + path  # sd-scripts, ComfyUI and A1111 spell CLIP paths as transformers 4 did
-    return f"{prefix}_{path.replace('.', '_')}"
+        return "text_model." + path
+    return path
 
 
 def diffusers_name(name: str) -> str:
@@ -106,10 +112,10 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 def kohya_tensors(layers: list[CompressedLayer], source: AdapterDeltas, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     """{kohya key: tensor}: every LoRA layer (rank > 0) and every module the input carried verbatim."""
     components = {layer.name.split(".", 1)[0] for layer in layers}
-    alpha = network_alpha(layers)
+    factors = [(layer, *_lora_factors(layer)) for layer in layers]
+    alpha = network_alpha([rank for *_, rank in factors])
     tensors: dict[str, torch.Tensor] = {}
-    for layer in layers:
-        down, up, rank = _lora_factors(layer)
+    for layer, down, up, rank in factors:
         if rank == 0:
             continue
         name = kohya_name(layer.name, components)
@@ -125,9 +131,9 @@ def kohya_tensors(layers: list[CompressedLayer], source: AdapterDeltas, dtype: t
     return dict(sorted(tensors.items()))
 
 
-def network_alpha(layers: list[CompressedLayer]) -> float:
+def network_alpha(ranks: list[int]) -> float:
     """The one alpha a kohya export writes: the largest rank (scale 1 there)."""
-    return float(max((_lora_factors(layer)[2] for layer in layers), default=1) or 1)
+    return float(max(ranks, default=1) or 1)
 
 
 def _dim_alpha(ranks: list[int], alpha: float) -> tuple[str, str]:
@@ -156,9 +162,9 @@ def kohya_metadata(tensors: dict[str, torch.Tensor], layers: list[CompressedLaye
     metadata = carried_metadata(source.metadata)
     metadata.pop("sshs_model_hash", None)
     metadata.pop("sshs_legacy_hash", None)
-    ranks = [_lora_factors(layer)[2] for layer in layers if _lora_factors(layer)[2] > 0]
+    ranks = [rank for rank in (_lora_factors(layer)[2] for layer in layers) if rank > 0]
     if ranks:
-        metadata["ss_network_dim"], metadata["ss_network_alpha"] = _dim_alpha(ranks, network_alpha(layers))
+        metadata["ss_network_dim"], metadata["ss_network_alpha"] = _dim_alpha(ranks, network_alpha(ranks))
     metadata.setdefault("ss_network_module", "networks.lora")
     previous = metadata.get("ss_training_comment")
     metadata["ss_training_comment"] = comment + (f"; {previous}" if previous and previous != "None" else "")
