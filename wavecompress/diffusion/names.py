@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from torch import nn
 
 from ..errors import InputError
+from ..formats.kohya_writer import sd_scripts_path
 
 # kohya prefix → the pipeline components it may address, in order of preference.
 KOHYA_PREFIXES: dict[str, tuple[str, ...]] = {
@@ -38,10 +39,9 @@ def _kohya_index(components: Mapping[str, nn.Module]) -> dict[str, tuple[str, st
         for component in targets:
             if component in components:
                 for path in adaptable_modules(components[component]):
-                    index.setdefault(f"{prefix}_{path.replace('.', '_')}", (component, path))
-                    if component.startswith("text_encoder") and not path.startswith("text_model."):
-                        # sd-scripts spells CLIP paths as transformers 4 did (text_model.encoder...); 5 drops it
-                        index.setdefault(f"{prefix}_text_model_{path.replace('.', '_')}", (component, path))
+                    # the path as the model names it, and as sd-scripts spells it (CLIP under text_model.)
+                    for spelled in (path, sd_scripts_path(component, path)):
+                        index.setdefault(f"{prefix}_{spelled.replace('.', '_')}", (component, path))
                 break
     return index
 
