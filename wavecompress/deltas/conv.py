@@ -32,13 +32,6 @@ def matrix_shape(weight_shape: Sequence[int]) -> tuple[int, int]:
     return c_out, size
 
 
-def as_weight(matrix: torch.Tensor, weight_shape: Sequence[int] | None) -> torch.Tensor:
-    """``matrix`` (d_out × d_in) in the layer's own weight shape: 4-D for convs, unchanged for linear layers."""
-    if weight_shape is None or len(weight_shape) == 2:
-        return matrix
-    return matrix.reshape(tuple(int(v) for v in weight_shape))
-
-
 def conv_factors(down: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...] | None]:
     """2-D (up, down) of conv LoRA factors and the conv weight shape they update.
 
