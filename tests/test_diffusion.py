@@ -22,42 +22,20 @@ import wavecompress as wc  # noqa: E402
 from wavecompress.cli import main  # noqa: E402
 from wavecompress.formats.kohya_writer import sd_scripts_hashes  # noqa: E402
 
+from diffusion_checks import no_grad, relative, unet_output  # noqa: E402,F401 - no_grad: autouse fixture
 from diffusion_models import (  # noqa: E402
     LOCON_TARGETS, LORA_TARGETS, TEXT_TARGETS, kohya_lora, kohya_modules, tiny_pipeline, tiny_unet)
 
 
 
-@pytest.fixture(autouse=True)
-def no_grad():
-    """Inference only here (module-level set_grad_enabled would leak into the other test files)."""
-    with torch.no_grad():
-        yield
-
-
-def unet_inputs(seed: int = 1):
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(2, 4, 8, 8, generator=generator), torch.tensor([10, 500]), torch.randn(2, 5, 16, generator=generator)
-
-
-def unet_output(unet) -> torch.Tensor:
-    sample, steps, context = unet_inputs()
-    return unet(sample, steps, context).sample
-
-
-def merged_unet(deltas: dict[str, torch.Tensor], modules: dict[str, torch.nn.Module], seed: int = 0):
+def merged_unet(deltas: dict[str, torch.Tensor], seed: int = 0):
     """A fresh UNet with W + ΔW added by hand for each kohya module name (the independent reference)."""
     unet = tiny_unet(seed)
-    by_module = {id(m): name for name, m in modules.items()}
-    fresh = {name: m for name, m in kohya_modules(unet, "lora_unet", LOCON_TARGETS, True).items()}
+    fresh = kohya_modules(unet, "lora_unet", LOCON_TARGETS, True)
     for name, delta in deltas.items():
         if name in fresh:
             fresh[name].weight += delta.reshape(fresh[name].weight.shape)
-    assert by_module  # the names were made from the same walk
     return unet
-
-
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 @pytest.fixture(scope="module")
@@ -116,14 +94,14 @@ def test_kohya_export_loads_with_load_lora_weights_and_reproduces_the_merge(loco
     exported_deltas = {n: (float(tensors[f"{n}.alpha"]) / tensors[f"{n}.lora_down.weight"].shape[0]
                            * tensors[f"{n}.lora_up.weight"].float().flatten(1) @ tensors[f"{n}.lora_down.weight"].float().flatten(1))
                        for n in unet_modules}
-    reference = unet_output(merged_unet(exported_deltas, unet_modules))
+    reference = unet_output(merged_unet(exported_deltas))
     base = unet_output(tiny_unet(0))
     pipe.unet.load_state_dict(tiny_unet(0).state_dict())
     pipe.load_lora_weights(str(exported))
     loaded = unet_output(pipe.unet)
     pipe.unload_lora_weights()
-    original_effect = unet_output(merged_unet(true, unet_modules)) - base
-    converted = unet_output(merged_unet(wc.reconstruct(out), unet_modules))  # base + ΔŴ of the WaRA output
+    original_effect = unet_output(merged_unet(true)) - base
+    converted = unet_output(merged_unet(wc.reconstruct(out)))  # base + ΔŴ of the WaRA output
     assert relative(loaded - base, reference - base) < 1e-2  # diffusers applies exactly what the file holds
     # ... which is the WaRA output's base + ΔŴ to within 5% of the LoRA's effect (the export's own ≤ 1% error, fp16)
     assert float((loaded - converted).norm()) < 0.05 * float(original_effect.norm())
@@ -134,7 +112,7 @@ def test_load_adapter_applies_a_wara_output_to_a_pipeline(locon, tmp_path: Path)
     out = tmp_path / "wara"
     assert CliRunner().invoke(main, ["convert", str(path), "--budget", "300", "--method", "wara", "--out", str(out), "--quiet"]).exit_code == 0
     rebuilt = wc.reconstruct(out)
-    reference = unet_output(merged_unet(rebuilt, unet_modules))
+    reference = unet_output(merged_unet(rebuilt))
     pipe.unet.load_state_dict(tiny_unet(0).state_dict())
     assert wc.load_adapter(pipe, out) is pipe
     loaded = unet_output(pipe.unet)
