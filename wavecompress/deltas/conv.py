@@ -32,6 +32,12 @@ def matrix_shape(weight_shape: Sequence[int]) -> tuple[int, int]:
     return c_out, size
 
 
+def is_lora_pair(down: torch.Tensor, up: torch.Tensor) -> bool:
+    """Whether (down, up) are linear (2-D) or convolution LoRA factors: same rank of tensor, 1-D to 3-D kernels,
+    up's kernel 1×1 (sd-scripts' and PEFT's layout)."""
+    return down.dim() == up.dim() and down.dim() in (2, 3, 4, 5) and tuple(up.shape[2:]) == (1,) * (up.dim() - 2)
+
+
 def conv_factors(down: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...] | None]:
     """2-D (up, down) of conv LoRA factors and the conv weight shape they update.
 

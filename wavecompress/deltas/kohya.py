@@ -103,7 +103,7 @@ def _lora_layer(path: Path, module: str, parts: dict[str, torch.Tensor],
     for role, tensor in (("down", down), ("up", up)):
         if not tensor.is_floating_point():
             raise InputError(f"{path}: tensor {module}.lora_{role}.weight has non-float dtype {str(tensor.dtype).replace('torch.', '')}")
-    if down.dim() != up.dim() or down.dim() not in (2, 3, 4, 5) or up.shape[2:] != (1,) * (up.dim() - 2):
+    if not conv.is_lora_pair(down, up):
         raise InputError(f"{path}: module {module}: lora_down {list(down.shape)} and lora_up {list(up.shape)} are neither "
                          "linear (2-D) nor convolution factors (lora_up (d_out, r, 1, 1))")
     rank = down.shape[0]

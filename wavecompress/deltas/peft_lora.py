@@ -20,7 +20,7 @@ import torch
 from ..errors import InputError
 from ..layout import PREFIX, strip_prefix  # noqa: F401 - PREFIX re-exported (it lives in layout.py)
 from .adapter_deltas import AdapterDeltas, SkippedLayer
-from .conv import KEY as WEIGHT_SHAPE, conv_factors
+from .conv import KEY as WEIGHT_SHAPE, conv_factors, is_lora_pair
 from .layer_delta import LayerDelta
 from .memory_budget import check_layer_size
 from .safetensors_file import printable
@@ -204,7 +204,7 @@ def read_peft_lora(config: dict[str, Any], weights_path: Path, base: str | Path 
             raise InputError(f"{weights_path}: tensor {present} has no matching {missing} tensor")
         a_key, b_key = kinds["A"], kinds["B"]
         lora_a, lora_b = tensors[a_key], tensors[b_key]
-        if lora_a.dim() != lora_b.dim() or lora_a.dim() not in (2, 3, 4, 5) or lora_b.shape[2:] != (1,) * (lora_b.dim() - 2):
+        if not is_lora_pair(lora_a, lora_b):
             raise InputError(f"{weights_path}: tensors {a_key} {list(lora_a.shape)} and {b_key} {list(lora_b.shape)} "
                              "are neither linear (2-D) nor convolution LoRA factors (lora_B (d_out, r, 1, 1))")
         lora_b, lora_a, weight_shape = conv_factors(lora_a, lora_b)
